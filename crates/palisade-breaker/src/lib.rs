@@ -1,0 +1,1 @@
+//! palisade-breaker (under construction).

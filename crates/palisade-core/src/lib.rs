@@ -1,0 +1,1 @@
+//! palisade-core (under construction).

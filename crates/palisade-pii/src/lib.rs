@@ -1,0 +1,1 @@
+//! palisade-pii (under construction).

@@ -1,0 +1,1 @@
+//! palisade-store (under construction).

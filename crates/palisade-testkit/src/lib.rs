@@ -1,0 +1,1 @@
+//! palisade-testkit (under construction).

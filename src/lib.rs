@@ -1,0 +1,1 @@
+//! palisade: Tower middleware for production services (under construction).
