@@ -1,0 +1,510 @@
+//! Which bucket a request belongs to: one extractor trait that the breaker,
+//! the rate limiter and the cache all take.
+//!
+//! # Example
+//!
+//! ```
+//! use palisade_core::key::{ConstKey, HeaderKey, KeyExtractor, PathKey};
+//!
+//! let req = http::Request::builder()
+//!     .uri("/v1/tools/search?q=1")
+//!     .header("x-api-key", "k-123")
+//!     .body(())
+//!     .unwrap();
+//! let per_key_and_route = (HeaderKey::new("x-api-key"), PathKey);
+//! assert_eq!(per_key_and_route.extract(&req).unwrap().to_string(), "k-123|/v1/tools/search");
+//! assert_eq!(ConstKey("global").extract(&req).unwrap(), "global");
+//! ```
+
+use http::{HeaderName, HeaderValue, Request};
+use ipnet::IpNet;
+use std::{
+    fmt::{self, Debug, Display},
+    hash::Hash,
+    marker::PhantomData,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+/// Extracts a key from a request; `None` when the request has none (no such
+/// header, no user id), and the layer then applies its own rule for
+/// key-less requests.
+pub trait KeyExtractor<Req>: Clone + Send + Sync + 'static {
+    /// The key: cheap to clone, hashable for in-process maps, displayable
+    /// for store keys (the store escapes it).
+    type Key: Hash + Eq + Clone + Send + Sync + Debug + Display + 'static;
+
+    /// The key of `req`, if it has one.
+    fn extract(&self, req: &Req) -> Option<Self::Key>;
+}
+
+/// The address of the directly connected peer, as a request extension.
+///
+/// hyper servers insert it themselves; under axum, `PeerIp` also reads
+/// `ConnectInfo<SocketAddr>` (feature `axum`).
+///
+/// ```
+/// use palisade_core::key::{KeyExtractor, PeerAddr, PeerIp};
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(PeerAddr("203.0.113.9:5000".parse().unwrap()));
+/// assert_eq!(PeerIp::new().extract(&req).unwrap().to_string(), "203.0.113.9");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The client's IP address: the connected peer, or, when that peer is a
+/// trusted proxy, the nearest untrusted address in `X-Forwarded-For` (or
+/// `Forwarded: for=`), read from the right.
+///
+/// An untrusted client cannot choose its own key: forwarding headers are
+/// read only when the connected peer is trusted, and only up to the first
+/// untrusted hop.
+///
+/// ```
+/// use palisade_core::key::{KeyExtractor, PeerAddr, PeerIp};
+///
+/// let key = PeerIp::new().trust_proxies(["10.0.0.0/8".parse().unwrap()]);
+/// let mut req = http::Request::builder()
+///     .header("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.0.0.2")
+///     .body(())
+///     .unwrap();
+/// req.extensions_mut().insert(PeerAddr("10.0.0.1:443".parse().unwrap()));
+/// // 10.0.0.2 is a trusted hop; 198.51.100.7 is the first untrusted one.
+/// assert_eq!(key.extract(&req).unwrap().to_string(), "198.51.100.7");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PeerIp {
+    trusted: Arc<[IpNet]>,
+}
+
+impl PeerIp {
+    /// Keys by the connected peer; no proxy is trusted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts these networks as proxies.
+    pub fn trust_proxies(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted = nets.into_iter().collect();
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client IP given the connected peer and the request headers.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut hops: Vec<&str> = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            match value.to_str() {
+                Ok(s) => hops.extend(s.split(',')),
+                Err(_) => return peer,
+            }
+        }
+        if hops.is_empty() {
+            for value in headers.get_all("forwarded") {
+                match value.to_str() {
+                    Ok(s) => hops.extend(s.split(',').filter_map(forwarded_for)),
+                    Err(_) => return peer,
+                }
+            }
+        }
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            match parse_hop(hop) {
+                Some(ip) => {
+                    client = ip;
+                    if !self.is_trusted(ip) {
+                        break;
+                    }
+                }
+                // Garbage from a hop we cannot vouch for: stop at the last
+                // address a trusted proxy gave us.
+                None => break,
+            }
+        }
+        client
+    }
+}
+
+/// The `for=` value of one `Forwarded` element (RFC 7239).
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.eq_ignore_ascii_case("for").then_some(value)
+    })
+}
+
+/// One hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`,
+/// optionally quoted (as in `Forwarded`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    let inner = hop.strip_prefix('[')?.split(']').next()?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
+    if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(info.0.ip());
+    }
+    None
+}
+
+impl<B> KeyExtractor<Request<B>> for PeerIp {
+    type Key = IpAddr;
+
+    fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
+        peer_of(req).map(|peer| self.client_ip(peer, req.headers()))
+    }
+}
+
+/// Keys by the value of a request header (an API key, a tenant id).
+///
+/// ```
+/// use palisade_core::key::{HeaderKey, KeyExtractor};
+///
+/// let req = http::Request::builder().header("x-tenant", "acme").body(()).unwrap();
+/// assert_eq!(HeaderKey::new("x-tenant").extract(&req).unwrap().to_string(), "acme");
+/// ```
+#[derive(Clone, Debug)]
+pub struct HeaderKey {
+    name: HeaderName,
+}
+
+impl HeaderKey {
+    /// Keys by header `name`.
+    ///
+    /// # Panics
+    /// When `name` is not a valid header name (a programming error).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: HeaderName::try_from(name).expect("HeaderKey: invalid header name"),
+        }
+    }
+
+    /// Keys by an already parsed header name.
+    pub fn from_name(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+/// A header value used as a key (no allocation: it shares the request's bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderValueKey(pub HeaderValue);
+
+impl Display for HeaderValueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0.as_bytes()))
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for HeaderKey {
+    type Key = HeaderValueKey;
+
+    fn extract(&self, req: &Request<B>) -> Option<HeaderValueKey> {
+        req.headers()
+            .get(&self.name)
+            .filter(|v| !v.is_empty())
+            .map(|v| HeaderValueKey(v.clone()))
+    }
+}
+
+/// Keys by a value an earlier layer put in the request extensions (a user id
+/// set by an auth layer, a tool name set by a router).
+///
+/// ```
+/// use palisade_core::key::{ExtensionKey, KeyExtractor};
+///
+/// #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// struct UserId(u64);
+/// impl std::fmt::Display for UserId {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "u{}", self.0) }
+/// }
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(UserId(42));
+/// assert_eq!(ExtensionKey::<UserId>::new().extract(&req), Some(UserId(42)));
+/// ```
+pub struct ExtensionKey<T>(PhantomData<fn() -> T>);
+
+impl<T> ExtensionKey<T> {
+    /// Keys by the extension of type `T`.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Default for ExtensionKey<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for ExtensionKey<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Debug for ExtensionKey<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExtensionKey<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<B, T> KeyExtractor<Request<B>> for ExtensionKey<T>
+where
+    T: Hash + Eq + Clone + Send + Sync + Debug + Display + 'static,
+{
+    type Key = T;
+
+    fn extract(&self, req: &Request<B>) -> Option<T> {
+        req.extensions().get::<T>().cloned()
+    }
+}
+
+/// Keys by the request path (without the query).
+///
+/// Raw paths are unbounded user input: prefer `MatchedPathKey` under axum
+/// (the route template), or a closure that maps paths to route names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PathKey;
+
+impl<B> KeyExtractor<Request<B>> for PathKey {
+    type Key = String;
+
+    fn extract(&self, req: &Request<B>) -> Option<String> {
+        Some(req.uri().path().to_owned())
+    }
+}
+
+/// Keys by axum's matched route template (`/users/{id}`), a bounded set.
+#[cfg(feature = "axum")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatchedPathKey;
+
+#[cfg(feature = "axum")]
+impl<B> KeyExtractor<Request<B>> for MatchedPathKey {
+    type Key = Arc<str>;
+
+    fn extract(&self, req: &Request<B>) -> Option<Arc<str>> {
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| Arc::from(p.as_str()))
+    }
+}
+
+/// One key for every request (a global limit, a single named breaker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConstKey(pub &'static str);
+
+impl<Req> KeyExtractor<Req> for ConstKey {
+    type Key = &'static str;
+
+    #[inline]
+    fn extract(&self, _: &Req) -> Option<&'static str> {
+        Some(self.0)
+    }
+}
+
+/// A key from a closure (see [`key_fn`]).
+#[derive(Clone)]
+pub struct KeyFn<F>(F);
+
+/// Wraps a closure as a key extractor.
+///
+/// ```
+/// use palisade_core::key::{KeyExtractor, key_fn};
+///
+/// // The tool name is the last path segment.
+/// let tool = key_fn(|req: &http::Request<()>| req.uri().path().rsplit('/').next().map(str::to_owned));
+/// let req = http::Request::builder().uri("/tools/search").body(()).unwrap();
+/// assert_eq!(tool.extract(&req).as_deref(), Some("search"));
+/// ```
+pub fn key_fn<F>(f: F) -> KeyFn<F> {
+    KeyFn(f)
+}
+
+impl<F> Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+impl<F, Req, K> KeyExtractor<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> Option<K> + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + Debug + Display + 'static,
+{
+    type Key = K;
+
+    #[inline]
+    fn extract(&self, req: &Req) -> Option<K> {
+        (self.0)(req)
+    }
+}
+
+/// Two keys combined; displayed joined by `|`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pair<A, B>(pub A, pub B);
+
+impl<A: Display, B: Display> Display for Pair<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.0, self.1)
+    }
+}
+
+/// Three keys combined; displayed joined by `|`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Triple<A, B, C>(pub A, pub B, pub C);
+
+impl<A: Display, B: Display, C: Display> Display for Triple<A, B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}|{}", self.0, self.1, self.2)
+    }
+}
+
+impl<Req, A, B> KeyExtractor<Req> for (A, B)
+where
+    A: KeyExtractor<Req>,
+    B: KeyExtractor<Req>,
+{
+    type Key = Pair<A::Key, B::Key>;
+
+    fn extract(&self, req: &Req) -> Option<Self::Key> {
+        Some(Pair(self.0.extract(req)?, self.1.extract(req)?))
+    }
+}
+
+impl<Req, A, B, C> KeyExtractor<Req> for (A, B, C)
+where
+    A: KeyExtractor<Req>,
+    B: KeyExtractor<Req>,
+    C: KeyExtractor<Req>,
+{
+    type Key = Triple<A::Key, B::Key, C::Key>;
+
+    fn extract(&self, req: &Req) -> Option<Self::Key> {
+        Some(Triple(
+            self.0.extract(req)?,
+            self.1.extract(req)?,
+            self.2.extract(req)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder();
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut r = b.body(()).unwrap();
+        r.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        r
+    }
+
+    fn trusted() -> PeerIp {
+        PeerIp::new().trust_proxies(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof_its_key() {
+        let r = req("198.51.100.1:1", &[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "198.51.100.1");
+        assert_eq!(
+            PeerIp::new().extract(&r).unwrap().to_string(),
+            "198.51.100.1"
+        );
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_right() {
+        let r = req(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1")],
+        );
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "7.7.7.7");
+        // Several header lines are one list.
+        let r = req(
+            "10.0.0.1:1",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "10.2.2.2"),
+            ],
+        );
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "6.6.6.6");
+    }
+
+    #[test]
+    fn all_trusted_hops_give_the_leftmost() {
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "10.9.9.9, 10.8.8.8")]);
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "10.9.9.9");
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_at_the_last_trusted_address() {
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "1.2.3.4, not-an-ip")]);
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_header_ports_brackets_and_mapped_addresses() {
+        let r = req(
+            "[::1]:9",
+            &[(
+                "forwarded",
+                "for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.5",
+            )],
+        );
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "2001:db8::7");
+        let r = req(
+            "[::ffff:10.0.0.1]:9",
+            &[("x-forwarded-for", "203.0.113.5:8080")],
+        );
+        assert_eq!(trusted().extract(&r).unwrap().to_string(), "203.0.113.5");
+    }
+
+    #[test]
+    fn no_peer_no_key() {
+        let r = Request::builder()
+            .header("x-forwarded-for", "1.1.1.1")
+            .body(())
+            .unwrap();
+        assert_eq!(trusted().extract(&r), None);
+    }
+
+    #[test]
+    fn header_and_tuple_keys() {
+        let r = req("1.1.1.1:1", &[("x-api-key", "abc")]);
+        let k = (HeaderKey::new("x-api-key"), PeerIp::new());
+        assert_eq!(k.extract(&r).unwrap().to_string(), "abc|1.1.1.1");
+        let missing = (HeaderKey::new("x-user"), PeerIp::new());
+        assert_eq!(missing.extract(&r), None);
+        let empty = req("1.1.1.1:1", &[("x-api-key", "")]);
+        assert_eq!(HeaderKey::new("x-api-key").extract(&empty), None);
+    }
+}
