@@ -1,1 +1,30 @@
-//! palisade-shape (under construction).
+//! Response shaping for JSON: field selection, compaction and token savings,
+//! so a model reading LLM tool output reads fewer tokens.
+//!
+//! - [`Shaper`]: the programmatic API — `shape(&Value)` / `shape_bytes(&[u8])`
+//!   return the shaped document with [`ShapeStats`] (bytes and estimated tokens
+//!   before and after).
+//! - [`ShapeRules`]: include / exclude lists (dot paths, `*` wildcards, arrays
+//!   transparent), array and string cuts, compaction (on by default).
+//! - [`FieldSelector`]: the `fields=` partial-response syntax (`a,b/c,d(e,f)`).
+//!
+//! # Example
+//!
+//! ```
+//! use palisade_shape::{ShapeRules, Shaper};
+//!
+//! let shaper = Shaper::new(&ShapeRules::new().include(["dealers"]).max_array_size(1)).unwrap();
+//! let shaped = shaper
+//!     .shape_bytes(br#"{"dealers": [{"name": "A", "fax": null}, {"name": "B"}], "page": 1}"#)
+//!     .unwrap();
+//! assert_eq!(shaped.output, br#"{"dealers":[{"name":"A"}]}"#);
+//! ```
+
+mod engine;
+mod estimate;
+mod selector;
+mod shaper;
+
+pub use estimate::{CharsPerToken, TokenEstimator};
+pub use selector::{FieldSelector, SelectorError, SelectorErrorKind, SelectorLimits};
+pub use shaper::{ShapeError, ShapeRules, ShapeStats, Shaped, Shaper};
