@@ -10,5 +10,3 @@ pub mod batch;
 
 #[doc(inline)]
 pub use palisade_core as core;
-#[doc(inline)]
-pub use palisade_store as store;
