@@ -1,0 +1,157 @@
+//! Helpers for tests that run the gateway binary: start it, read the
+//! addresses it prints, speak HTTP to it.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// The gateway example's binary, built by `cargo test` next to the tests.
+pub fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = profile_dir.join("examples").join("gateway");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with `cargo test` (which builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub url: String,
+    pub admin: String,
+    pub upstream: Option<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Starts the gateway with `args` (listen and admin on free ports) and
+    /// waits for its `listening on` line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(gateway_binary());
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut url, mut admin, mut upstream) = (None, None, None);
+        while url.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("gateway did not print `listening on` within 60 s");
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                url = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("admin on ") {
+                admin = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("demo upstream on ") {
+                upstream = Some(rest.trim().to_owned());
+            }
+        }
+        Gateway {
+            child,
+            url: url.unwrap(),
+            admin: admin.expect("admin line before listening line"),
+            upstream,
+            lines: rx,
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1 answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let res = client.request(req).await.expect("request");
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(Method::GET, url, &[], b"").await
+}
+
+pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
+    send(
+        Method::POST,
+        url,
+        &[("content-type", "application/json")],
+        &serde_json::to_vec(body).unwrap(),
+    )
+    .await
+}
