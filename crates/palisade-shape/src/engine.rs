@@ -27,17 +27,6 @@ pub(crate) struct Compiled {
     pub(crate) compact: bool,
 }
 
-impl Compiled {
-    /// Whether shaping can change nothing but whitespace.
-    pub(crate) fn is_identity(&self) -> bool {
-        self.include.is_none()
-            && self.exclude.is_none()
-            && self.max_array == usize::MAX
-            && self.max_str == usize::MAX
-            && !self.compact
-    }
-}
-
 /// Normalises an include node: "everything below" is `None`.
 #[inline]
 fn inc_of(node: &Node) -> Option<&Node> {

@@ -20,11 +20,22 @@
 //! assert_eq!(shaped.output, br#"{"dealers":[{"name":"A"}]}"#);
 //! ```
 
+mod body;
+mod config;
 mod engine;
 mod estimate;
+mod layer;
 mod selector;
+mod service;
 mod shaper;
 
+pub use body::ShapeBody;
+pub use config::{RouteConfig, ShapeConfig};
 pub use estimate::{CharsPerToken, TokenEstimator};
+pub use layer::{ShapeResponseLayer, ShapeResponseLayerBuilder};
 pub use selector::{FieldSelector, SelectorError, SelectorErrorKind, SelectorLimits};
+pub use service::{
+    ResponseFuture, ShapeResponse, ShapedResponse, X_TOKENS_ORIGINAL, X_TOKENS_SAVED,
+    X_TOKENS_SAVED_PERCENT, X_TOKENS_SHAPED,
+};
 pub use shaper::{ShapeError, ShapeRules, ShapeStats, Shaped, Shaper};

@@ -15,7 +15,8 @@ use std::fmt;
 /// assert!(FieldSelector::parse_with_limits("a/b/c", &limits).is_err()); // 3 levels deep
 /// assert!(FieldSelector::parse_with_limits("a/b", &limits).is_ok());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SelectorLimits {
     /// Longest selector accepted, in bytes (default 2048).
     pub max_length: usize,
@@ -239,6 +240,11 @@ impl Node {
         }
         if let Some(w) = self.wildcard.as_deref_mut() {
             w.finish();
+            if w.all {
+                // Any field, whole: the same as everything (scalars included).
+                self.set_all();
+                return;
+            }
         }
         if let Some(w) = self.wildcard.as_deref() {
             for (_, child) in &mut self.children {
@@ -615,10 +621,13 @@ mod tests {
         assert_eq!(e.offset(), 8);
         // deep nesting does not overflow the stack: depth is checked first
         let deep = "a(".repeat(100_000);
-        let e = FieldSelector::parse_with_limits(&deep, &SelectorLimits {
-            max_length: usize::MAX,
-            ..SelectorLimits::default()
-        })
+        let e = FieldSelector::parse_with_limits(
+            &deep,
+            &SelectorLimits {
+                max_length: usize::MAX,
+                ..SelectorLimits::default()
+            },
+        )
         .unwrap_err();
         assert_eq!(e.kind(), &SelectorErrorKind::TooDeep { max: 16 });
     }
@@ -630,7 +639,10 @@ mod tests {
         assert!(s.root.child("*").is_some());
         assert!(s.root.child("x").is_none());
         let e = FieldSelector::from_paths(["a..b"]).unwrap_err();
-        assert_eq!((e.kind().clone(), e.offset()), (SelectorErrorKind::ExpectedName, 2));
+        assert_eq!(
+            (e.kind().clone(), e.offset()),
+            (SelectorErrorKind::ExpectedName, 2)
+        );
         let e = FieldSelector::from_paths(["a\\"]).unwrap_err();
         assert_eq!(e.kind(), &SelectorErrorKind::DanglingEscape);
     }

@@ -308,10 +308,6 @@ impl Shaper {
         Self { rules, estimator }
     }
 
-    pub(crate) fn compiled(&self) -> &Compiled {
-        &self.rules
-    }
-
     /// Shapes a JSON text.
     pub fn shape_bytes(&self, json: &[u8]) -> Result<Shaped<Vec<u8>>, ShapeError> {
         self.shape_bytes_with(None, json)

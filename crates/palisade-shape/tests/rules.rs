@@ -9,7 +9,10 @@ fn shape(rules: ShapeRules, doc: &Value) -> Value {
     // The byte path and the value path agree.
     let bytes = serde_json::to_vec_pretty(doc).unwrap();
     let from_bytes = shaper.shape_bytes(&bytes).unwrap().output;
-    assert_eq!(serde_json::from_slice::<Value>(&from_bytes).unwrap(), from_value);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&from_bytes).unwrap(),
+        from_value
+    );
     from_value
 }
 
@@ -57,7 +60,10 @@ fn include_wildcard() {
     let out = shape(ShapeRules::new().include(["*"]).compact(false), &doc());
     assert_eq!(out, doc());
     // Wildcards combine with explicit siblings.
-    let out = shape(ShapeRules::new().include(["dealers.*.city", "dealers.id"]), &doc());
+    let out = shape(
+        ShapeRules::new().include(["dealers.*.city", "dealers.id"]),
+        &doc(),
+    );
     assert_eq!(
         out,
         json!({"dealers": [
@@ -77,7 +83,9 @@ fn include_of_a_scalar_subfield_drops_it() {
 #[test]
 fn exclude_alone() {
     let out = shape(
-        ShapeRules::new().exclude(["address", "dealers.id", "*.fax", "tags"]).compact(false),
+        ShapeRules::new()
+            .exclude(["address", "dealers.id", "*.fax", "tags"])
+            .compact(false),
         &doc(),
     );
     assert_eq!(
@@ -108,28 +116,43 @@ fn exclude_wins_over_include() {
 
 #[test]
 fn max_array_size_alone_and_with_marker() {
-    let out = shape(ShapeRules::new().include(["tags"]).max_array_size(2), &doc());
+    let out = shape(
+        ShapeRules::new().include(["tags"]).max_array_size(2),
+        &doc(),
+    );
     assert_eq!(out, json!({"tags": ["a", "b"]}));
     let out = shape(
-        ShapeRules::new().include(["tags"]).max_array_size(1).array_marker(true),
+        ShapeRules::new()
+            .include(["tags"])
+            .max_array_size(1)
+            .array_marker(true),
         &doc(),
     );
     assert_eq!(out, json!({"tags": ["a", "... 2 more"]}));
     // No marker when nothing was cut.
     let out = shape(
-        ShapeRules::new().include(["tags"]).max_array_size(3).array_marker(true),
+        ShapeRules::new()
+            .include(["tags"])
+            .max_array_size(3)
+            .array_marker(true),
         &doc(),
     );
     assert_eq!(out, json!({"tags": ["a", "b", "c"]}));
     // Zero: every array is emptied (and compacted away).
-    let out = shape(ShapeRules::new().include(["tags", "id"]).max_array_size(0), &doc());
+    let out = shape(
+        ShapeRules::new().include(["tags", "id"]).max_array_size(0),
+        &doc(),
+    );
     assert_eq!(out, json!({"id": 7}));
 }
 
 #[test]
 fn cut_counts_kept_elements_after_compaction() {
     let d = json!({"xs": [null, {}, 1, null, 2, 3]});
-    assert_eq!(shape(ShapeRules::new().max_array_size(2), &d), json!({"xs": [1, 2]}));
+    assert_eq!(
+        shape(ShapeRules::new().max_array_size(2), &d),
+        json!({"xs": [1, 2]})
+    );
     assert_eq!(
         shape(ShapeRules::new().max_array_size(2).compact(false), &d),
         json!({"xs": [null, {}]})
@@ -203,7 +226,11 @@ fn spec_example_dealers() {
     assert_eq!(std::str::from_utf8(&shaped.output).unwrap(), expected);
     assert_eq!(
         shaped.stats,
-        expected_stats(body.len() as u64, body.chars().count() as u64, expected.len() as u64)
+        expected_stats(
+            body.len() as u64,
+            body.chars().count() as u64,
+            expected.len() as u64
+        )
     );
     assert_eq!(shaped.stats.original_bytes, 492);
     assert_eq!(shaped.stats.shaped_bytes, 78);
@@ -214,22 +241,17 @@ fn spec_example_dealers() {
 }
 
 fn expected_stats(orig_bytes: u64, orig_chars: u64, shaped_bytes: u64) -> ShapeStats {
-    let mut s = ShapeStats::default();
-    s.original_bytes = orig_bytes;
-    s.shaped_bytes = shaped_bytes;
-    s.original_tokens = orig_chars.div_ceil(4);
-    s.shaped_tokens = shaped_bytes.div_ceil(4);
-    s
+    ShapeStats {
+        original_bytes: orig_bytes,
+        shaped_bytes,
+        original_tokens: orig_chars.div_ceil(4),
+        shaped_tokens: shaped_bytes.div_ceil(4),
+    }
 }
 
 #[test]
 fn per_request_fields_replace_include_but_keep_exclude() {
-    let shaper = Shaper::new(
-        &ShapeRules::new()
-            .include(["name"])
-            .exclude(["dealers.id"]),
-    )
-    .unwrap();
+    let shaper = Shaper::new(&ShapeRules::new().include(["name"]).exclude(["dealers.id"])).unwrap();
     let fields = FieldSelector::parse("id,dealers(id,name),address/city").unwrap();
     let out = shaper.shape_with(Some(&fields), &doc()).unwrap().output;
     assert_eq!(
@@ -256,7 +278,10 @@ fn estimator_is_pluggable() {
 fn invalid_json_is_an_error() {
     let shaper = Shaper::new(&ShapeRules::new()).unwrap();
     for bad in [&b"{"[..], b"[1,]", b"{\"a\":1} x", b"", b"\xff"] {
-        assert!(shaper.shape_bytes(bad).unwrap_err().is_invalid_json(), "{bad:?}");
+        assert!(
+            shaper.shape_bytes(bad).unwrap_err().is_invalid_json(),
+            "{bad:?}"
+        );
     }
 }
 
@@ -264,11 +289,26 @@ fn invalid_json_is_an_error() {
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let shaper = Shaper::new(&ShapeRules::new()).unwrap();
     let deep = "[".repeat(100_000);
-    assert!(shaper.shape_bytes(deep.as_bytes()).unwrap_err().is_invalid_json());
+    assert!(
+        shaper
+            .shape_bytes(deep.as_bytes())
+            .unwrap_err()
+            .is_invalid_json()
+    );
     let closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(shaper.shape_bytes(closed.as_bytes()).unwrap_err().is_invalid_json());
+    assert!(
+        shaper
+            .shape_bytes(closed.as_bytes())
+            .unwrap_err()
+            .is_invalid_json()
+    );
     let objs = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
-    assert!(shaper.shape_bytes(objs.as_bytes()).unwrap_err().is_invalid_json());
+    assert!(
+        shaper
+            .shape_bytes(objs.as_bytes())
+            .unwrap_err()
+            .is_invalid_json()
+    );
     // 127 levels are fine, and the value path agrees.
     let ok = format!("{}1{}", "[".repeat(127), "]".repeat(127));
     let shaped = shaper.shape_bytes(ok.as_bytes()).unwrap();
@@ -282,6 +322,10 @@ fn escapes_and_unicode_survive() {
     let d = json!({"k\"ey\n": "v\u{0}al\\ue", "ü": "日本", "big": u64::MAX, "neg": i64::MIN, "f": 1.5e300});
     assert_eq!(shape(ShapeRules::identity(), &d), d);
     let raw = br#"{"\u00fc":"\ud83d\ude00"}"#;
-    let out = Shaper::new(&ShapeRules::identity()).unwrap().shape_bytes(raw).unwrap().output;
+    let out = Shaper::new(&ShapeRules::identity())
+        .unwrap()
+        .shape_bytes(raw)
+        .unwrap()
+        .output;
     assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"ü":"😀"}"#);
 }
