@@ -1,0 +1,3 @@
+//! Store benchmarks (in progress).
+
+fn main() {}
