@@ -204,6 +204,10 @@ impl Error {
     /// headers, with a small `application/problem+json` body. gRPC (`grpc`
     /// true; see [`is_grpc_request`]): a trailers-only answer, HTTP 200 with
     /// `grpc-status` and a percent-encoded `grpc-message`.
+    ///
+    /// The response carries the [`ErrorKind`] as an extension, so outer
+    /// layers (metrics, a dead-letter queue) can tell a refusal by palisade
+    /// from an upstream answer with the same status.
     pub fn into_http_response<B>(self, grpc: bool) -> Response<PalisadeBody<B>> {
         let mut headers = self.headers;
         if let Some(after) = self.retry_after {
@@ -241,6 +245,7 @@ impl Error {
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
+        response.extensions_mut().insert(self.kind);
         response
     }
 }
@@ -390,6 +395,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers()["retry-after"], "2");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(res.extensions().get::<ErrorKind>(), Some(&ErrorKind::RateLimited));
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["status"], 429);
