@@ -1,0 +1,2 @@
+//! Placeholder so the workspace manifest loads; the breaker bench replaces it.
+fn main() {}

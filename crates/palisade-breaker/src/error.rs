@@ -1,0 +1,148 @@
+//! The breaker's errors: [`CircuitOpen`] and [`BreakerError`].
+
+use palisade_core::{BoxError, ErrorKind};
+use std::{fmt, sync::Arc, time::Duration};
+
+/// A call was rejected because its circuit is open (or half-open with no
+/// trial permit left, or forced open).
+///
+/// Converts into [`palisade_core::Error`] (HTTP 503 with `Retry-After`, gRPC
+/// `UNAVAILABLE`); the client-facing message never names the key.
+///
+/// ```
+/// use palisade_breaker::{Breaker, Config};
+///
+/// let breaker = Breaker::new("payments", Config::default()).unwrap();
+/// breaker.force_open();
+/// let open = breaker.try_acquire().unwrap_err();
+/// assert_eq!(open.breaker(), "payments");
+/// let err = palisade_core::Error::from(open);
+/// assert_eq!(err.http_status(), 503);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CircuitOpen {
+    pub(crate) breaker: Arc<str>,
+    pub(crate) key: Option<Arc<str>>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) forced: bool,
+}
+
+impl CircuitOpen {
+    /// The name of the breaker that rejected the call.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The key of the per-key breaker that rejected the call, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// When trial calls will be admitted, if known (not for a forced-open
+    /// or a busy half-open breaker).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether the breaker was forced open by an operator.
+    pub fn is_forced(&self) -> bool {
+        self.forced
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit breaker {:?}", &*self.breaker)?;
+        if let Some(key) = &self.key {
+            write!(f, " (key {:?})", &**key)?;
+        }
+        if self.forced {
+            f.write_str(" is forced open")
+        } else {
+            f.write_str(" is open")
+        }
+    }
+}
+
+impl std::error::Error for CircuitOpen {}
+
+impl From<CircuitOpen> for palisade_core::Error {
+    fn from(open: CircuitOpen) -> Self {
+        let mut err = palisade_core::Error::new(ErrorKind::CircuitOpen, "circuit breaker is open")
+            .with_problem_type("https://palisade.invalid/problems/circuit-open");
+        if let Some(after) = open.retry_after {
+            err = err.with_retry_after(after);
+        }
+        err.with_source(open)
+    }
+}
+
+/// The error of a breaker wrapping a generic service: the circuit was open,
+/// or the inner service failed.
+///
+/// ```
+/// use palisade_breaker::{BreakerError, CircuitBreakerLayer};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::new("tool");
+/// layer.breaker().unwrap().force_open();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+/// assert!(err.is_open());
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BreakerError<E> {
+    /// The circuit was open; the inner service was not called.
+    #[error(transparent)]
+    Open(CircuitOpen),
+    /// The inner service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+impl<E> BreakerError<E> {
+    /// Whether the call was rejected by an open circuit.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Open(_))
+    }
+
+    /// The rejection, if the circuit was open.
+    pub fn as_open(&self) -> Option<&CircuitOpen> {
+        match self {
+            Self::Open(o) => Some(o),
+            Self::Inner(_) => None,
+        }
+    }
+
+    /// The inner service's error, if it failed.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Self::Inner(e) => Some(e),
+            Self::Open(_) => None,
+        }
+    }
+}
+
+impl<E: Into<BoxError>> From<BreakerError<E>> for palisade_core::Error {
+    fn from(err: BreakerError<E>) -> Self {
+        match err {
+            BreakerError::Open(open) => open.into(),
+            BreakerError::Inner(e) => {
+                let e: BoxError = e.into();
+                match e.downcast::<palisade_core::Error>() {
+                    Ok(core) => *core,
+                    Err(e) => {
+                        palisade_core::Error::new(ErrorKind::Upstream, "upstream failed")
+                            .with_source(e)
+                    }
+                }
+            }
+        }
+    }
+}

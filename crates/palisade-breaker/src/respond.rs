@@ -1,0 +1,193 @@
+//! What a [`CircuitBreaker`](crate::CircuitBreaker) service answers when its
+//! circuit is open — the flavour of the layer, chosen by type.
+//!
+//! | flavour | built by | `Response` | `Error` | open circuit |
+//! |---|---|---|---|---|
+//! | [`TypedError`] | [`CircuitBreakerLayer::builder`](crate::CircuitBreakerLayer::builder) | `S::Response` | [`BreakerError<S::Error>`](crate::BreakerError) | `Err(BreakerError::Open)` |
+//! | [`HttpAnswer`] | [`.http()`](crate::Builder::http) | `Response<PalisadeBody<B>>` | `S::Error` | 503 + `Retry-After`, or gRPC `UNAVAILABLE` |
+//! | [`Fallback`] | [`.fallback(svc)`](crate::Builder::fallback) on a typed builder | `S::Response` | `S::Error` | the fallback's answer |
+//! | [`HttpFallback`] | [`.fallback(svc)`](crate::Builder::fallback) on an HTTP builder | `Response<PalisadeBody<B>>` | `S::Error` | the fallback's answer |
+
+use crate::error::{BreakerError, CircuitOpen};
+use futures_util::future::{MapOk, Ready, TryFutureExt, ready};
+use http::{Request, Response};
+use palisade_core::{PalisadeBody, is_grpc_request};
+use tower::util::{Oneshot, ServiceExt};
+use tower_service::Service;
+
+/// How a flavour wraps the inner service's results (the half of
+/// [`OnOpen`] that does not depend on the request type).
+pub trait Wrap<Res, E> {
+    /// The response type of the breaker service.
+    type Response;
+    /// The error type of the breaker service.
+    type Error;
+
+    /// Wraps the inner service's response.
+    fn response(res: Res) -> Self::Response;
+    /// Wraps the inner service's error.
+    fn error(err: E) -> Self::Error;
+}
+
+/// The flavour of a breaker service: how it wraps the inner service's
+/// results and what it answers when the circuit is open.
+///
+/// Implemented by [`TypedError`], [`HttpAnswer`], [`Fallback`] and
+/// [`HttpFallback`].
+pub trait OnOpen<Req, Res, E>: Wrap<Res, E> + Clone + Send + Sync + 'static {
+    /// The future of the answer to a rejected call.
+    type Future: Future<Output = Result<Self::Response, Self::Error>>;
+
+    /// Answers a call whose circuit is open.
+    fn open(&self, req: Req, open: CircuitOpen) -> Self::Future;
+}
+
+/// Generic services: an open circuit is `Err(BreakerError::Open)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TypedError;
+
+impl<Res, E> Wrap<Res, E> for TypedError {
+    type Response = Res;
+    type Error = BreakerError<E>;
+
+    #[inline]
+    fn response(res: Res) -> Res {
+        res
+    }
+
+    #[inline]
+    fn error(err: E) -> BreakerError<E> {
+        BreakerError::Inner(err)
+    }
+}
+
+impl<Req, Res, E> OnOpen<Req, Res, E> for TypedError {
+    type Future = Ready<Result<Res, BreakerError<E>>>;
+
+    fn open(&self, _req: Req, open: CircuitOpen) -> Self::Future {
+        ready(Err(BreakerError::Open(open)))
+    }
+}
+
+/// HTTP services: an open circuit is answered at once with 503 and
+/// `Retry-After` (gRPC requests: `grpc-status` 14, `UNAVAILABLE`), so axum
+/// needs no `HandleErrorLayer`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpAnswer;
+
+impl<ResB, E> Wrap<Response<ResB>, E> for HttpAnswer {
+    type Response = Response<PalisadeBody<ResB>>;
+    type Error = E;
+
+    #[inline]
+    fn response(res: Response<ResB>) -> Self::Response {
+        res.map(PalisadeBody::inner)
+    }
+
+    #[inline]
+    fn error(err: E) -> E {
+        err
+    }
+}
+
+impl<ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpAnswer {
+    type Future = Ready<Result<Self::Response, E>>;
+
+    fn open(&self, req: Request<ReqB>, open: CircuitOpen) -> Self::Future {
+        let grpc = is_grpc_request(req.headers());
+        ready(Ok(palisade_core::Error::from(open).into_http_response(grpc)))
+    }
+}
+
+/// An open circuit is answered by a fallback service (for a closure, wrap
+/// it in [`tower::service_fn`]); it gets the request the inner service
+/// would have had.
+#[derive(Clone, Debug)]
+pub struct Fallback<F>(pub(crate) F);
+
+impl<F, Res, E> Wrap<Res, E> for Fallback<F> {
+    type Response = Res;
+    type Error = E;
+
+    #[inline]
+    fn response(res: Res) -> Res {
+        res
+    }
+
+    #[inline]
+    fn error(err: E) -> E {
+        err
+    }
+}
+
+impl<F, Req, Res, E> OnOpen<Req, Res, E> for Fallback<F>
+where
+    F: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+{
+    type Future = Oneshot<F, Req>;
+
+    fn open(&self, req: Req, _open: CircuitOpen) -> Self::Future {
+        self.0.clone().oneshot(req)
+    }
+}
+
+/// [`Fallback`] for the HTTP flavour: the fallback answers with the inner
+/// service's response type; its body is passed through.
+#[derive(Clone, Debug)]
+pub struct HttpFallback<F>(pub(crate) F);
+
+type WrapBody<B> = fn(Response<B>) -> Response<PalisadeBody<B>>;
+
+impl<F, ResB, E> Wrap<Response<ResB>, E> for HttpFallback<F> {
+    type Response = Response<PalisadeBody<ResB>>;
+    type Error = E;
+
+    #[inline]
+    fn response(res: Response<ResB>) -> Self::Response {
+        res.map(PalisadeBody::inner)
+    }
+
+    #[inline]
+    fn error(err: E) -> E {
+        err
+    }
+}
+
+impl<F, ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpFallback<F>
+where
+    F: Service<Request<ReqB>, Response = Response<ResB>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    type Future = MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>;
+
+    fn open(&self, req: Request<ReqB>, _open: CircuitOpen) -> Self::Future {
+        let wrap: WrapBody<ResB> = |res| res.map(PalisadeBody::inner);
+        self.0.clone().oneshot(req).map_ok(wrap)
+    }
+}
+
+/// Turns a flavour into its fallback flavour (used by
+/// [`Builder::fallback`](crate::Builder::fallback)).
+pub trait WithFallback<F> {
+    /// The flavour with a fallback.
+    type Output;
+    /// Adds the fallback.
+    fn with_fallback(self, fallback: F) -> Self::Output;
+}
+
+impl<F> WithFallback<F> for TypedError {
+    type Output = Fallback<F>;
+    fn with_fallback(self, fallback: F) -> Fallback<F> {
+        Fallback(fallback)
+    }
+}
+
+impl<F> WithFallback<F> for HttpAnswer {
+    type Output = HttpFallback<F>;
+    fn with_fallback(self, fallback: F) -> HttpFallback<F> {
+        HttpFallback(fallback)
+    }
+}
