@@ -1,0 +1,425 @@
+//! The Tower layer: HTTP and gRPC services.
+
+use crate::limiter::{Outcome, Pending, RateLimiter, Verdict, decide_store};
+use crate::quota::Decision;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use palisade_core::{PalisadeBody, is_grpc_request};
+use pin_project_lite::pin_project;
+use serde::{Deserialize, Serialize};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Which rate-limit headers responses carry.
+///
+/// ```
+/// use palisade_ratelimit::HeaderStyle;
+///
+/// let both = HeaderStyle::default();
+/// assert!(both.x_ratelimit && both.ietf);
+/// let h: HeaderStyle = serde_json::from_str(r#"{"ietf": false}"#).unwrap();
+/// assert!(h.x_ratelimit && !h.ietf);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderStyle {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+    /// (seconds until the quota is whole again).
+    pub x_ratelimit: bool,
+    /// The IETF fields: `RateLimit-Policy: "<name>";q=<limit>;w=<seconds>`
+    /// and `RateLimit: "<name>";r=<remaining>;t=<seconds>`.
+    pub ietf: bool,
+}
+
+impl Default for HeaderStyle {
+    fn default() -> Self {
+        Self {
+            x_ratelimit: true,
+            ietf: true,
+        }
+    }
+}
+
+impl HeaderStyle {
+    /// No rate-limit headers (`Retry-After` on refusals stays).
+    pub const NONE: HeaderStyle = HeaderStyle {
+        x_ratelimit: false,
+        ietf: false,
+    };
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Writes the limit headers of a verdict.
+pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: HeaderStyle) {
+    let Some((name, window)) = &verdict.policy else {
+        return;
+    };
+    let Decision {
+        limit,
+        remaining,
+        reset_after,
+        ..
+    } = verdict.decision;
+    let reset = ceil_secs(reset_after);
+    if style.x_ratelimit {
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(limit),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset),
+        );
+    }
+    if style.ietf {
+        let name = sf_string(name);
+        if let Ok(v) = HeaderValue::try_from(format!("{name};q={limit};w={}", ceil_secs(*window))) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        }
+        if let Ok(v) = HeaderValue::try_from(format!("{name};r={remaining};t={reset}")) {
+            headers.insert(HeaderName::from_static("ratelimit"), v);
+        }
+    }
+}
+
+/// A structured-field string (RFC 8941): quoted, `"` and `\` escaped,
+/// anything outside printable ASCII replaced by `_`.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Renders a refusal: 429 (or 503 when failing closed) with `Retry-After`
+/// and the limit headers; gRPC gets `RESOURCE_EXHAUSTED` / `UNAVAILABLE`.
+fn refusal<B>(verdict: Verdict, grpc: bool, style: HeaderStyle) -> Response<PalisadeBody<B>> {
+    let mut headers = HeaderMap::new();
+    write_headers(&mut headers, &verdict, style);
+    let err = match verdict.into_error() {
+        Some(e) => e,
+        None => crate::RateLimitError::InvalidConfig("refusal without an error".into()),
+    };
+    let mut err: palisade_core::Error = err.into();
+    for (name, value) in headers {
+        if let Some(name) = name {
+            err = err.with_header(name, value);
+        }
+    }
+    err.into_http_response(grpc)
+}
+
+/// Applies a [`RateLimiter`] to a service. See [`RateLimit`].
+///
+/// ```
+/// use palisade_ratelimit::{HeaderStyle, Limit, RateLimitLayer, RateLimiter};
+///
+/// let limiter = RateLimiter::builder().limit(Limit::per_user()).build().unwrap();
+/// let layer = RateLimitLayer::new(limiter).headers(HeaderStyle { x_ratelimit: true, ietf: false });
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RateLimitLayer {
+    limiter: RateLimiter,
+    style: HeaderStyle,
+}
+
+impl RateLimitLayer {
+    /// A layer deciding with `limiter`, sending every header.
+    pub fn new(limiter: RateLimiter) -> Self {
+        Self {
+            limiter,
+            style: HeaderStyle::default(),
+        }
+    }
+
+    /// Chooses the headers responses carry.
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// The limiter (for programmatic checks sharing the same counters).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            limiter: self.limiter.clone(),
+            style: self.style,
+        }
+    }
+}
+
+/// Rate-limits an HTTP or gRPC service.
+///
+/// Every request is checked against the limiter's limits before the inner
+/// service sees it. A refused request is answered at once — HTTP 429 with
+/// `Retry-After` and an `application/problem+json` body of type
+/// `quota-exceeded` (gRPC: `RESOURCE_EXHAUSTED`) — inside the response
+/// future, so axum needs no `HandleErrorLayer`. Every response, allowed or
+/// not, carries the strictest limit's headers (see [`HeaderStyle`]).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Empty;
+/// use palisade_ratelimit::{Limit, Quota, RateLimitLayer, RateLimiter};
+/// use palisade_core::key::ConstKey;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::builder()
+///     .limit(Limit::new("global", ConstKey("all"), Quota::per_minute(1)))
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(RateLimitLayer::new(limiter))
+///     .service_fn(|_req: Request<Empty<Bytes>>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+///     });
+/// let ok = svc.clone().oneshot(Request::new(Empty::new())).await.unwrap();
+/// assert_eq!(ok.headers()["x-ratelimit-remaining"], "0");
+/// let refused = svc.oneshot(Request::new(Empty::new())).await.unwrap();
+/// assert_eq!(refused.status(), 429);
+/// assert_eq!(refused.headers()["retry-after"], "60");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: RateLimiter,
+    style: HeaderStyle,
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, limiter: RateLimiter) -> Self {
+        RateLimitLayer::new(limiter).layer(inner)
+    }
+
+    /// A layer wrapping services with `limiter`.
+    pub fn layer(limiter: RateLimiter) -> RateLimitLayer {
+        RateLimitLayer::new(limiter)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type CheckFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<PalisadeBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S, ReqBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let style = self.style;
+        if self.limiter.mode() == crate::Mode::Disabled {
+            return ResponseFuture::call(self.inner.call(req), None, style);
+        }
+        let grpc = is_grpc_request(req.headers());
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let pending = self.limiter.begin(&head);
+        let req = Request::from_parts(head.into_parts().0, body);
+        match pending {
+            Pending::Ready(verdict) if !verdict.is_allowed() => ResponseFuture {
+                state: State::Refuse {
+                    verdict: Some(verdict),
+                    grpc,
+                    style,
+                },
+            },
+            Pending::Ready(verdict) => {
+                ResponseFuture::call(self.inner.call(req), Some(verdict), style)
+            }
+            Pending::Store(plan) => {
+                // The inner service is ready; keep it for after the check.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Check {
+                        check: Box::pin(decide_store(self.limiter.shared.clone(), plan)),
+                        inner: Some(inner),
+                        req: Some(req),
+                        grpc,
+                        style,
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RateLimit`].
+    pub struct ResponseFuture<F, S, B> {
+        #[pin]
+        state: State<F, S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, B> {
+        Refuse { verdict: Option<Verdict>, grpc: bool, style: HeaderStyle },
+        Check {
+            check: CheckFuture,
+            inner: Option<S>,
+            req: Option<Request<B>>,
+            grpc: bool,
+            style: HeaderStyle,
+        },
+        Call { #[pin] fut: F, verdict: Option<Verdict>, style: HeaderStyle },
+    }
+}
+
+impl<F, S, B> ResponseFuture<F, S, B> {
+    fn call(fut: F, verdict: Option<Verdict>, style: HeaderStyle) -> Self {
+        Self {
+            state: State::Call {
+                fut,
+                verdict,
+                style,
+            },
+        }
+    }
+}
+
+impl<F, S, B> fmt::Debug for ResponseFuture<F, S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<F, S, B, ResBody, E> Future for ResponseFuture<F, S, B>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    S: Service<Request<B>, Response = Response<ResBody>, Error = E, Future = F>,
+{
+    type Output = Result<Response<PalisadeBody<ResBody>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Refuse {
+                    verdict,
+                    grpc,
+                    style,
+                } => {
+                    let verdict = verdict.take().expect("polled after completion");
+                    return Poll::Ready(Ok(refusal(verdict, *grpc, *style)));
+                }
+                StateProj::Check {
+                    check,
+                    inner,
+                    req,
+                    grpc,
+                    style,
+                } => {
+                    let verdict = ready!(check.as_mut().poll(cx));
+                    let style = *style;
+                    if !verdict.is_allowed() {
+                        let grpc = *grpc;
+                        self.as_mut().project().state.set(State::Refuse {
+                            verdict: Some(verdict),
+                            grpc,
+                            style,
+                        });
+                        continue;
+                    }
+                    let (Some(mut svc), Some(req)) = (inner.take(), req.take()) else {
+                        panic!("polled after completion");
+                    };
+                    let fut = svc.call(req);
+                    self.as_mut().project().state.set(State::Call {
+                        fut,
+                        verdict: Some(verdict),
+                        style,
+                    });
+                }
+                StateProj::Call {
+                    fut,
+                    verdict,
+                    style,
+                } => {
+                    let res = ready!(fut.poll(cx))?;
+                    let mut res = res.map(PalisadeBody::inner);
+                    if let Some(v) = verdict.take()
+                        && v.outcome == Outcome::Allowed
+                    {
+                        write_headers(res.headers_mut(), &v, *style);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+            }
+        }
+    }
+}
+
+/// Shares one limiter between layers (a cheap clone).
+impl From<RateLimiter> for RateLimitLayer {
+    fn from(limiter: RateLimiter) -> Self {
+        Self::new(limiter)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RateLimitLayer>();
+    send_sync::<Arc<RateLimiter>>();
+}

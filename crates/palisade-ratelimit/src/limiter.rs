@@ -1,0 +1,891 @@
+//! The rate limiter: several limits per decision, tiers, modes, and an
+//! in-process or shared (Redis) backend.
+
+use crate::{
+    error::RateLimitError,
+    limit::{Limit, QuotaSource, Tier, Tiers},
+    local::{DEFAULT_MAX_KEYS, LocalLimiter, PassThroughMap},
+    metrics::{Outcome as MetricOutcome, RateLimitMetrics, SlotCounters},
+    quota::{Algorithm, Decision, Quota},
+};
+use http::Request;
+use palisade_store::{GcraRule, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::{
+    fmt::{self, Display},
+    hash::{BuildHasher, Hasher, RandomState},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// Most limits one limiter checks per request.
+pub const MAX_LIMITS: usize = 8;
+
+/// What the limiter does with its decisions.
+///
+/// ```
+/// use palisade_ratelimit::Mode;
+///
+/// assert_eq!(Mode::default(), Mode::Enforce);
+/// let m: Mode = serde_json::from_str("\"log_only\"").unwrap();
+/// assert_eq!(m, Mode::LogOnly);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// Decide, count and reject over-limit requests.
+    #[default]
+    Enforce,
+    /// Shadow mode: decide, count and log, never reject.
+    LogOnly,
+    /// Do nothing: every request passes, no headers, no counting.
+    Disabled,
+}
+
+/// What to do when the shared store cannot decide (down, timed out).
+///
+/// ```
+/// use palisade_ratelimit::FailPolicy;
+///
+/// assert_eq!(FailPolicy::default(), FailPolicy::Open);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailPolicy {
+    /// Let the request through (logged and counted).
+    #[default]
+    Open,
+    /// Refuse the request (503 with `Retry-After: 1`).
+    Closed,
+}
+
+/// How a decision ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every enforced limit allowed the request (or none applied).
+    Allowed,
+    /// An enforced limit refused it.
+    Rejected,
+    /// The store failed and the limiter let the request through.
+    FailedOpen,
+    /// The store failed and the limiter refused the request.
+    FailedClosed,
+}
+
+/// The answer to one check: the outcome and the decision of the strictest
+/// enforced limit (the refusing one, or the one with the least room left).
+///
+/// ```
+/// use palisade_ratelimit::{Limit, Outcome, Quota, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::builder()
+///     .limit(Limit::per_tool().with_quota(Quota::per_minute(1)))
+///     .build()
+///     .unwrap();
+/// let v = limiter.check_key("tool", &"search", 1).await.unwrap();
+/// assert!(v.is_allowed());
+/// let v = limiter.check_key("tool", &"search", 1).await.unwrap();
+/// assert_eq!(v.outcome(), Outcome::Rejected);
+/// assert_eq!(v.retry_after().unwrap().as_secs_f64().ceil(), 60.0);
+/// assert_eq!(v.limit_name(), Some("tool"));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Verdict {
+    pub(crate) outcome: Outcome,
+    pub(crate) decision: Decision,
+    pub(crate) policy: Option<(Arc<str>, Duration)>,
+    pub(crate) shadow_rejected: bool,
+    pub(crate) store_error: Option<StoreError>,
+}
+
+impl Verdict {
+    fn allowed() -> Self {
+        Self {
+            outcome: Outcome::Allowed,
+            decision: Decision::unlimited(),
+            policy: None,
+            shadow_rejected: false,
+            store_error: None,
+        }
+    }
+
+    /// How the decision ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Whether the request may go on.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allowed | Outcome::FailedOpen)
+    }
+
+    /// The strictest enforced limit's decision (all `u32::MAX` when no
+    /// limit applied).
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Requests still allowed now under the strictest limit.
+    pub fn remaining(&self) -> u32 {
+        self.decision.remaining
+    }
+
+    /// Time until the strictest limit is whole again.
+    pub fn reset_after(&self) -> Duration {
+        self.decision.reset_after
+    }
+
+    /// When refused: how long until the same request would be allowed.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.outcome {
+            Outcome::Rejected => self.decision.retry_after,
+            Outcome::FailedClosed => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The name of the limit that decided, when one did.
+    pub fn limit_name(&self) -> Option<&str> {
+        self.policy.as_ref().map(|(n, _)| &**n)
+    }
+
+    /// Whether a shadow limit would have refused the request.
+    pub fn shadow_rejected(&self) -> bool {
+        self.shadow_rejected
+    }
+
+    /// The refusal as an error (`None` when allowed).
+    pub fn into_error(self) -> Option<RateLimitError> {
+        match self.outcome {
+            Outcome::Rejected => Some(RateLimitError::Exceeded {
+                limit: self.policy.map_or_else(|| Arc::from("unknown"), |(n, _)| n),
+                decision: self.decision,
+            }),
+            Outcome::FailedClosed => Some(RateLimitError::StoreUnavailable(
+                self.store_error
+                    .unwrap_or(StoreError::Timeout(Duration::ZERO)),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A tier resolver: which tier a request belongs to.
+pub(crate) type TierFn = Arc<dyn Fn(&Request<()>) -> Option<Tier> + Send + Sync>;
+
+/// Keys a store told us are over their limit, until they fit again.
+struct Memo {
+    until: PassThroughMap<u64>,
+    max: usize,
+}
+
+impl Memo {
+    fn blocked(&self, hash: u64, now: u64) -> Option<u64> {
+        self.until.get(&hash).map(|u| *u).filter(|&u| u > now)
+    }
+
+    fn insert(&self, hash: u64, until: u64, now: u64) {
+        if self.until.len() >= self.max {
+            self.until.retain(|_, u| *u > now);
+            if self.until.len() >= self.max {
+                return;
+            }
+        }
+        self.until.insert(hash, until);
+    }
+}
+
+pub(crate) struct Slot {
+    quota: Option<Quota>,
+    local: Option<LocalLimiter>,
+    memo: Option<Memo>,
+    counters: Option<SlotCounters>,
+}
+
+pub(crate) struct Entry {
+    limit: Limit,
+    tiered: bool,
+    slots: Box<[Slot]>,
+}
+
+pub(crate) struct Shared {
+    entries: Box<[Entry]>,
+    tiers: Tiers,
+    resolve: TierFn,
+    any_tiered: bool,
+    mode: Mode,
+    store: Option<Store>,
+    fail: FailPolicy,
+    start: Instant,
+    hasher: RandomState,
+    metrics: Option<RateLimitMetrics>,
+}
+
+/// Decides whether requests may go on: several [`Limit`]s per decision
+/// (the strictest answer wins), tiers, modes, and a backend — in-process
+/// (lock-free, the default) or a shared [`Store`] (Redis / Redis Cluster:
+/// one round trip per decision, exact across replicas).
+///
+/// Cheap to clone; [`RateLimitLayer`](crate::RateLimitLayer) wraps one for
+/// HTTP and gRPC services, and [`check_key`](RateLimiter::check_key) /
+/// [`check_keys`](RateLimiter::check_keys) serve code that is not a request
+/// (a tool call, a job).
+///
+/// ```
+/// use palisade_ratelimit::{Limit, Quota, RateLimiter, Tier, Tiers};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::builder()
+///     .limit(Limit::per_user())
+///     .limit(Limit::per_tool().cost(5))
+///     .build()
+///     .unwrap();
+/// let v = limiter
+///     .check_keys(&[("user", &"alice"), ("tool", &"web_search")], None, 5)
+///     .await
+///     .unwrap();
+/// assert!(v.is_allowed());
+/// assert_eq!(v.limit_name(), Some("tool"), "50/min with 5 spent is the strictest");
+/// assert_eq!(v.remaining(), 45);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field(
+                "limits",
+                &self
+                    .shared
+                    .entries
+                    .iter()
+                    .map(|e| &e.limit)
+                    .collect::<Vec<_>>(),
+            )
+            .field("tiers", &self.shared.tiers)
+            .field("mode", &self.shared.mode)
+            .field("store", &self.shared.store.as_ref().map(Store::backend))
+            .field("on_store_error", &self.shared.fail)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RateLimiter`]. See [`RateLimiter::builder`].
+pub struct RateLimiterBuilder {
+    limits: Vec<Limit>,
+    tiers: Tiers,
+    resolve: TierFn,
+    mode: Mode,
+    store: Option<Store>,
+    fail: FailPolicy,
+    max_keys: usize,
+    metrics: Option<RateLimitMetrics>,
+}
+
+impl fmt::Debug for RateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RateLimiterBuilder {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            tiers: Tiers::default(),
+            resolve: Arc::new(|req: &Request<()>| req.extensions().get::<Tier>().cloned()),
+            mode: Mode::Enforce,
+            store: None,
+            fail: FailPolicy::Open,
+            max_keys: DEFAULT_MAX_KEYS,
+            metrics: None,
+        }
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Adds a limit (when none is added: [`Limit::per_ip`], 60/min).
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// The tier table of tiered limits (default: [`Tiers::default`]).
+    pub fn tiers(mut self, tiers: Tiers) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    /// How a request's tier is found (default: a [`Tier`] request
+    /// extension); requests without one get the table's default tier.
+    pub fn tier_resolver(
+        mut self,
+        f: impl Fn(&Request<()>) -> Option<Tier> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolve = Arc::new(f);
+        self
+    }
+
+    /// Enforce (default), log-only or disabled.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Shares the counters through `store` (Redis or Redis Cluster) instead
+    /// of in-process; GCRA limits only.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// What to do when the store fails (default: fail open).
+    pub fn on_store_error(mut self, policy: FailPolicy) -> Self {
+        self.fail = policy;
+        self
+    }
+
+    /// Most keys tracked in-process per limit (and per tier), default
+    /// 100 000.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Counts decisions and store errors on these metrics.
+    pub fn metrics(mut self, metrics: &RateLimitMetrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Checks the configuration and builds the limiter.
+    ///
+    /// # Errors
+    /// [`RateLimitError::InvalidConfig`] naming the limit and the problem:
+    /// an invalid quota, two limits of one name, more than [`MAX_LIMITS`]
+    /// limits, or a window algorithm on a shared store.
+    pub fn build(self) -> Result<RateLimiter, RateLimitError> {
+        let mut limits = self.limits;
+        if limits.is_empty() {
+            limits.push(Limit::per_ip());
+        }
+        let bad = |msg: String| RateLimitError::InvalidConfig(msg);
+        if limits.len() > MAX_LIMITS {
+            return Err(bad(format!(
+                "{} limits given, at most {MAX_LIMITS} per limiter",
+                limits.len()
+            )));
+        }
+        let mut entries = Vec::with_capacity(limits.len());
+        for (i, limit) in limits.iter().enumerate() {
+            if limits[..i].iter().any(|l| l.name == limit.name) {
+                return Err(bad(format!("two limits are named {:?}", limit.name)));
+            }
+            if limit.name.is_empty() {
+                return Err(bad("a limit has an empty name".into()));
+            }
+            let (tiered, quotas): (bool, Vec<(Option<&Tier>, Option<Quota>)>) = match limit.quota {
+                QuotaSource::Fixed(q) => (false, vec![(None, Some(q))]),
+                QuotaSource::Tiered => {
+                    (true, self.tiers.iter().map(|(t, q)| (Some(t), q)).collect())
+                }
+            };
+            let mut slots = Vec::with_capacity(quotas.len());
+            for (tier, quota) in quotas {
+                let name = match tier {
+                    Some(t) => format!("limit {:?}, tier {:?}", limit.name, t.as_str()),
+                    None => format!("limit {:?}", limit.name),
+                };
+                if let Some(q) = quota {
+                    q.validate().map_err(|e| bad(format!("{name}: {e}")))?;
+                    if self.store.is_some() {
+                        if q.algorithm() != Algorithm::Gcra {
+                            return Err(bad(format!(
+                                "{name}: {} is in-process only; use gcra with a shared store",
+                                q.algorithm().as_str()
+                            )));
+                        }
+                        let rule = GcraRule::new(q.limit(), q.period());
+                        if rule.emission_interval().is_zero()
+                            || q.period() > Duration::from_secs(280_000_000)
+                        {
+                            return Err(bad(format!(
+                                "{name}: the store counts in microseconds: at most one request \
+                                 per microsecond, periods up to about 8.9 years"
+                            )));
+                        }
+                    }
+                }
+                let local = match (quota, &self.store) {
+                    (Some(q), None) => Some(LocalLimiter::with_max_keys(q, self.max_keys)?),
+                    _ => None,
+                };
+                let memo = (quota.is_some() && self.store.is_some()).then(|| Memo {
+                    until: PassThroughMap::default(),
+                    max: self.max_keys,
+                });
+                let counters = self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.slot(&limit.name, tier.map_or("none", Tier::as_str)));
+                slots.push(Slot {
+                    quota,
+                    local,
+                    memo,
+                    counters,
+                });
+            }
+            entries.push(Entry {
+                limit: limit.clone(),
+                tiered,
+                slots: slots.into(),
+            });
+        }
+        Ok(RateLimiter {
+            shared: Arc::new(Shared {
+                any_tiered: entries.iter().any(|e| e.tiered),
+                entries: entries.into(),
+                tiers: self.tiers,
+                resolve: self.resolve,
+                mode: self.mode,
+                store: self.store,
+                fail: self.fail,
+                start: Instant::now(),
+                hasher: RandomState::new(),
+                metrics: self.metrics,
+            }),
+        })
+    }
+}
+
+/// Follows the strictest decisions of one check.
+#[derive(Default)]
+struct Tally {
+    head: Option<(Decision, usize, usize)>,
+    rejected: Option<(Decision, usize, usize)>,
+    shadow_rejected: bool,
+}
+
+impl Tally {
+    /// Records one limit's decision; `true` when an enforced limit refused.
+    fn record(
+        &mut self,
+        shared: &Shared,
+        entry: usize,
+        slot: usize,
+        d: Decision,
+        shadow: bool,
+    ) -> bool {
+        let s = &shared.entries[entry].slots[slot];
+        let outcome = match (d.allowed, shadow) {
+            (true, _) => MetricOutcome::Allowed,
+            (false, true) => MetricOutcome::ShadowRejected,
+            (false, false) => MetricOutcome::Rejected,
+        };
+        if let Some(c) = &s.counters {
+            c.inc(outcome);
+        }
+        if d.allowed {
+            if !shadow
+                && self.head.is_none_or(|(h, _, _)| {
+                    d.remaining < h.remaining
+                        || (d.remaining == h.remaining && d.reset_after > h.reset_after)
+                })
+            {
+                self.head = Some((d, entry, slot));
+            }
+            return false;
+        }
+        let name = &shared.entries[entry].limit.name;
+        if shadow {
+            self.shadow_rejected = true;
+            tracing::info!(limit = %name, retry_after = ?d.retry_after, "rate limit exceeded (shadow: not enforced)");
+            return false;
+        }
+        tracing::debug!(limit = %name, retry_after = ?d.retry_after, "rate limit exceeded");
+        if self
+            .rejected
+            .is_none_or(|(r, _, _)| d.retry_after > r.retry_after)
+        {
+            self.rejected = Some((d, entry, slot));
+        }
+        true
+    }
+
+    fn verdict(self, shared: &Shared) -> Verdict {
+        let policy = |entry: usize, slot: usize| {
+            let e = &shared.entries[entry];
+            let period = e.slots[slot].quota.map_or(Duration::ZERO, |q| q.period());
+            Some((e.limit.name.clone(), period))
+        };
+        match (self.rejected, self.head) {
+            (Some((d, e, s)), _) => Verdict {
+                outcome: Outcome::Rejected,
+                decision: d,
+                policy: policy(e, s),
+                shadow_rejected: self.shadow_rejected,
+                store_error: None,
+            },
+            (None, Some((d, e, s))) => Verdict {
+                outcome: Outcome::Allowed,
+                decision: d,
+                policy: policy(e, s),
+                shadow_rejected: self.shadow_rejected,
+                store_error: None,
+            },
+            (None, None) => Verdict {
+                shadow_rejected: self.shadow_rejected,
+                ..Verdict::allowed()
+            },
+        }
+    }
+}
+
+/// One check to make on the store.
+pub(crate) struct Planned {
+    entry: usize,
+    slot: usize,
+    key: String,
+    hash: u64,
+    cost: u32,
+    shadow: bool,
+}
+
+/// A decision still to be made: at once (in-process) or on the store.
+pub(crate) enum Pending {
+    Ready(Verdict),
+    Store(Vec<Planned>),
+}
+
+impl RateLimiter {
+    /// A builder with the defaults: no limit yet (60/min per IP when none is
+    /// added), the default tiers, enforce mode, in-process, fail open.
+    pub fn builder() -> RateLimiterBuilder {
+        RateLimiterBuilder::default()
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
+    }
+
+    /// The limits, in order.
+    pub fn limits(&self) -> impl Iterator<Item = &Limit> {
+        self.shared.entries.iter().map(|e| &e.limit)
+    }
+
+    /// Checks one limit for one key (a tool call, a job), counting `cost`.
+    ///
+    /// # Errors
+    /// [`RateLimitError::UnknownLimit`] when no limit has that name.
+    pub async fn check_key(
+        &self,
+        limit: &str,
+        key: &dyn Display,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        self.check_keys(&[(limit, key)], None, cost).await
+    }
+
+    /// Checks several limits at once (all counted, or none when one
+    /// refuses), each `(limit name, key)`, counting `cost` on each; `tier`
+    /// picks the quota of tiered limits (the default tier when `None`).
+    ///
+    /// # Errors
+    /// [`RateLimitError::UnknownLimit`] when a name matches no limit.
+    pub async fn check_keys(
+        &self,
+        keys: &[(&str, &dyn Display)],
+        tier: Option<&Tier>,
+        cost: u32,
+    ) -> Result<Verdict, RateLimitError> {
+        let shared = &self.shared;
+        let tier = shared.tiers.index(tier);
+        let mut plan = Vec::with_capacity(keys.len());
+        for &(name, key) in keys {
+            let entry = shared
+                .entries
+                .iter()
+                .position(|e| *e.limit.name == *name)
+                .ok_or_else(|| RateLimitError::UnknownLimit(name.to_owned()))?;
+            plan.push((entry, key));
+        }
+        if shared.mode == Mode::Disabled {
+            return Ok(Verdict::allowed());
+        }
+        let shadow_all = shared.mode == Mode::LogOnly;
+        let pending = self.decide(&mut |f| {
+            for &(entry, key) in &plan {
+                let e = &shared.entries[entry];
+                let slot = if e.tiered { tier } else { 0 };
+                if e.slots[slot].quota.is_some()
+                    && !f(entry, slot, key, cost, e.limit.shadow || shadow_all)
+                {
+                    break;
+                }
+            }
+        });
+        Ok(match pending {
+            Pending::Ready(v) => v,
+            Pending::Store(plan) => decide_store(self.shared.clone(), plan).await,
+        })
+    }
+
+    /// Plans the checks of a request (its body set aside).
+    pub(crate) fn begin(&self, req: &Request<()>) -> Pending {
+        let shared = &self.shared;
+        let tier = if shared.any_tiered {
+            let t = (shared.resolve)(req);
+            shared.tiers.index(t.as_ref())
+        } else {
+            0
+        };
+        let shadow_all = shared.mode == Mode::LogOnly;
+        self.decide(&mut |f| {
+            for (i, e) in shared.entries.iter().enumerate() {
+                let slot = if e.tiered { tier } else { 0 };
+                if e.slots[slot].quota.is_none() {
+                    continue;
+                }
+                let cost = e.limit.cost_fn.as_ref().map_or(e.limit.cost, |c| c(req));
+                let shadow = e.limit.shadow || shadow_all;
+                let mut go = true;
+                e.limit
+                    .key
+                    .visit(req, &mut |k| go = f(i, slot, k, cost, shadow));
+                if !go {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Decides in-process at once, or plans the store checks.
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        items: &mut dyn FnMut(&mut dyn FnMut(usize, usize, &dyn Display, u32, bool) -> bool),
+    ) -> Pending {
+        let shared = &*self.shared;
+        if let Some(store) = &shared.store {
+            let mut plan = Vec::new();
+            items(&mut |entry, slot, key, cost, shadow| {
+                let hash = shared.hash_display(key);
+                let name = &shared.entries[entry].limit.name;
+                plan.push(Planned {
+                    entry,
+                    slot,
+                    key: store.key("ratelimit", name, &key.to_string(), "v1"),
+                    hash,
+                    cost,
+                    shadow,
+                });
+                true
+            });
+            return Pending::Store(plan);
+        }
+        let mut tally = Tally::default();
+        let mut taken = [(0u8, 0u8, 0u64, 0u32); MAX_LIMITS];
+        let mut n = 0;
+        items(&mut |entry, slot, key, cost, shadow| {
+            let s = &shared.entries[entry].slots[slot];
+            let (Some(local), Some(q)) = (&s.local, s.quota) else {
+                return true;
+            };
+            let hash = local.hash_display(key);
+            let d = local.check_hashed(hash, q.limit(), cost);
+            if d.allowed && n < MAX_LIMITS {
+                taken[n] = (entry as u8, slot as u8, hash, cost);
+                n += 1;
+            }
+            !tally.record(shared, entry, slot, d, shadow)
+        });
+        if tally.rejected.is_some() {
+            // All or nothing: give back what the other limits took.
+            for &(entry, slot, hash, cost) in &taken[..n] {
+                let s = &shared.entries[usize::from(entry)].slots[usize::from(slot)];
+                if let (Some(local), Some(q)) = (&s.local, s.quota) {
+                    local.refund(hash, q.limit(), cost);
+                }
+            }
+        }
+        Pending::Ready(tally.verdict(shared))
+    }
+}
+
+impl Shared {
+    fn hash_display(&self, key: &dyn Display) -> u64 {
+        struct W<'a>(&'a mut std::hash::DefaultHasher);
+        impl fmt::Write for W<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let mut h = self.hasher.build_hasher();
+        let _ = fmt::write(&mut W(&mut h), format_args!("{key}"));
+        h.finish()
+    }
+
+    fn now(&self) -> u64 {
+        let d = Instant::now().saturating_duration_since(self.start);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn failed(&self, plan: &[Planned], err: StoreError) -> Verdict {
+        let closed = self.fail == FailPolicy::Closed && self.mode == Mode::Enforce;
+        if let Some(m) = &self.metrics {
+            m.store_error(&err);
+        }
+        for p in plan {
+            if let Some(c) = &self.entries[p.entry].slots[p.slot].counters {
+                c.inc(if closed {
+                    MetricOutcome::FailClosed
+                } else {
+                    MetricOutcome::FailOpen
+                });
+            }
+        }
+        if closed {
+            tracing::error!(error = %err, "rate-limit store failed: refusing the request (fail closed)");
+            Verdict {
+                outcome: Outcome::FailedClosed,
+                store_error: Some(err),
+                ..Verdict::allowed()
+            }
+        } else {
+            tracing::warn!(error = %err, "rate-limit store failed: letting the request through (fail open)");
+            Verdict {
+                outcome: Outcome::FailedOpen,
+                ..Verdict::allowed()
+            }
+        }
+    }
+}
+
+/// Decides on the store: one round trip (a second one only when nothing but
+/// shadow limits refused, to count the rest).
+pub(crate) async fn decide_store(shared: Arc<Shared>, plan: Vec<Planned>) -> Verdict {
+    let Some(store) = shared.store.as_ref() else {
+        return Verdict::allowed();
+    };
+    let mut tally = Tally::default();
+    if plan.is_empty() {
+        return tally.verdict(&shared);
+    }
+    // Keys known to be over their limit are refused without a round trip;
+    // costs above a limit can never pass.
+    let now = shared.now();
+    for p in plan.iter().filter(|p| !p.shadow) {
+        let slot = &shared.entries[p.entry].slots[p.slot];
+        let Some(q) = slot.quota else { continue };
+        let refused = if p.cost > q.limit() {
+            Some(Decision {
+                allowed: false,
+                limit: q.limit(),
+                remaining: 0,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+            })
+        } else {
+            slot.memo
+                .as_ref()
+                .and_then(|m| m.blocked(p.hash, now))
+                .map(|until| {
+                    if let Some(m) = &shared.metrics {
+                        m.memo_hit(&shared.entries[p.entry].limit.name);
+                    }
+                    let wait = Duration::from_nanos(until - now);
+                    Decision {
+                        allowed: false,
+                        limit: q.limit(),
+                        remaining: 0,
+                        reset_after: wait,
+                        retry_after: Some(wait),
+                    }
+                })
+        };
+        if let Some(d) = refused {
+            tally.record(&shared, p.entry, p.slot, d, false);
+            return tally.verdict(&shared);
+        }
+    }
+    let rule = |p: &Planned| {
+        let q = shared.entries[p.entry].slots[p.slot]
+            .quota
+            .unwrap_or(Quota::per_second(1));
+        GcraRule::new(q.limit(), q.period())
+    };
+    let run = |idx: Vec<usize>| {
+        let checks: Vec<(&str, GcraRule, u32)> = idx
+            .iter()
+            .map(|&i| {
+                (
+                    plan[i].key.as_str(),
+                    rule(&plan[i]),
+                    plan[i].cost.min(rule(&plan[i]).limit),
+                )
+            })
+            .collect();
+        async move {
+            if let [(key, rule, cost)] = checks[..] {
+                store.rate_limit(key, rule, cost).await.map(|d| vec![d])
+            } else {
+                store.rate_limit_many(&checks).await
+            }
+        }
+    };
+    let mut decisions: Vec<Decision> = match run((0..plan.len()).collect()).await {
+        Ok(ds) => ds.into_iter().map(Decision::from).collect(),
+        Err(err) => return shared.failed(&plan, err),
+    };
+    let enforced_refused = decisions
+        .iter()
+        .zip(&plan)
+        .any(|(d, p)| !d.allowed && !p.shadow);
+    if !enforced_refused && decisions.iter().any(|d| !d.allowed) {
+        // Only shadow limits refused, so nothing was counted: count the rest.
+        let again: Vec<usize> = (0..plan.len()).filter(|&i| decisions[i].allowed).collect();
+        if !again.is_empty() {
+            match run(again.clone()).await {
+                Ok(ds) => {
+                    for (i, d) in again.into_iter().zip(ds) {
+                        decisions[i] = d.into();
+                    }
+                }
+                Err(err) => return shared.failed(&plan, err),
+            }
+        }
+    }
+    let now = shared.now();
+    for (p, d) in plan.iter().zip(decisions) {
+        if tally.record(&shared, p.entry, p.slot, d, p.shadow) {
+            let slot = &shared.entries[p.entry].slots[p.slot];
+            if let (Some(memo), Some(q), Some(after)) = (&slot.memo, slot.quota, d.retry_after) {
+                // Until a request of cost 1 fits again.
+                let t = GcraRule::new(q.limit(), q.period()).emission_interval();
+                let wait = after.saturating_sub(t * p.cost.saturating_sub(1));
+                if !wait.is_zero() {
+                    let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                    memo.insert(p.hash, now.saturating_add(wait), now);
+                }
+            }
+        }
+    }
+    tally.verdict(&shared)
+}
