@@ -1,0 +1,224 @@
+//! The layer through a real axum server on 127.0.0.1 and a real hyper client.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use palisade_pii::{Direction, MaskingBody, Oversize, PiiMaskLayer, PiiMetrics};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tower::ServiceBuilder;
+
+const USER_JSON: &str = r#"{"name":"Asha","email":"user@example.com","phone":"9876543210","password":"hunter2","card":"4111 1111 1111 1111"}"#;
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: impl Into<Bytes>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header(header::CONTENT_TYPE, ct)
+        .body(Full::new(body.into()))
+        .unwrap();
+    let res = client().request(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn masks_responses_of_an_axum_server() {
+    let registry = prometheus::Registry::new();
+    let metrics = PiiMetrics::register(&registry).unwrap();
+    let big = "x".repeat(2048);
+    let app = Router::new()
+        .route(
+            "/user",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], USER_JSON) }),
+        )
+        .route(
+            "/text",
+            get(|| async { "contact user@example.com or 9876543210" }),
+        )
+        .route(
+            "/png",
+            get(|| async { ([(header::CONTENT_TYPE, "image/png")], "user@example.com") }),
+        )
+        .route(
+            "/big",
+            get(move || {
+                let big = big.clone();
+                async move { format!("{big} user@example.com") }
+            }),
+        )
+        .layer(
+            PiiMaskLayer::default()
+                .max_body_bytes(1024)
+                .metrics(metrics),
+        );
+    let addr = serve(app).await;
+
+    let (status, headers, body) = send(addr, "GET", "/user", "text/plain", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        r#"{"name":"Asha","email":"us***@example.com","phone":"98******10","password":"***REDACTED***","card":"4111 **** **** 1111"}"#
+    );
+    assert_eq!(
+        headers[header::CONTENT_LENGTH],
+        body.len().to_string().as_str()
+    );
+
+    let (_, _, body) = send(addr, "GET", "/text", "text/plain", "").await;
+    assert_eq!(body, "contact us***@example.com or 98******10");
+
+    let (_, _, body) = send(addr, "GET", "/png", "text/plain", "").await;
+    assert_eq!(body, "user@example.com", "binary types pass untouched");
+
+    let (status, _, body) = send(addr, "GET", "/big", "text/plain", "").await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!body.contains("user@example.com"));
+
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains(r#"palisade_pii_values_masked_total{pattern="email"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"palisade_pii_values_masked_total{pattern="field"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"palisade_pii_bodies_masked_total{direction="response"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"palisade_pii_bodies_refused_total{direction="response",reason="too_large"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn masks_requests_before_the_handler_sees_them() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = Router::new()
+        .route(
+            "/ingest",
+            post(move |body: String| {
+                let seen = s2.clone();
+                async move {
+                    seen.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        )
+        .layer(
+            PiiMaskLayer::default()
+                .direction(Direction::Request)
+                .max_body_bytes(256),
+        );
+    let addr = serve(app).await;
+
+    let (status, _, _) = send(addr, "POST", "/ingest", "application/json", USER_JSON).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send(
+        addr,
+        "POST",
+        "/ingest",
+        "text/plain",
+        "my PAN is ABCDE1234F",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let big = format!("{} 9876543210", "y".repeat(300));
+    let (status, _, _) = send(addr, "POST", "/ingest", "text/plain", big).await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "refused, never reaches the handler"
+    );
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].contains("us***@example.com") && seen[0].contains("***REDACTED***"));
+    assert!(!seen[0].contains("hunter2"));
+    assert_eq!(seen[1], "my PAN is ABC*****4F");
+}
+
+#[tokio::test]
+async fn streams_oversize_bodies_when_configured() {
+    let mut text = String::new();
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "line {i} user{i}@example.com card 4111 1111 1111 1111\n"
+        ));
+    }
+    let expected = palisade_pii::PiiMasker::new().mask_str(&text).into_owned();
+    let t2 = text.clone();
+    let app = Router::new()
+        .route(
+            "/log",
+            get(move || {
+                let t = t2.clone();
+                async move { t }
+            }),
+        )
+        .layer(
+            PiiMaskLayer::default()
+                .max_body_bytes(4096)
+                .oversize(Oversize::Stream),
+        );
+    let addr = serve(app).await;
+    let (status, headers, body) = send(addr, "GET", "/log", "text/plain", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::CONTENT_LENGTH).is_none());
+    assert_eq!(body, expected);
+    assert!(!body.contains("4111 1111 1111 1111"));
+}
+
+#[tokio::test]
+async fn client_side_masks_outgoing_requests_and_incoming_responses() {
+    // The upstream echoes what it received.
+    let app = Router::new().route("/echo", post(|body: Bytes| async move { body }));
+    let addr = serve(app).await;
+
+    let client = ServiceBuilder::new()
+        .layer(PiiMaskLayer::default().direction(Direction::Both))
+        .service(Client::builder(TokioExecutor::new()).build_http::<MaskingBody<Full<Bytes>>>());
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/echo"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(
+            "prompt: my card is 4111111111111111",
+        )))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(client, req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "prompt: my card is 4111********1111");
+}
