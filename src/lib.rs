@@ -4,9 +4,13 @@
 //! service runs as many replicas.
 //!
 //! This facade re-exports every layer crate behind a cargo feature and adds
-//! what sits around the layers: the [`batch`] executor.
+//! what sits around the layers: the [`batch`] executor and the
+//! [`dlq`] dead-letter queue.
 
 pub mod batch;
+pub mod dlq;
 
 #[doc(inline)]
 pub use palisade_core as core;
+#[doc(inline)]
+pub use palisade_store as store;
