@@ -107,3 +107,34 @@ impl From<redis::RedisError> for StoreError {
         }
     }
 }
+
+/// Unavailable and timed-out stores become [`ErrorKind::Unavailable`]
+/// (503, gRPC `UNAVAILABLE`, retryable); everything else (bad data, bad
+/// configuration, an invalid request built by a layer) becomes
+/// [`ErrorKind::Internal`]. The client-facing message names no key or
+/// address; the store error stays reachable through `source()`.
+///
+/// [`ErrorKind::Unavailable`]: palisade_core::ErrorKind::Unavailable
+/// [`ErrorKind::Internal`]: palisade_core::ErrorKind::Internal
+///
+/// ```
+/// use palisade_core::ErrorKind;
+/// use palisade_store::StoreError;
+/// use std::time::Duration;
+///
+/// let err: palisade_core::Error = StoreError::Timeout(Duration::from_millis(250)).into();
+/// assert_eq!(err.kind(), ErrorKind::Unavailable);
+/// let err: palisade_core::Error = StoreError::BadData("not a number".into()).into();
+/// assert_eq!(err.kind(), ErrorKind::Internal);
+/// ```
+impl From<StoreError> for palisade_core::Error {
+    fn from(err: StoreError) -> Self {
+        use palisade_core::{Error, ErrorKind};
+        let (kind, message) = match &err {
+            StoreError::Unavailable { .. } => (ErrorKind::Unavailable, "store unavailable"),
+            StoreError::Timeout(_) => (ErrorKind::Unavailable, "store did not answer in time"),
+            _ => (ErrorKind::Internal, "internal store error"),
+        };
+        Error::new(kind, message).with_source(err)
+    }
+}

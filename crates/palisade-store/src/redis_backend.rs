@@ -10,7 +10,7 @@
 //! operations are Lua scripts run with EVALSHA ([`redis::Script`] reloads a
 //! script on NOSCRIPT).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::gcra::{Params, RateDecision};
@@ -418,17 +418,16 @@ impl RedisStore {
             Conn::Single(_) => self.scan_delete(pattern, None).await,
             Conn::Cluster(_) => {
                 let mut total = 0;
-                for slot in self.master_slots().await? {
-                    total += self.scan_delete(pattern, Some(slot)).await?;
+                for addr in self.masters().await? {
+                    total += self.scan_delete(pattern, Some(&addr)).await?;
                 }
                 Ok(total)
             }
         }
     }
 
-    /// One representative slot per master (from CLUSTER SLOTS), so a SCAN
-    /// can be routed to every master.
-    async fn master_slots(&self) -> Result<Vec<u16>, StoreError> {
+    /// The address of every master that serves slots (from CLUSTER SLOTS).
+    async fn masters(&self) -> Result<Vec<(String, u16)>, StoreError> {
         let v: Value = self
             .query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
             .await?;
@@ -436,12 +435,12 @@ impl RedisStore {
         let Value::Array(ranges) = v else {
             return Err(bad());
         };
-        let mut masters: BTreeMap<(Vec<u8>, i64), u16> = BTreeMap::new();
+        let mut masters = BTreeSet::new();
         for r in ranges {
             let Value::Array(r) = r else {
                 return Err(bad());
             };
-            let (Some(Value::Int(start)), Some(Value::Array(node))) = (r.first(), r.get(2)) else {
+            let Some(Value::Array(node)) = r.get(2) else {
                 return Err(bad());
             };
             let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
@@ -449,13 +448,37 @@ impl RedisStore {
             else {
                 return Err(bad());
             };
-            let start = u16::try_from(*start).map_err(|_| bad())?;
-            masters.entry((host.clone(), *port)).or_insert(start);
+            let host = String::from_utf8(host.clone()).map_err(|_| bad())?;
+            masters.insert((host, u16::try_from(*port).map_err(|_| bad())?));
         }
-        Ok(masters.into_values().collect())
+        Ok(masters.into_iter().collect())
     }
 
-    async fn scan_delete(&self, pattern: &str, slot: Option<u16>) -> Result<u64, StoreError> {
+    /// Sends `cmd` to exactly the node at `addr`: an error (not a fallback to
+    /// another node) when the client has no live connection to it.
+    async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        addr: &(String, u16),
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: addr.0.clone(),
+            port: addr.1,
+        });
+        let v = self
+            .run(async |c| match c {
+                Conn::Cluster(cc) => cc.route_command(cmd.clone(), route).await,
+                Conn::Single(s) => cmd.query_async(s).await,
+            })
+            .await?;
+        redis::from_redis_value(v).map_err(|e| StoreError::BadData(e.to_string()))
+    }
+
+    async fn scan_delete(
+        &self,
+        pattern: &str,
+        node: Option<&(String, u16)>,
+    ) -> Result<u64, StoreError> {
         let mut cursor = String::from("0");
         let mut total = 0u64;
         loop {
@@ -465,22 +488,9 @@ impl RedisStore {
                 .arg(pattern)
                 .arg("COUNT")
                 .arg(1000);
-            let (next, keys): (String, Vec<Vec<u8>>) = match slot {
+            let (next, keys): (String, Vec<Vec<u8>>) = match node {
                 None => self.query(&scan).await?,
-                Some(slot) => {
-                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                        Route::new(slot, SlotAddr::Master),
-                    ));
-                    let v = self
-                        .run(async |c| match c {
-                            Conn::Cluster(cc) => {
-                                cc.route_command(scan.clone(), route.clone()).await
-                            }
-                            Conn::Single(s) => scan.query_async(s).await,
-                        })
-                        .await?;
-                    redis::from_redis_value(v).map_err(|e| StoreError::BadData(e.to_string()))?
-                }
+                Some(addr) => self.on_node(addr, &scan).await?,
             };
             if !keys.is_empty() {
                 // On a cluster the client splits a multi-slot UNLINK and sums.
@@ -687,8 +697,24 @@ impl RedisStore {
         self.query(redis::cmd("XLEN").arg(stream)).await
     }
 
+    /// Single node: PING. Cluster: PING every master that serves slots, by
+    /// address, so a dead master fails it.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        let _: Value = self.query(&redis::cmd("PING")).await?;
+        match &self.conn {
+            Conn::Single(_) => {
+                let _: Value = self.query(&redis::cmd("PING")).await?;
+            }
+            Conn::Cluster(_) => {
+                let masters = self.masters().await?;
+                let ping = redis::cmd("PING");
+                try_join_all(
+                    masters
+                        .iter()
+                        .map(|addr| self.on_node::<Value>(addr, &ping)),
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 }
