@@ -1,0 +1,160 @@
+//! How long to wait before the next attempt: exponential backoff with a cap
+//! and jitter.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How a computed backoff delay is randomised, so that many clients that
+/// failed together do not all come back together.
+///
+/// ```
+/// use palisade_retry::Jitter;
+///
+/// let j: Jitter = serde_json::from_str("\"decorrelated\"").unwrap();
+/// assert_eq!(j, Jitter::Decorrelated);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Jitter {
+    /// The exact exponential delay (`initial × base^(n-1)`, capped).
+    #[default]
+    None,
+    /// A uniformly random delay between zero and the exponential delay.
+    Full,
+    /// Half the exponential delay plus a random part of up to the other half.
+    Equal,
+    /// A random delay between the initial delay and three times the previous
+    /// delay, capped ("decorrelated jitter").
+    Decorrelated,
+}
+
+/// Exponential backoff: `initial × base^(n-1)` for the n-th retry, capped at
+/// `max`, then jittered.
+///
+/// ```
+/// use palisade_retry::{Backoff, Jitter};
+/// use std::time::Duration;
+///
+/// let b = Backoff::new(Duration::from_secs(2), 2.0, Duration::from_secs(10), Jitter::None);
+/// let delays: Vec<_> = (1..=4).map(|n| b.delay(n, Duration::ZERO).as_secs()).collect();
+/// assert_eq!(delays, [2, 4, 8, 10]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    initial: Duration,
+    base: f64,
+    max: Duration,
+    jitter: Jitter,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial`, multiplied by `base` for each further
+    /// retry, never above `max`. A `base` below 1 or not finite is taken as 1.
+    pub fn new(initial: Duration, base: f64, max: Duration, jitter: Jitter) -> Self {
+        let base = if base.is_finite() && base >= 1.0 {
+            base
+        } else {
+            1.0
+        };
+        Self {
+            initial: initial.min(max),
+            base,
+            max,
+            jitter,
+        }
+    }
+
+    /// The delay cap.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// The delay before retry number `retry` (1 for the first retry).
+    /// `previous` is the delay used before the previous retry (zero for the
+    /// first); only decorrelated jitter uses it.
+    pub fn delay(&self, retry: u32, previous: Duration) -> Duration {
+        let exp = retry.saturating_sub(1).min(1024) as i32;
+        let raw = self.initial.as_secs_f64() * self.base.powi(exp);
+        let capped = if raw.is_finite() && raw < self.max.as_secs_f64() {
+            Duration::from_secs_f64(raw)
+        } else {
+            self.max
+        };
+        match self.jitter {
+            Jitter::None => capped,
+            Jitter::Full => random_between(Duration::ZERO, capped),
+            Jitter::Equal => {
+                let half = capped / 2;
+                half + random_between(Duration::ZERO, capped - half)
+            }
+            Jitter::Decorrelated => {
+                let prev = if previous.is_zero() {
+                    self.initial
+                } else {
+                    previous
+                };
+                let upper = prev.saturating_mul(3).min(self.max);
+                random_between(self.initial.min(upper), upper)
+            }
+        }
+    }
+}
+
+fn random_between(low: Duration, high: Duration) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let span = (high - low).as_nanos().min(u64::MAX as u128) as u64;
+    low + Duration::from_nanos(fastrand::u64(0..=span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn exponential_and_capped() {
+        let b = Backoff::new(2 * S, 2.0, 10 * S, Jitter::None);
+        assert_eq!(b.delay(1, Duration::ZERO), 2 * S);
+        assert_eq!(b.delay(2, 2 * S), 4 * S);
+        assert_eq!(b.delay(3, 4 * S), 8 * S);
+        assert_eq!(b.delay(4, 8 * S), 10 * S);
+        assert_eq!(b.delay(u32::MAX, 10 * S), 10 * S);
+    }
+
+    #[test]
+    fn bad_base_is_constant_backoff() {
+        for base in [f64::NAN, f64::INFINITY, 0.5, -3.0] {
+            let b = Backoff::new(S, base, 10 * S, Jitter::None);
+            assert_eq!(b.delay(5, S), S, "{base}");
+        }
+    }
+
+    #[test]
+    fn jitters_stay_in_their_ranges() {
+        let full = Backoff::new(2 * S, 2.0, 10 * S, Jitter::Full);
+        let equal = Backoff::new(2 * S, 2.0, 10 * S, Jitter::Equal);
+        let deco = Backoff::new(S, 2.0, 10 * S, Jitter::Decorrelated);
+        let mut seen_full = std::collections::HashSet::new();
+        let mut prev = Duration::ZERO;
+        for _ in 0..1000 {
+            let d = full.delay(3, Duration::ZERO);
+            assert!(d <= 8 * S);
+            seen_full.insert(d);
+            let d = equal.delay(3, Duration::ZERO);
+            assert!(d >= 4 * S && d <= 8 * S, "{d:?}");
+            let d = deco.delay(2, prev);
+            let upper = if prev.is_zero() {
+                3 * S
+            } else {
+                (prev * 3).min(10 * S)
+            };
+            assert!(d >= S && d <= upper, "{d:?} after {prev:?}");
+            prev = d;
+        }
+        assert!(seen_full.len() > 900, "full jitter is random");
+    }
+}

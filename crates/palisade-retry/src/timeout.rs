@@ -1,0 +1,1 @@
+//! Timeout (to do).
