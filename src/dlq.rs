@@ -17,7 +17,8 @@
 //! let stats = dlq.stats().await?;
 //! assert_eq!(stats.total, 2);
 //! assert_eq!(stats.by_error_class["timeout"], 1);
-//! assert_eq!(dlq.list(10).await?[0].letter.route, "/tools/search");
+//! // Newest first.
+//! assert_eq!(dlq.list(10).await?[0].letter.route, "/tools/run");
 //! # Ok(())
 //! # }
 //! ```
