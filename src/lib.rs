@@ -7,6 +7,7 @@
 //! what sits around the layers: the [`batch`] executor and the
 //! [`dlq`] dead-letter queue.
 
+pub mod admin;
 pub mod batch;
 pub mod dlq;
 

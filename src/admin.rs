@@ -1,0 +1,236 @@
+//! The admin router: Prometheus metrics and the state of every layer, to
+//! mount on a separate listener (loopback by default in the gateway), with
+//! an optional bearer token.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text of the registry |
+//! | `GET /dlq?count=N` | newest dead letters |
+//! | `GET /dlq/stats` | dead letters by route and error class |
+//! | `DELETE /dlq` | clear the dead-letter queue |
+//!
+//! # Example
+//!
+//! ```
+//! use palisade::admin::AdminRouter;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let registry = prometheus::Registry::new();
+//! let app = AdminRouter::new()
+//!     .metrics(registry)
+//!     .bearer_token("s3cret")
+//!     .into_router();
+//!
+//! let req = http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+//! assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 401);
+//! let req = http::Request::get("/metrics")
+//!     .header("authorization", "Bearer s3cret")
+//!     .body(axum::body::Body::empty())
+//!     .unwrap();
+//! assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+//! # }
+//! ```
+
+use crate::dlq::DeadLetterQueue;
+use axum::{
+    Json, Router,
+    extract::{Query, Request, State},
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use palisade_core::{Error, ErrorKind};
+use prometheus::{Registry, TextEncoder};
+use serde::Deserialize;
+use std::{fmt, sync::Arc};
+
+/// Builds the admin [`Router`] from the parts a service has (see the
+/// [module docs](self)).
+#[derive(Default)]
+pub struct AdminRouter {
+    registry: Option<Registry>,
+    dlq: Option<DeadLetterQueue>,
+    token: Option<Arc<str>>,
+    extra: Vec<Router>,
+}
+
+impl fmt::Debug for AdminRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminRouter")
+            .field("metrics", &self.registry.is_some())
+            .field("dlq", &self.dlq.is_some())
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminRouter {
+    /// An admin router with nothing mounted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `registry` at `GET /metrics`.
+    pub fn metrics(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Serves the dead-letter queue under `/dlq`.
+    pub fn dead_letters(mut self, dlq: DeadLetterQueue) -> Self {
+        self.dlq = Some(dlq);
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every route.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Arc::from(token.into()));
+        self
+    }
+
+    /// Merges more routes (another layer's admin routes, or your own).
+    pub fn merge(mut self, router: Router) -> Self {
+        self.extra.push(router);
+        self
+    }
+
+    /// The router.
+    pub fn into_router(self) -> Router {
+        let mut router = Router::new();
+        if let Some(registry) = self.registry {
+            router = router.merge(
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .with_state(registry),
+            );
+        }
+        if let Some(dlq) = self.dlq {
+            router = router.merge(
+                Router::new()
+                    .route("/dlq", get(dlq_list).delete(dlq_clear))
+                    .route("/dlq/stats", get(dlq_stats))
+                    .with_state(dlq),
+            );
+        }
+        for extra in self.extra {
+            router = router.merge(extra);
+        }
+        match self.token {
+            Some(token) => router.layer(axum::middleware::from_fn_with_state(token, require_token)),
+            None => router,
+        }
+    }
+}
+
+async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "admin token required",
+        )
+            .into_response(),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal the prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(registry): State<Registry>) -> Response {
+    match TextEncoder::new().encode_to_string(&registry.gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(err) => Error::new(ErrorKind::Internal, "metrics encoding failed")
+            .with_source(err)
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CountQuery {
+    count: Option<usize>,
+}
+
+fn store_error(err: palisade_store::StoreError) -> Response {
+    Error::from(err).into_response()
+}
+
+async fn dlq_list(State(dlq): State<DeadLetterQueue>, Query(q): Query<CountQuery>) -> Response {
+    match dlq.list(q.count.unwrap_or(100).min(10_000)).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn dlq_stats(State(dlq): State<DeadLetterQueue>) -> Response {
+    match dlq.stats().await {
+        Ok(stats) => Json(stats).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn dlq_clear(State(dlq): State<DeadLetterQueue>) -> Response {
+    match dlq.clear().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::DeadLetter;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, String) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn dead_letter_routes() {
+        let dlq = DeadLetterQueue::new(palisade_store::Store::in_memory());
+        dlq.record(DeadLetter::new("GET", "/a", "timeout").status(504))
+            .await
+            .unwrap();
+        let app = AdminRouter::new().dead_letters(dlq).into_router();
+        let (status, body) = call(&app, "GET", "/dlq").await;
+        assert_eq!(status, 200);
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list[0]["route"], "/a");
+        assert_eq!(list[0]["status"], 504);
+        let (_, body) = call(&app, "GET", "/dlq/stats").await;
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(stats["by_error_class"]["timeout"], 1);
+        assert_eq!(call(&app, "DELETE", "/dlq").await.0, 204);
+        let (_, body) = call(&app, "GET", "/dlq/stats").await;
+        assert!(body.contains("\"total\":0"));
+        assert_eq!(call(&app, "GET", "/metrics").await.0, 404);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
