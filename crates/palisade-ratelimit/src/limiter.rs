@@ -177,6 +177,9 @@ impl Verdict {
     }
 }
 
+/// A tier (none for untiered limits) and its quota (none: unlimited).
+type TierQuota<'a> = (Option<&'a Tier>, Option<Quota>);
+
 /// A tier resolver: which tier a request belongs to.
 pub(crate) type TierFn = Arc<dyn Fn(&Request<()>) -> Option<Tier> + Send + Sync>;
 
@@ -399,7 +402,7 @@ impl RateLimiterBuilder {
             if limit.name.is_empty() {
                 return Err(bad("a limit has an empty name".into()));
             }
-            let (tiered, quotas): (bool, Vec<(Option<&Tier>, Option<Quota>)>) = match limit.quota {
+            let (tiered, quotas): (bool, Vec<TierQuota<'_>>) = match limit.quota {
                 QuotaSource::Fixed(q) => (false, vec![(None, Some(q))]),
                 QuotaSource::Tiered => {
                     (true, self.tiers.iter().map(|(t, q)| (Some(t), q)).collect())
