@@ -80,3 +80,63 @@ impl TokenEstimator for CharsPerToken {
         (chars as f64 / self.ratio).ceil() as u64
     }
 }
+
+/// An exact token count with an OpenAI BPE vocabulary (feature `tiktoken`).
+///
+/// The vocabularies ship inside the `tiktoken-rs` crate, so nothing is
+/// fetched at run time. Building one takes a moment (a few hundred
+/// milliseconds): build it once and share it. Counting is much slower than
+/// shaping (BPE over the whole text), so prefer [`CharsPerToken`] on hot paths.
+///
+/// # Example
+///
+/// ```
+/// use palisade_shape::{TiktokenEstimator, TokenEstimator};
+///
+/// let est = TiktokenEstimator::o200k_base().unwrap();
+/// assert_eq!(est.estimate(br#"{"name":"Acme"}"#), 6);
+/// ```
+#[cfg(feature = "tiktoken")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
+pub struct TiktokenEstimator {
+    bpe: tiktoken_rs::CoreBPE,
+    name: &'static str,
+}
+
+#[cfg(feature = "tiktoken")]
+impl TiktokenEstimator {
+    /// The `o200k_base` vocabulary (GPT-4o and later).
+    pub fn o200k_base() -> Result<Self, crate::ShapeError> {
+        Self::build(tiktoken_rs::o200k_base(), "o200k_base")
+    }
+
+    /// The `cl100k_base` vocabulary (GPT-4, GPT-3.5).
+    pub fn cl100k_base() -> Result<Self, crate::ShapeError> {
+        Self::build(tiktoken_rs::cl100k_base(), "cl100k_base")
+    }
+
+    fn build(
+        bpe: Result<tiktoken_rs::CoreBPE, impl fmt::Display>,
+        name: &'static str,
+    ) -> Result<Self, crate::ShapeError> {
+        bpe.map(|bpe| Self { bpe, name })
+            .map_err(|e| crate::ShapeError::Estimator(format!("{name}: {e}")))
+    }
+}
+
+#[cfg(feature = "tiktoken")]
+impl fmt::Debug for TiktokenEstimator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TiktokenEstimator")
+            .field("vocabulary", &self.name)
+            .finish()
+    }
+}
+
+#[cfg(feature = "tiktoken")]
+impl TokenEstimator for TiktokenEstimator {
+    fn estimate(&self, json: &[u8]) -> u64 {
+        let text = String::from_utf8_lossy(json);
+        self.bpe.encode_ordinary(&text).len() as u64
+    }
+}

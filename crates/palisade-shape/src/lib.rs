@@ -20,6 +20,8 @@
 //! assert_eq!(shaped.output, br#"{"dealers":[{"name":"A"}]}"#);
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod body;
 mod config;
 mod engine;
@@ -31,6 +33,8 @@ mod shaper;
 
 pub use body::ShapeBody;
 pub use config::{RouteConfig, ShapeConfig};
+#[cfg(feature = "tiktoken")]
+pub use estimate::TiktokenEstimator;
 pub use estimate::{CharsPerToken, TokenEstimator};
 pub use layer::{ShapeResponseLayer, ShapeResponseLayerBuilder};
 pub use selector::{FieldSelector, SelectorError, SelectorErrorKind, SelectorLimits};

@@ -180,6 +180,9 @@ pub enum ShapeError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A token estimator could not be built.
+    #[error("failed to build the token estimator: {0}")]
+    Estimator(String),
     /// Registering the metrics failed.
     #[error("failed to register shaping metrics: {0}")]
     Metrics(#[from] prometheus::Error),

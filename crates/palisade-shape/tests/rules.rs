@@ -329,3 +329,22 @@ fn escapes_and_unicode_survive() {
         .output;
     assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"ü":"😀"}"#);
 }
+
+#[cfg(feature = "tiktoken")]
+#[test]
+fn exact_bpe_counts_with_tiktoken() {
+    use palisade_shape::{TiktokenEstimator, TokenEstimator};
+    let est = TiktokenEstimator::cl100k_base().unwrap();
+    assert_eq!(est.estimate(b"hello world"), 2);
+    let shaper = Shaper::new(&ShapeRules::new().include(["dealers.name"]))
+        .unwrap()
+        .with_estimator(TiktokenEstimator::o200k_base().unwrap());
+    let shaped = shaper.shape(&doc()).unwrap();
+    let s = shaped.stats;
+    assert!(
+        s.shaped_tokens > 0 && s.shaped_tokens < s.original_tokens,
+        "{s:?}"
+    );
+    // Not the 4-characters estimate.
+    assert_ne!(s.original_tokens, s.original_bytes.div_ceil(4));
+}
