@@ -1,0 +1,1109 @@
+//! The HTTP cache: [`CacheLayer`] and [`Cache`].
+
+use crate::{
+    CacheBody, CacheBuilder, CacheError, CacheHandle, Config,
+    body::{Collected, collect_limited},
+    core::{Core, Join, Lock, Value},
+    directives::CacheControl,
+    key::{same_origin_target, with_buf, write_primary, write_variant},
+    policy::{self, Decision, Rules, Stored},
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use palisade_core::{BoxError, key::KeyExtractor};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::{Context, Poll},
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The `X-Cache` header name.
+pub const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+
+/// How a response was produced, as written in `X-Cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+}
+
+impl Outcome {
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Stale => "STALE",
+            Self::Revalidated => "REVALIDATED",
+        })
+    }
+}
+
+/// No custom key part: the key is the method, URI and Vary fields only.
+///
+/// ```
+/// use palisade_core::key::KeyExtractor;
+/// assert_eq!(palisade_cache::NoKey.extract(&http::Request::new(())), Some(""));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoKey;
+
+impl<Req> KeyExtractor<Req> for NoKey {
+    type Key = &'static str;
+    fn extract(&self, _req: &Req) -> Option<&'static str> {
+        Some("")
+    }
+}
+
+/// A Vary marker: the stored responses of a URI vary on `names`.
+#[derive(Debug)]
+pub(crate) struct VaryMarker {
+    names: Vec<String>,
+    generation: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum HttpValue {
+    Response(Arc<Stored>),
+    Vary(Arc<VaryMarker>),
+}
+
+impl Value for HttpValue {
+    fn weight(&self) -> usize {
+        match self {
+            Self::Response(s) => s.weight(),
+            Self::Vary(m) => 64 + m.names.iter().map(String::len).sum::<usize>(),
+        }
+    }
+
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_slice(b"PC1");
+        match self {
+            Self::Response(s) => {
+                out.reserve(s.weight());
+                out.put_u8(b'R');
+                s.encode(&mut out);
+            }
+            Self::Vary(m) => {
+                out.put_u8(b'V');
+                out.put_u64(m.generation);
+                out.put_slice(m.names.join(",").as_bytes());
+            }
+        }
+        out.freeze()
+    }
+
+    fn decode(mut bytes: Bytes) -> Option<Self> {
+        if bytes.len() < 4 || &bytes[..3] != b"PC1" {
+            return None;
+        }
+        bytes.advance(3);
+        match bytes.get_u8() {
+            b'R' => Stored::decode(bytes).map(|s| Self::Response(Arc::new(s))),
+            b'V' if bytes.len() >= 8 => {
+                let generation = bytes.get_u64();
+                let names = std::str::from_utf8(&bytes)
+                    .ok()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                Some(Self::Vary(Arc::new(VaryMarker { names, generation })))
+            }
+            _ => None,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    core: Arc<Core<HttpValue>>,
+    rules: Rules,
+    max_body: usize,
+    x_cache: bool,
+}
+
+impl Shared {
+    fn count(&self, o: Outcome) {
+        let c = &self.core.counters;
+        let m = self.core.metrics.as_ref();
+        match o {
+            Outcome::Hit => {
+                c.hits.fetch_add(1, Relaxed);
+                if let Some(m) = m {
+                    m.hit.inc();
+                }
+            }
+            Outcome::Miss => {
+                c.misses.fetch_add(1, Relaxed);
+                if let Some(m) = m {
+                    m.miss.inc();
+                }
+            }
+            Outcome::Stale => {
+                c.stale.fetch_add(1, Relaxed);
+                if let Some(m) = m {
+                    m.stale.inc();
+                }
+            }
+            Outcome::Revalidated => {
+                c.revalidations.fetch_add(1, Relaxed);
+                if let Some(m) = m {
+                    m.revalidated.inc();
+                }
+            }
+        }
+    }
+
+    fn bypass(&self) {
+        self.core.counters.bypassed.fetch_add(1, Relaxed);
+        if let Some(m) = &self.core.metrics {
+            m.bypass.inc();
+        }
+    }
+
+    /// L1 lookup of the primary key in `buf` (a Vary marker leads on to the
+    /// variant, whose key is then left in `buf`).
+    #[inline]
+    fn l1_lookup(&self, buf: &mut String, headers: &HeaderMap) -> Option<Arc<Stored>> {
+        match self.core.l1_get(buf)? {
+            HttpValue::Response(s) => Some(s),
+            HttpValue::Vary(m) => {
+                write_variant(
+                    buf,
+                    m.generation,
+                    m.names.iter().map(String::as_str),
+                    headers,
+                );
+                match self.core.l1_get(buf)? {
+                    HttpValue::Response(s) => Some(s),
+                    HttpValue::Vary(_) => None,
+                }
+            }
+        }
+    }
+
+    /// L2 lookup; returns the entry and its key.
+    async fn l2_lookup(
+        &self,
+        primary: &Arc<str>,
+        headers: &HeaderMap,
+    ) -> Option<(Arc<Stored>, Arc<str>)> {
+        self.core.l2.as_ref()?;
+        match self.core.l2_get(primary).await? {
+            HttpValue::Response(s) => Some((s, primary.clone())),
+            HttpValue::Vary(m) => {
+                let mut key = String::from(&**primary);
+                write_variant(
+                    &mut key,
+                    m.generation,
+                    m.names.iter().map(String::as_str),
+                    headers,
+                );
+                match self.core.l2_get(&key).await? {
+                    HttpValue::Response(s) => Some((s, Arc::from(key))),
+                    HttpValue::Vary(_) => None,
+                }
+            }
+        }
+    }
+
+    /// Counts `outcome` and builds the answer from a stored response.
+    fn respond<B>(
+        &self,
+        s: &Stored,
+        outcome: Outcome,
+        req: &HeaderMap,
+        head: bool,
+        now: u64,
+    ) -> Response<CacheBody<B>> {
+        self.count(outcome);
+        self.build(s, outcome, req, head, now)
+    }
+
+    /// Builds the answer from a stored response (answering the client's
+    /// own conditional request with a 304 when it matches).
+    fn build<B>(
+        &self,
+        s: &Stored,
+        outcome: Outcome,
+        req: &HeaderMap,
+        head: bool,
+        now: u64,
+    ) -> Response<CacheBody<B>> {
+        let not_modified = s.status == StatusCode::OK
+            && (req.contains_key(header::IF_NONE_MATCH)
+                || req.contains_key(header::IF_MODIFIED_SINCE))
+            && policy::client_not_modified(req, &s.headers);
+        let mut headers = if not_modified {
+            policy::not_modified_headers(&s.headers)
+        } else {
+            s.headers.clone()
+        };
+        headers.insert(header::AGE, HeaderValue::from(s.age(now) / 1000));
+        if self.x_cache {
+            headers.insert(X_CACHE, outcome.value());
+        }
+        let body = if not_modified || head {
+            CacheBody::full(Bytes::new())
+        } else {
+            CacheBody::full(s.body.clone())
+        };
+        let mut res = Response::new(body);
+        *res.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            s.status
+        };
+        *res.headers_mut() = headers;
+        res
+    }
+
+    /// Stores `s` for a request with `req_headers` under `primary` (through
+    /// a Vary marker when the response varies); `key` pins the variant key.
+    async fn store(
+        &self,
+        primary: &Arc<str>,
+        key: Option<&Arc<str>>,
+        req_headers: &HeaderMap,
+        s: Stored,
+    ) {
+        let mut names: Vec<String> = policy::vary_names(&s.headers)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        names.sort();
+        names.dedup();
+        let value = HttpValue::Response(Arc::new(s));
+        if names.is_empty() {
+            self.core.put(key.unwrap_or(primary).clone(), value).await;
+            return;
+        }
+        let marker = match self.core.l1_get(primary) {
+            Some(HttpValue::Vary(m)) if m.names == names => m,
+            _ => Arc::new(VaryMarker {
+                names,
+                generation: random_u64(),
+            }),
+        };
+        let mut variant = String::from(&**primary);
+        write_variant(
+            &mut variant,
+            marker.generation,
+            marker.names.iter().map(String::as_str),
+            req_headers,
+        );
+        self.core
+            .put(primary.clone(), HttpValue::Vary(marker))
+            .await;
+        self.core.put(Arc::from(variant), value).await;
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Tower layer of the RFC 9111 shared HTTP cache. See the [crate docs](crate).
+///
+/// `K` adds a custom key part (tenant, API version) to every key: any
+/// [`KeyExtractor`] of the request; a request it gives no key is not cached.
+///
+/// ```
+/// use palisade_cache::CacheLayer;
+/// use palisade_core::key::HeaderKey;
+///
+/// let per_tenant = CacheLayer::builder().name("api").build().key(HeaderKey::new("x-tenant"));
+/// # let _ = per_tenant;
+/// ```
+pub struct CacheLayer<K = NoKey> {
+    shared: Arc<Shared>,
+    key: K,
+}
+
+impl<K: Clone> Clone for CacheLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for CacheLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("name", &self.shared.core.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// A builder with the SPEC defaults.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// An L1-only cache with the SPEC defaults.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A cache from a validated [`Config`] (L1 only; add a store with
+    /// [`CacheBuilder::from_config`] + [`CacheBuilder::store`]).
+    pub fn from_config(cfg: &Config) -> Result<Self, CacheError> {
+        cfg.validate()?;
+        Ok(CacheBuilder::from_config(cfg).build())
+    }
+}
+
+impl Default for CacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheBuilder {
+    /// Builds the HTTP cache layer.
+    pub fn build(self) -> CacheLayer {
+        let cfg = self.sanitized();
+        let core = Arc::new(Core::new(self.tier_settings(&cfg, "http")));
+        CacheLayer {
+            shared: Arc::new(Shared {
+                core,
+                rules: Rules {
+                    default_ttl: cfg.default_ttl,
+                    heuristic_fraction: cfg.heuristic_fraction,
+                    heuristic_max: cfg.heuristic_max,
+                    store_set_cookie: cfg.store_set_cookie,
+                },
+                max_body: cfg.max_body_bytes,
+                x_cache: cfg.x_cache_header,
+            }),
+            key: NoKey,
+        }
+    }
+}
+
+impl<K> CacheLayer<K> {
+    /// Adds a custom key part taken from each request.
+    pub fn key<K2>(self, key: K2) -> CacheLayer<K2> {
+        CacheLayer {
+            shared: self.shared,
+            key,
+        }
+    }
+
+    /// Stats and invalidation for this cache.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(self.shared.core.clone())
+    }
+}
+
+impl<S, K: Clone> Layer<S> for CacheLayer<K> {
+    type Service = Cache<S, K>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Cache {
+            inner,
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The HTTP cache service. See [`CacheLayer`] and the [crate docs](crate).
+///
+/// ```
+/// use palisade_cache::{Cache, CacheLayer};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = tower::service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(
+///         http::Response::builder()
+///             .header("cache-control", "max-age=60")
+///             .body(http_body_util::Full::new(bytes::Bytes::from("hi")))
+///             .unwrap(),
+///     )
+/// });
+/// let svc: Cache<_> = Cache::new(svc, &CacheLayer::new());
+/// let req = || http::Request::get("http://example.com/a").body(String::new()).unwrap();
+/// let first = svc.clone().oneshot(req()).await.unwrap();
+/// assert_eq!(first.headers()["x-cache"], "MISS");
+/// let second = svc.oneshot(req()).await.unwrap();
+/// assert_eq!(second.headers()["x-cache"], "HIT");
+/// # }
+/// ```
+pub struct Cache<S, K = NoKey> {
+    inner: S,
+    shared: Arc<Shared>,
+    key: K,
+}
+
+impl<S, K: Clone> Cache<S, K> {
+    /// Wraps `inner` with the cache of `layer`.
+    pub fn new(inner: S, layer: &CacheLayer<K>) -> Self {
+        layer.layer(inner)
+    }
+
+    /// Stats and invalidation for this cache.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(self.shared.core.clone())
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K: Clone> Clone for Cache<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for Cache<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.core.name)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+type BoxResFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`Cache`].
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: FutKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutProj]
+    enum FutKind<F, B, E> {
+        Ready { res: Option<Response<CacheBody<B>>> },
+        Pass { #[pin] fut: F },
+        Boxed { fut: BoxResFuture<B, E> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            FutKind::Ready { .. } => "Ready",
+            FutKind::Pass { .. } => "Pass",
+            FutKind::Boxed { .. } => "Boxed",
+        };
+        f.debug_tuple("ResponseFuture").field(&kind).finish()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutProj::Ready { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
+            FutProj::Pass { fut } => fut.poll(cx).map_ok(|r| r.map(CacheBody::inner)),
+            FutProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    fn ready(res: Response<CacheBody<B>>) -> Self {
+        Self {
+            kind: FutKind::Ready { res: Some(res) },
+        }
+    }
+    fn pass(fut: F) -> Self {
+        Self {
+            kind: FutKind::Pass { fut },
+        }
+    }
+    fn boxed(fut: BoxResFuture<B, E>) -> Self {
+        Self {
+            kind: FutKind::Boxed { fut },
+        }
+    }
+}
+
+/// Per-request state of the slow path.
+struct Ctx {
+    primary: Arc<str>,
+    candidate: Option<(Arc<Stored>, Arc<str>)>,
+    req_cc: CacheControl,
+    head: bool,
+    /// A stored response exists but cannot answer this (Authorization).
+    blocked: bool,
+}
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    K: KeyExtractor<Request<ReqBody>>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Buf + Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let method = req.method();
+        let head = method == Method::HEAD;
+        if method != Method::GET && !head {
+            if is_safe(method) {
+                shared.bypass();
+                return ResponseFuture::pass(self.inner.call(req));
+            }
+            // Unsafe method: invalidate the target (and Location /
+            // Content-Location) after a non-error response.
+            let Some(custom) = self.key.extract(&req) else {
+                shared.bypass();
+                return ResponseFuture::pass(self.inner.call(req));
+            };
+            let custom = custom.to_string();
+            let inner = take_ready(&mut self.inner);
+            return ResponseFuture::boxed(Box::pin(invalidate_after(
+                shared.clone(),
+                inner,
+                req,
+                custom,
+            )));
+        }
+        if req.headers().contains_key(header::RANGE) {
+            shared.bypass();
+            return ResponseFuture::pass(self.inner.call(req));
+        }
+        let Some(custom) = self.key.extract(&req) else {
+            shared.bypass();
+            return ResponseFuture::pass(self.inner.call(req));
+        };
+        let req_cc = CacheControl::parse(req.headers());
+        let has_auth = req.headers().contains_key(header::AUTHORIZATION);
+        let now = shared.core.clock.now_ms();
+
+        // Fast path: L1, no allocation for the key.
+        enum Fast<B> {
+            Served(Response<CacheBody<B>>),
+            Swr(Response<CacheBody<B>>, Arc<str>, Arc<Stored>, Arc<str>),
+            Slow(Arc<str>, Option<(Arc<Stored>, Arc<str>)>, bool),
+        }
+        let fast = with_buf(|buf| {
+            write_primary(buf, req.uri(), req.headers(), &custom);
+            let primary_len = buf.len();
+            let found = shared.l1_lookup(buf, req.headers());
+            let mut blocked = false;
+            if let Some(s) = &found {
+                match s.decide(&req_cc, has_auth, now) {
+                    Decision::Fresh => {
+                        return Fast::Served(shared.respond(
+                            s,
+                            Outcome::Hit,
+                            req.headers(),
+                            head,
+                            now,
+                        ));
+                    }
+                    Decision::StaleAllowed => {
+                        return Fast::Served(shared.respond(
+                            s,
+                            Outcome::Stale,
+                            req.headers(),
+                            head,
+                            now,
+                        ));
+                    }
+                    Decision::StaleWhileRevalidate => {
+                        let res = shared.respond(s, Outcome::Stale, req.headers(), head, now);
+                        let key: Arc<str> = Arc::from(buf.as_str());
+                        return Fast::Swr(res, Arc::from(&buf[..primary_len]), s.clone(), key);
+                    }
+                    Decision::Validate => {}
+                    Decision::Unusable => blocked = true,
+                }
+            }
+            let candidate = found
+                .filter(|_| !blocked)
+                .map(|s| (s, Arc::from(buf.as_str())));
+            Fast::Slow(Arc::from(&buf[..primary_len]), candidate, blocked)
+        });
+        match fast {
+            Fast::Served(res) => ResponseFuture::ready(res),
+            Fast::Swr(res, primary, stored, key) => {
+                if !head {
+                    let inner = take_ready(&mut self.inner);
+                    spawn_refresh(shared.clone(), inner, req, primary, stored, key);
+                }
+                ResponseFuture::ready(res)
+            }
+            Fast::Slow(primary, candidate, blocked) => {
+                let inner = take_ready(&mut self.inner);
+                let ctx = Ctx {
+                    primary,
+                    candidate,
+                    req_cc,
+                    head,
+                    blocked,
+                };
+                ResponseFuture::boxed(Box::pin(slow(shared.clone(), inner, req, ctx)))
+            }
+        }
+    }
+}
+
+/// Swaps a fresh clone in and returns the ready service (tower's pattern).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::OPTIONS | Method::TRACE | Method::CONNECT)
+}
+
+fn spawn_refresh<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    req: Request<ReqBody>,
+    primary: Arc<str>,
+    stored: Arc<Stored>,
+    key: Arc<str>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Buf + Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Join::Leader(flight) = shared.core.join(&primary) else {
+        return; // a refresh (or fill) is already running
+    };
+    let req_cc = CacheControl::parse(req.headers());
+    rt.spawn(async move {
+        let _flight = flight;
+        let client = req.headers().clone();
+        let fetched = fetch(
+            &shared,
+            inner,
+            req,
+            &primary,
+            Some((stored, key)),
+            &req_cc,
+            true,
+            &client,
+            false,
+        )
+        .await;
+        if let Ok(res) = fetched {
+            // Drain whatever was not cached, so the connection can be reused.
+            let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+        }
+    });
+}
+
+async fn invalidate_after<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+    custom: String,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let uri = req.uri().clone();
+    let headers = req.headers().clone();
+    let res = inner.call(req).await?;
+    let status = res.status();
+    if status.is_success() || status.is_redirection() {
+        let mut targets = vec![uri.clone()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(t) = res
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin_target(v, &uri, &headers))
+            {
+                targets.push(t);
+            }
+        }
+        for t in targets {
+            let mut key = String::new();
+            write_primary(&mut key, &t, &headers, &custom);
+            if let Err(e) = shared.core.remove(&key).await {
+                tracing::debug!(error = %e, "invalidation in L2 failed");
+            }
+        }
+    }
+    Ok(res.map(CacheBody::inner))
+}
+
+async fn slow<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+    mut ctx: Ctx,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Buf + Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let core = &shared.core;
+    let has_auth = req.headers().contains_key(header::AUTHORIZATION);
+    // L2
+    if ctx.candidate.is_none()
+        && !ctx.blocked
+        && let Some((s, key)) = shared.l2_lookup(&ctx.primary, req.headers()).await
+    {
+        let now = core.clock.now_ms();
+        match s.decide(&ctx.req_cc, has_auth, now) {
+            Decision::Fresh => {
+                return Ok(shared.respond(&s, Outcome::Hit, req.headers(), ctx.head, now));
+            }
+            Decision::StaleAllowed => {
+                return Ok(shared.respond(&s, Outcome::Stale, req.headers(), ctx.head, now));
+            }
+            Decision::StaleWhileRevalidate => {
+                let res = shared.respond(&s, Outcome::Stale, req.headers(), ctx.head, now);
+                if !ctx.head {
+                    spawn_refresh(shared.clone(), inner, req, ctx.primary, s, key);
+                }
+                return Ok(res);
+            }
+            Decision::Validate => ctx.candidate = Some((s, key)),
+            Decision::Unusable => ctx.blocked = true,
+        }
+    }
+    if ctx.req_cc.only_if_cached {
+        shared.count(Outcome::Miss);
+        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        return Ok(res);
+    }
+    if ctx.head {
+        shared.count(Outcome::Miss);
+        let res = inner.call(req).await?;
+        return Ok(with_x_cache(
+            &shared,
+            res.map(CacheBody::inner),
+            Outcome::Miss,
+        ));
+    }
+
+    // Coalescing: one upstream call per key, in-process and across replicas.
+    let mut store_allowed = !ctx.req_cc.no_store;
+    let mut flight = None;
+    let mut lock = None;
+    if core.coalesce && !ctx.blocked && !ctx.req_cc.no_cache {
+        match core.join(&ctx.primary) {
+            Join::Leader(f) => flight = Some(f),
+            Join::Follower(rx) => {
+                if core.wait(rx).await {
+                    let now = core.clock.now_ms();
+                    let found = with_buf(|buf| {
+                        buf.push_str(&ctx.primary);
+                        shared
+                            .l1_lookup(buf, req.headers())
+                            .map(|s| (s, Arc::<str>::from(buf.as_str())))
+                    });
+                    if let Some((s, key)) = found {
+                        match s.decide(&ctx.req_cc, has_auth, now) {
+                            Decision::Fresh
+                            | Decision::StaleAllowed
+                            | Decision::StaleWhileRevalidate => {
+                                core.counters.coalesced.fetch_add(1, Relaxed);
+                                if let Some(m) = &core.metrics {
+                                    m.coalesced.inc();
+                                }
+                                return Ok(shared.respond(
+                                    &s,
+                                    Outcome::Hit,
+                                    req.headers(),
+                                    false,
+                                    now,
+                                ));
+                            }
+                            Decision::Validate => ctx.candidate = Some((s, key)),
+                            Decision::Unusable => {}
+                        }
+                    }
+                } else {
+                    store_allowed = false;
+                }
+            }
+        }
+        if flight.is_some() && ctx.candidate.is_none() && core.l2.is_some() {
+            match core.lock(&ctx.primary).await {
+                Lock::Acquired(k) => lock = Some(k),
+                Lock::Unavailable => {}
+                Lock::Held => {
+                    // Another replica is filling: poll L2 for its answer.
+                    let deadline = tokio::time::Instant::now() + core.coalesce_timeout;
+                    loop {
+                        tokio::time::sleep(core.poll_interval).await;
+                        if let Some((s, _)) = shared.l2_lookup(&ctx.primary, req.headers()).await {
+                            let now = core.clock.now_ms();
+                            if matches!(
+                                s.decide(&ctx.req_cc, has_auth, now),
+                                Decision::Fresh | Decision::StaleAllowed
+                            ) {
+                                core.counters.coalesced.fetch_add(1, Relaxed);
+                                if let Some(m) = &core.metrics {
+                                    m.coalesced.inc();
+                                }
+                                return Ok(shared.respond(
+                                    &s,
+                                    Outcome::Hit,
+                                    req.headers(),
+                                    false,
+                                    now,
+                                ));
+                            }
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            store_allowed = false;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let client = req.headers().clone();
+    let primary = ctx.primary.clone();
+    let result = fetch(
+        &shared,
+        inner,
+        req,
+        &primary,
+        ctx.candidate,
+        &ctx.req_cc,
+        store_allowed,
+        &client,
+        ctx.blocked,
+    )
+    .await;
+    if let Some(k) = lock {
+        core.unlock(&k).await;
+    }
+    drop(flight);
+    result
+}
+
+fn with_x_cache<B>(shared: &Shared, mut res: Response<B>, o: Outcome) -> Response<B> {
+    if shared.x_cache {
+        res.headers_mut().insert(X_CACHE, o.value());
+    }
+    res
+}
+
+/// Sends the request upstream (conditionally when a stored response with
+/// validators exists), stores what may be stored, and answers.
+#[allow(clippy::too_many_arguments)]
+async fn fetch<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    primary: &Arc<str>,
+    candidate: Option<(Arc<Stored>, Arc<str>)>,
+    req_cc: &CacheControl,
+    store_allowed: bool,
+    client: &HeaderMap,
+    blocked: bool,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+    ResBody::Data: Buf,
+    ResBody::Error: Into<BoxError>,
+{
+    let core = &shared.core;
+    let mut conditional = false;
+    if store_allowed && !blocked {
+        // Fetch a full, storable response; the client's own conditionals
+        // are answered by the cache afterwards.
+        let h = req.headers_mut();
+        h.remove(header::IF_NONE_MATCH);
+        h.remove(header::IF_MODIFIED_SINCE);
+        if let Some((s, _)) = &candidate
+            && s.has_validator()
+        {
+            s.add_validators(h);
+            conditional = true;
+        }
+    }
+    let request_time = core.clock.now_ms();
+    let started = tokio::time::Instant::now();
+    let result = inner.call(req).await;
+    if let Some(m) = &core.metrics {
+        m.upstream.observe(started.elapsed().as_secs_f64());
+    }
+    let now = core.clock.now_ms();
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            if let Some((s, _)) = &candidate
+                && s.usable_on_error(req_cc, now)
+            {
+                tracing::debug!(cache = %core.name, "upstream failed; serving stale");
+                return Ok(shared.respond(s, Outcome::Stale, client, false, now));
+            }
+            shared.count(Outcome::Miss);
+            return Err(e);
+        }
+    };
+    let (parts, body) = res.into_parts();
+    if parts.status == StatusCode::NOT_MODIFIED
+        && conditional
+        && let Some((s, key)) = &candidate
+    {
+        if s.selected_by_304(&parts.headers) {
+            let merged = s.merge_304(&parts.headers, request_time, now, &shared.rules);
+            let cc = CacheControl::parse(&merged.headers);
+            let ok = policy::storable(
+                &Method::GET,
+                client,
+                req_cc,
+                merged.status,
+                &merged.headers,
+                &cc,
+                &shared.rules,
+            );
+            let res = shared.respond(&merged, Outcome::Revalidated, client, false, now);
+            if ok {
+                shared.store(primary, Some(key), client, merged).await;
+            } else {
+                let _ = core.remove(key).await;
+            }
+            return Ok(res);
+        }
+        let _ = core.remove(key).await;
+    }
+    if matches!(parts.status.as_u16(), 500 | 502 | 503 | 504)
+        && let Some((s, _)) = &candidate
+        && s.usable_on_error(req_cc, now)
+    {
+        return Ok(shared.respond(s, Outcome::Stale, client, false, now));
+    }
+    shared.count(Outcome::Miss);
+    let res_cc = CacheControl::parse(&parts.headers);
+    let storable = store_allowed
+        && policy::storable(
+            &Method::GET,
+            client,
+            req_cc,
+            parts.status,
+            &parts.headers,
+            &res_cc,
+            &shared.rules,
+        )
+        && content_length(&parts.headers).is_none_or(|l| l <= shared.max_body as u64);
+    if !storable {
+        if let Some((_, key)) = &candidate
+            && parts.status.as_u16() < 500
+            && !req_cc.no_store
+        {
+            let _ = core.remove(key).await;
+        }
+        core.counters.uncacheable.fetch_add(1, Relaxed);
+        return Ok(with_x_cache(
+            shared,
+            Response::from_parts(parts, CacheBody::inner(body)),
+            Outcome::Miss,
+        ));
+    }
+    match collect_limited(body, shared.max_body).await {
+        Collected::Complete(bytes) => {
+            let stored = Stored::new(
+                parts.status,
+                &parts.headers,
+                &res_cc,
+                bytes,
+                request_time,
+                now,
+                &shared.rules,
+            );
+            // Already counted as a miss above.
+            let res = shared.build(&stored, Outcome::Miss, client, false, now);
+            shared.store(primary, None, client, stored).await;
+            Ok(res)
+        }
+        Collected::Partial(body) => {
+            if let Some((_, key)) = &candidate {
+                let _ = core.remove(key).await;
+            }
+            Ok(with_x_cache(
+                shared,
+                Response::from_parts(parts, body),
+                Outcome::Miss,
+            ))
+        }
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
