@@ -276,11 +276,15 @@ struct Inner {
     // Hot: read or written on every call.
     state: AtomicU64,
     consecutive: AtomicU32,
-    successful: AtomicU64,
+    /// Calls of the closed (or metrics-only) state with an outcome: numbers
+    /// the count window's slots; successes are derived from it.
+    calls: AtomicU64,
     window: Window,
     needs_clock: bool,
     // Counters read by snapshots.
-    failed: AtomicU64,
+    normal_failed: AtomicU64,
+    other_successful: AtomicU64,
+    other_failed: AtomicU64,
     ignored: AtomicU64,
     rejected: AtomicU64,
     slow: AtomicU64,
@@ -384,16 +388,17 @@ impl Breaker {
             InitialMode::MetricsOnly => METRICS_ONLY,
             InitialMode::ForcedOpen => FORCED_OPEN,
         };
-        let needs_clock =
-            window.needs_clock() || settings.config.slow_call_threshold.is_some();
+        let needs_clock = window.needs_clock() || settings.config.slow_call_threshold.is_some();
         Self {
             inner: Arc::new(Inner {
                 state: AtomicU64::new(pack(0, initial)),
                 consecutive: AtomicU32::new(0),
-                successful: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
                 window,
                 needs_clock,
-                failed: AtomicU64::new(0),
+                normal_failed: AtomicU64::new(0),
+                other_successful: AtomicU64::new(0),
+                other_failed: AtomicU64::new(0),
                 ignored: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 slow: AtomicU64::new(0),
@@ -429,14 +434,6 @@ impl Breaker {
 
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.inner.name
-    }
-
-    pub(crate) fn same(&self, other: &Breaker) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
-    pub(crate) fn set_hook(&self, hook: TransitionHook) {
-        let _ = self.inner.hook.set(hook);
     }
 
     #[inline]
@@ -562,21 +559,37 @@ impl Breaker {
             (Some(start), Some(threshold)) => start.elapsed() >= threshold,
             _ => false,
         };
-        match outcome {
-            Outcome::Success => inner.successful.fetch_add(1, Relaxed),
-            Outcome::Failure => inner.failed.fetch_add(1, Relaxed),
-            Outcome::Ignored => inner.ignored.fetch_add(1, Relaxed),
-        };
-        if slow && outcome != Outcome::Ignored {
+        if outcome == Outcome::Ignored {
+            inner.ignored.fetch_add(1, Relaxed);
+        } else if slow {
             inner.slow.fetch_add(1, Relaxed);
+        }
+        match ticket.kind {
+            TicketKind::Untracked | TicketKind::Trial => match outcome {
+                Outcome::Success => {
+                    inner.other_successful.fetch_add(1, Relaxed);
+                }
+                Outcome::Failure => {
+                    inner.other_failed.fetch_add(1, Relaxed);
+                }
+                Outcome::Ignored => {}
+            },
+            TicketKind::Normal => {}
         }
         match ticket.kind {
             TicketKind::Untracked => {}
             TicketKind::Normal => {
-                if outcome == Outcome::Ignored || inner.state.load(Acquire) != ticket.state {
+                if outcome == Outcome::Ignored {
                     return;
                 }
+                let seq = inner.calls.fetch_add(1, Relaxed);
                 let failure = outcome == Outcome::Failure;
+                if failure {
+                    inner.normal_failed.fetch_add(1, Relaxed);
+                }
+                if inner.state.load(Acquire) != ticket.state {
+                    return;
+                }
                 let cfg = &inner.settings.config;
                 let can_trip = code(ticket.state) == CLOSED;
                 if failure {
@@ -593,7 +606,7 @@ impl Breaker {
                 } else {
                     0
                 };
-                inner.window.record(failure, slow, secs);
+                inner.window.record(seq, failure, slow, secs);
                 if can_trip && (failure || slow) {
                     self.check_rates(ticket.state, secs);
                 }
@@ -661,7 +674,8 @@ impl Breaker {
         let Some(b) = settings.config.recovery_backoff else {
             return base;
         };
-        let grown = base.as_secs_f64() * b.multiplier.powi(trips.saturating_sub(1).min(1024) as i32);
+        let grown =
+            base.as_secs_f64() * b.multiplier.powi(trips.saturating_sub(1).min(1024) as i32);
         let capped = grown.min(b.max.as_secs_f64());
         let jittered = if b.jitter > 0.0 {
             capped * (1.0 + b.jitter * (fastrand::f64() * 2.0 - 1.0))
@@ -697,7 +711,9 @@ impl Breaker {
             State::Open => {
                 cold.trips = cold.trips.saturating_add(1);
                 let d = open_for.unwrap_or_else(|| self.break_duration(cold.trips));
-                inner.open_until.store(now.saturating_add(nanos(d)), Release);
+                inner
+                    .open_until
+                    .store(now.saturating_add(nanos(d)), Release);
                 opened_for = Some(d);
             }
             State::HalfOpen => {
@@ -868,16 +884,13 @@ impl Breaker {
             (t.calls >= inner.settings.min_calls && t.calls > 0)
                 .then(|| f64::from(n) / f64::from(t.calls))
         };
-        let successful = inner.successful.load(Relaxed);
-        let failed = inner.failed.load(Relaxed);
+        let normal_failed = inner.normal_failed.load(Relaxed);
+        let successful = inner.calls.load(Relaxed).saturating_sub(normal_failed)
+            + inner.other_successful.load(Relaxed);
+        let failed = normal_failed + inner.other_failed.load(Relaxed);
         let ignored = inner.ignored.load(Relaxed);
         let retry_after = (state == State::Open).then(|| {
-            Duration::from_nanos(
-                inner
-                    .open_until
-                    .load(Acquire)
-                    .saturating_sub(self.now()),
-            )
+            Duration::from_nanos(inner.open_until.load(Acquire).saturating_sub(self.now()))
         });
         Snapshot {
             name: inner.name.to_string(),
@@ -944,9 +957,42 @@ impl Breaker {
         C: Classify<T, E>,
         F: Future<Output = Result<T, E>>,
     {
-        let permit = self.try_acquire().map_err(BreakerError::Open)?;
+        let guard = Guard {
+            breaker: self,
+            ticket: Some(self.acquire().map_err(BreakerError::Open)?),
+        };
         let result = call.await;
-        permit.record(classifier.classify(result.as_ref()));
+        guard.record(classifier.classify(result.as_ref()));
+        result.map_err(BreakerError::Inner)
+    }
+
+    /// Runs a synchronous call through the breaker: rejected at once when
+    /// open, else `Err` counts as a failure and `Ok` as a success.
+    ///
+    /// ```
+    /// use palisade_breaker::{Breaker, Config};
+    ///
+    /// let breaker = Breaker::new("parser", Config::default()).unwrap();
+    /// let n = breaker.call_sync(|| "42".parse::<u32>()).unwrap();
+    /// assert_eq!(n, 42);
+    /// assert!(breaker.call_sync(|| "x".parse::<u32>()).is_err());
+    /// assert_eq!(breaker.snapshot().failed_calls, 1);
+    /// ```
+    #[inline]
+    pub fn call_sync<T, E>(
+        &self,
+        call: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, BreakerError<E>> {
+        let guard = Guard {
+            breaker: self,
+            ticket: Some(self.acquire().map_err(BreakerError::Open)?),
+        };
+        let result = call();
+        guard.record(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
         result.map_err(BreakerError::Inner)
     }
 
@@ -1006,6 +1052,29 @@ impl fmt::Debug for Breaker {
     }
 }
 
+/// A borrowed permit: no reference count traffic.
+struct Guard<'a> {
+    breaker: &'a Breaker,
+    ticket: Option<Ticket>,
+}
+
+impl Guard<'_> {
+    #[inline]
+    fn record(mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.record(ticket, outcome);
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.cancel(ticket);
+        }
+    }
+}
+
 /// Stops a health probe task (see [`Breaker::spawn_probe`]) when dropped.
 #[derive(Debug)]
 pub struct ProbeHandle(tokio::task::JoinHandle<()>);
@@ -1061,7 +1130,10 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("breaker", &self.breaker.inner.name)
-            .field("trial", &matches!(self.ticket, Some(t) if t.kind == TicketKind::Trial))
+            .field(
+                "trial",
+                &matches!(self.ticket, Some(t) if t.kind == TicketKind::Trial),
+            )
             .finish()
     }
 }

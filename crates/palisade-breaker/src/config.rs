@@ -325,7 +325,10 @@ mod tests {
         );
         assert_eq!(bad(|c| c.success_threshold = 4), "success_threshold");
         assert_eq!(bad(|c| c.half_open_max_calls = 0), "half_open_max_calls");
-        assert_eq!(bad(|c| c.recovery_timeout = Duration::ZERO), "recovery_timeout");
+        assert_eq!(
+            bad(|c| c.recovery_timeout = Duration::ZERO),
+            "recovery_timeout"
+        );
         assert_eq!(
             bad(|c| c.recovery_backoff = Some(RecoveryBackoff {
                 multiplier: 0.5,

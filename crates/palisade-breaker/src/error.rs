@@ -137,10 +137,8 @@ impl<E: Into<BoxError>> From<BreakerError<E>> for palisade_core::Error {
                 let e: BoxError = e.into();
                 match e.downcast::<palisade_core::Error>() {
                     Ok(core) => *core,
-                    Err(e) => {
-                        palisade_core::Error::new(ErrorKind::Upstream, "upstream failed")
-                            .with_source(e)
-                    }
+                    Err(e) => palisade_core::Error::new(ErrorKind::Upstream, "upstream failed")
+                        .with_source(e),
                 }
             }
         }

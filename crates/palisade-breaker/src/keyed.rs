@@ -122,6 +122,7 @@ impl Group {
     pub(crate) fn breakers(&self) -> Vec<Breaker> {
         let mut all = vec![self.keyless.clone()];
         if let Some(map) = self.map.get() {
+            map.run_pending();
             all.extend(map.breakers());
         }
         all

@@ -2,7 +2,7 @@
 //! and its [`ResponseFuture`].
 
 use crate::{
-    breaker::{Breaker, BreakFn, Permit, Settings},
+    breaker::{BreakFn, Breaker, Permit, Settings},
     config::{Config, ConfigError, IdleTarget, InitialMode, RecoveryBackoff, SlidingWindow},
     keyed::{Group, KeyedBreakers, Select, SingleBreaker},
     registry::{BreakerRegistry, Entry},
@@ -497,7 +497,9 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match self.select.select(&req).into_permit() {
-            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone()),
+            Ok(permit) => {
+                ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
+            }
             Err(open) => ResponseFuture::open(self.on_open.open(req, open)),
         }
     }

@@ -261,7 +261,11 @@ impl MetricsCollector {
             registry,
             descs: vec![
                 desc(STATE, "Circuit breakers in each state.", "state")?,
-                desc(CALLS, "Calls through circuit breakers by outcome.", "outcome")?,
+                desc(
+                    CALLS,
+                    "Calls through circuit breakers by outcome.",
+                    "outcome",
+                )?,
                 desc(
                     TRANSITIONS,
                     "Circuit breaker state transitions by target state.",

@@ -155,11 +155,7 @@ impl<F, ResB, E> Wrap<Response<ResB>, E> for HttpFallback<F> {
 
 impl<F, ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpFallback<F>
 where
-    F: Service<Request<ReqB>, Response = Response<ResB>, Error = E>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    F: Service<Request<ReqB>, Response = Response<ResB>, Error = E> + Clone + Send + Sync + 'static,
 {
     type Future = MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>;
 

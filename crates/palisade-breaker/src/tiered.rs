@@ -121,7 +121,11 @@ impl<Req, Res, E, C: fmt::Debug> fmt::Debug for TieredFallback<Req, Res, E, C> {
         f.debug_struct("TieredFallback")
             .field(
                 "tiers",
-                &self.tiers.iter().map(|t| t.breaker.name()).collect::<Vec<_>>(),
+                &self
+                    .tiers
+                    .iter()
+                    .map(|t| t.breaker.name())
+                    .collect::<Vec<_>>(),
             )
             .field("classifier", &self.classifier)
             .finish()

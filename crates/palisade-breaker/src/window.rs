@@ -34,11 +34,12 @@ impl Window {
         Self::Time(TimeWindow::new(secs))
     }
 
-    /// Records one call; `now_secs` is only read by a time window.
+    /// Records call number `seq` (a count window's slot); `now_secs` is only
+    /// read by a time window.
     #[inline]
-    pub(crate) fn record(&self, failure: bool, slow: bool, now_secs: u64) {
+    pub(crate) fn record(&self, seq: u64, failure: bool, slow: bool, now_secs: u64) {
         match self {
-            Self::Count(w) => w.record(failure, slow),
+            Self::Count(w) => w.record(seq, failure, slow),
             Self::Time(w) => w.record(failure, slow, now_secs),
         }
     }
@@ -62,10 +63,11 @@ impl Window {
     }
 }
 
-/// The last `size` calls: a ring of one-byte slots and running totals.
+/// The last `size` calls: a ring of one-byte slots and running totals. The
+/// caller numbers the calls (its call counter), so a steady stream of
+/// successes costs one load per call.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    head: AtomicU64,
     slots: Box<[AtomicU8]>,
     calls: AtomicU32,
     failures: AtomicU32,
@@ -75,7 +77,6 @@ pub(crate) struct CountWindow {
 impl CountWindow {
     fn new(size: u32) -> Self {
         Self {
-            head: AtomicU64::new(0),
             slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
@@ -84,13 +85,14 @@ impl CountWindow {
     }
 
     #[inline]
-    fn record(&self, failure: bool, slow: bool) {
+    fn record(&self, seq: u64, failure: bool, slow: bool) {
         let code = OK | if failure { FAIL } else { 0 } | if slow { SLOW } else { 0 };
-        let i = (self.head.fetch_add(1, Relaxed) % self.slots.len() as u64) as usize;
-        let old = self.slots[i].swap(code, Relaxed);
+        let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let old = slot.load(Relaxed);
         if old == code {
             return;
         }
+        slot.store(code, Relaxed);
         if old == 0 {
             self.calls.fetch_add(1, Relaxed);
         }
@@ -215,8 +217,8 @@ mod tests {
     #[test]
     fn count_window_keeps_the_last_n() {
         let w = Window::count(4);
-        for f in [true, true, false, false] {
-            w.record(f, false, 0);
+        for (i, f) in [true, true, false, false].into_iter().enumerate() {
+            w.record(i as u64, f, false, 0);
         }
         assert_eq!(
             w.totals(0),
@@ -227,8 +229,8 @@ mod tests {
             }
         );
         // Two successes push both failures out.
-        w.record(false, true, 0);
-        w.record(false, false, 0);
+        w.record(4, false, true, 0);
+        w.record(5, false, false, 0);
         assert_eq!(
             w.totals(0),
             Totals {
@@ -244,9 +246,9 @@ mod tests {
     #[test]
     fn time_window_forgets_old_seconds() {
         let w = Window::time(3);
-        w.record(true, false, 10);
-        w.record(false, false, 11);
-        w.record(true, true, 12);
+        w.record(0, true, false, 10);
+        w.record(0, false, false, 11);
+        w.record(0, true, true, 12);
         assert_eq!(
             w.totals(12),
             Totals {
@@ -257,7 +259,7 @@ mod tests {
         );
         // At second 13 the bucket of second 10 has left the window.
         assert_eq!(w.totals(13).calls, 2);
-        w.record(false, false, 13);
+        w.record(0, false, false, 13);
         assert_eq!(
             w.totals(13),
             Totals {

@@ -39,7 +39,10 @@ async fn consecutive_failures_trip_and_a_success_resets_the_run() {
     let open = b.try_acquire().unwrap_err();
     assert_eq!(open.retry_after(), Some(Duration::from_secs(60)));
     let s = b.snapshot();
-    assert_eq!((s.failed_calls, s.successful_calls, s.rejected_calls), (9, 1, 1));
+    assert_eq!(
+        (s.failed_calls, s.successful_calls, s.rejected_calls),
+        (9, 1, 1)
+    );
     assert_eq!(s.times_opened, 1);
 }
 
@@ -49,10 +52,7 @@ async fn recovery_then_half_open_trials_close_it() {
     fail(&b, 5);
     advance(Duration::from_secs(59)).await;
     assert!(b.try_acquire().is_err());
-    assert_eq!(
-        b.snapshot().retry_after,
-        Some(Duration::from_secs(1))
-    );
+    assert_eq!(b.snapshot().retry_after, Some(Duration::from_secs(1)));
     advance(Duration::from_secs(1)).await;
     // Exactly 3 trial calls are admitted; the 4th is rejected.
     let p1 = b.try_acquire().unwrap();
@@ -83,10 +83,13 @@ async fn a_failed_trial_reopens() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_and_ignored_trials_give_their_permit_back() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.half_open_max_calls = 1;
-        c.success_threshold = 1;
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.half_open_max_calls = 1;
+            c.success_threshold = 1;
+        }),
+    )
     .unwrap();
     fail(&b, 5);
     advance(Duration::from_secs(60)).await;
@@ -102,12 +105,15 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn failure_rate_over_a_count_window() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.failure_threshold = 0;
-        c.failure_rate_threshold = Some(0.5);
-        c.sliding_window = SlidingWindow::Count { size: 10 };
-        c.minimum_calls = 10;
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.failure_threshold = 0;
+            c.failure_rate_threshold = Some(0.5);
+            c.sliding_window = SlidingWindow::Count { size: 10 };
+            c.minimum_calls = 10;
+        }),
+    )
     .unwrap();
     // 4 failures in 10: 40 %.
     for i in 0..10 {
@@ -127,11 +133,14 @@ async fn failure_rate_over_a_count_window() {
 
 #[tokio::test(start_paused = true)]
 async fn minimum_calls_hold_the_rate_back() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.failure_threshold = 0;
-        c.failure_rate_threshold = Some(0.5);
-        c.minimum_calls = 5;
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.failure_threshold = 0;
+            c.failure_rate_threshold = Some(0.5);
+            c.minimum_calls = 5;
+        }),
+    )
     .unwrap();
     fail(&b, 4);
     assert_eq!(b.state(), State::Closed);
@@ -142,14 +151,17 @@ async fn minimum_calls_hold_the_rate_back() {
 
 #[tokio::test(start_paused = true)]
 async fn time_window_forgets_old_failures() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.failure_threshold = 0;
-        c.failure_rate_threshold = Some(0.5);
-        c.sliding_window = SlidingWindow::Time {
-            duration: Duration::from_secs(10),
-        };
-        c.minimum_calls = 4;
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.failure_threshold = 0;
+            c.failure_rate_threshold = Some(0.5);
+            c.sliding_window = SlidingWindow::Time {
+                duration: Duration::from_secs(10),
+            };
+            c.minimum_calls = 4;
+        }),
+    )
     .unwrap();
     fail(&b, 3);
     advance(Duration::from_secs(11)).await;
@@ -164,12 +176,15 @@ async fn time_window_forgets_old_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_calls_trip_on_their_rate() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.failure_threshold = 0;
-        c.slow_call_threshold = Some(Duration::from_secs(1));
-        c.slow_call_rate_threshold = 0.5;
-        c.minimum_calls = 4;
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.failure_threshold = 0;
+            c.slow_call_threshold = Some(Duration::from_secs(1));
+            c.slow_call_rate_threshold = 0.5;
+            c.minimum_calls = 4;
+        }),
+    )
     .unwrap();
     let mut events = b.subscribe();
     succeed(&b, 2);
@@ -187,14 +202,17 @@ async fn slow_calls_trip_on_their_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn open_time_grows_on_repeated_trips_and_resets_on_close() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.recovery_timeout = Duration::from_secs(10);
-        c.recovery_backoff = Some(RecoveryBackoff {
-            multiplier: 2.0,
-            max: Duration::from_secs(35),
-            jitter: 0.0,
-        });
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.recovery_timeout = Duration::from_secs(10);
+            c.recovery_backoff = Some(RecoveryBackoff {
+                multiplier: 2.0,
+                max: Duration::from_secs(35),
+                jitter: 0.0,
+            });
+        }),
+    )
     .unwrap();
     fail(&b, 5);
     let mut expected = vec![10, 20, 35, 35];
@@ -219,14 +237,17 @@ async fn open_time_grows_on_repeated_trips_and_resets_on_close() {
 
 #[tokio::test(start_paused = true)]
 async fn jitter_stays_within_its_spread() {
-    let b = Breaker::new("t", cfg(|c| {
-        c.recovery_timeout = Duration::from_secs(100);
-        c.recovery_backoff = Some(RecoveryBackoff {
-            multiplier: 1.0,
-            max: Duration::from_secs(1000),
-            jitter: 0.2,
-        });
-    }))
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.recovery_timeout = Duration::from_secs(100);
+            c.recovery_backoff = Some(RecoveryBackoff {
+                multiplier: 1.0,
+                max: Duration::from_secs(1000),
+                jitter: 0.2,
+            });
+        }),
+    )
     .unwrap();
     for _ in 0..20 {
         b.trip(None);
@@ -241,11 +262,17 @@ async fn jitter_stays_within_its_spread() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_half_open_goes_back_as_configured() {
-    for (target, expected) in [(IdleTarget::Open, State::Open), (IdleTarget::Closed, State::Closed)] {
-        let b = Breaker::new("t", cfg(|c| {
-            c.half_open_idle_timeout = Some(Duration::from_secs(30));
-            c.half_open_idle_state = target;
-        }))
+    for (target, expected) in [
+        (IdleTarget::Open, State::Open),
+        (IdleTarget::Closed, State::Closed),
+    ] {
+        let b = Breaker::new(
+            "t",
+            cfg(|c| {
+                c.half_open_idle_timeout = Some(Duration::from_secs(30));
+                c.half_open_idle_state = target;
+            }),
+        )
         .unwrap();
         fail(&b, 5);
         advance(Duration::from_secs(60)).await;
@@ -308,7 +335,10 @@ async fn registry_snapshots_controls_and_events() {
     assert_eq!(snap.failed_calls, 2);
     assert_eq!(snap.retry_after, Some(Duration::from_secs(60)));
     let e = events.recv().await.unwrap();
-    assert_eq!((&*e.breaker, e.to, e.reason), ("inventory", State::Open, Reason::ConsecutiveFailures));
+    assert_eq!(
+        (&*e.breaker, e.to, e.reason),
+        ("inventory", State::Open, Reason::ConsecutiveFailures)
+    );
 
     assert!(registry.reset("inventory"));
     assert_eq!(b.state(), State::Closed);
