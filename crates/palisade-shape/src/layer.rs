@@ -203,9 +203,18 @@ impl ShapeResponseLayerBuilder {
     /// Compiles the rules and routes, registers metrics.
     pub fn build(self) -> Result<ShapeResponseLayer, ShapeError> {
         let config = self.config;
-        let estimator = self
-            .estimator
-            .unwrap_or_else(|| Arc::new(CharsPerToken::new(config.chars_per_token)));
+        let estimator = match self.estimator {
+            Some(estimator) => estimator,
+            None if config.chars_per_token.is_finite() && config.chars_per_token > 0.0 => {
+                Arc::new(CharsPerToken::new(config.chars_per_token))
+            }
+            None => {
+                return Err(ShapeError::InvalidConfig {
+                    key: "chars_per_token",
+                    reason: "must be a positive number",
+                });
+            }
+        };
         let compile = |rules: &ShapeRules| -> Result<RuleSet, ShapeError> {
             Ok(RuleSet {
                 enabled: rules.enabled,

@@ -1,23 +1,73 @@
 //! Response shaping for JSON: field selection, compaction and token savings,
 //! so a model reading LLM tool output reads fewer tokens.
 //!
+//! - [`ShapeResponseLayer`]: Tower middleware shaping `application/json` and
+//!   `+json` responses by route ([`RouteConfig`]) and per request (a `fields=`
+//!   query parameter in the partial-response syntax: `a,b` several fields,
+//!   `a/b` nested, `a(b,c)` sub-selection, `*` any field). A malformed
+//!   selector is a 400 naming the error and its offset. Shaped responses carry
+//!   `x-tokens-original`, `x-tokens-shaped`, `x-tokens-saved` and
+//!   `x-tokens-saved-percent`; everything else passes through untouched.
 //! - [`Shaper`]: the programmatic API — `shape(&Value)` / `shape_bytes(&[u8])`
 //!   return the shaped document with [`ShapeStats`] (bytes and estimated tokens
 //!   before and after).
-//! - [`ShapeRules`]: include / exclude lists (dot paths, `*` wildcards, arrays
-//!   transparent), array and string cuts, compaction (on by default).
-//! - [`FieldSelector`]: the `fields=` partial-response syntax (`a,b/c,d(e,f)`).
+//! - [`ShapeRules`]: include / exclude lists (dot paths such as
+//!   `address.city`, `*` wildcards, arrays transparent; exclude wins over
+//!   include), array and string cuts, compaction (on by default).
+//! - [`TokenEstimator`]: about 4 characters per token by default
+//!   ([`CharsPerToken`]); an exact BPE count with the `tiktoken` feature.
+//! - [`ShapeConfig`]: serde configuration, loaded with
+//!   [`ShapeResponseLayer::from_config`].
+//!
+//! Shaping streams: a `serde` visitor driven by the compiled selection skips
+//! unselected values while parsing and writes kept values straight to the
+//! output, without building a tree (see BENCHMARKS.md for figures).
 //!
 //! # Example
 //!
 //! ```
-//! use palisade_shape::{ShapeRules, Shaper};
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use palisade_shape::{RouteConfig, ShapeResponseLayer, ShapeRules};
+//! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! let shaper = Shaper::new(&ShapeRules::new().include(["dealers"]).max_array_size(1)).unwrap();
-//! let shaped = shaper
-//!     .shape_bytes(br#"{"dealers": [{"name": "A", "fax": null}, {"name": "B"}], "page": 1}"#)
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = ShapeResponseLayer::builder()
+//!     .route(RouteConfig::new("/dealers", ShapeRules::new().include(["dealers"]).max_array_size(1)))
+//!     .build()
 //!     .unwrap();
-//! assert_eq!(shaped.output, br#"{"dealers":[{"name":"A"}]}"#);
+//! let svc = ServiceBuilder::new().layer(layer).service_fn(|_req: http::Request<()>| async {
+//!     let body = r#"{"dealers": [{"name": "A", "fax": null}, {"name": "B"}], "page": 1}"#;
+//!     Ok::<_, std::convert::Infallible>(
+//!         http::Response::builder()
+//!             .header("content-type", "application/json")
+//!             .body(Full::new(Bytes::from(body)))
+//!             .unwrap(),
+//!     )
+//! });
+//!
+//! // Route rules.
+//! let req = http::Request::get("/dealers").body(()).unwrap();
+//! let res = svc.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()["x-tokens-saved-percent"], "58.8");
+//! assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), r#"{"dealers":[{"name":"A"}]}"#);
+//!
+//! // A per-request selection replaces the include list.
+//! let req = http::Request::get("/dealers?fields=page").body(()).unwrap();
+//! let res = svc.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), r#"{"page":1}"#);
+//!
+//! // A malformed one is a 400.
+//! let req = http::Request::get("/dealers?fields=dealers(name").body(()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 400);
+//!
+//! // The same rules, programmatically.
+//! let shaper = palisade_shape::Shaper::new(&ShapeRules::new().include(["dealers.name"])).unwrap();
+//! let shaped = shaper.shape(&serde_json::json!({"dealers": [{"name": "A", "id": 1}]})).unwrap();
+//! assert_eq!(shaped.output, serde_json::json!({"dealers": [{"name": "A"}]}));
+//! # }
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

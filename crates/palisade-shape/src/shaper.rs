@@ -180,6 +180,14 @@ pub enum ShapeError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A configuration value is out of range.
+    #[error("invalid shaping configuration: {key}: {reason}")]
+    InvalidConfig {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with its value.
+        reason: &'static str,
+    },
     /// A token estimator could not be built.
     #[error("failed to build the token estimator: {0}")]
     Estimator(String),

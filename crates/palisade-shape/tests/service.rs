@@ -147,6 +147,16 @@ fn invalid_routes_are_rejected_at_build() {
             "{path}: {err}"
         );
     }
+    for ratio in [0.0, -1.0, f64::NAN] {
+        let err = ShapeResponseLayer::builder()
+            .chars_per_token(ratio)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid shaping configuration: chars_per_token: must be a positive number"
+        );
+    }
     // Registering twice on one registry is an error, not a panic.
     let registry = prometheus::Registry::new();
     ShapeResponseLayer::builder()
