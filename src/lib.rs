@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod config;
 pub mod dlq;
 
 #[doc(inline)]

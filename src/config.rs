@@ -1,0 +1,451 @@
+//! One configuration for every layer: a TOML file, overridden by the
+//! environment, checked at start-up with errors that name the key.
+//!
+//! Sections: `[store]`, `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
+//! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
+//! defaults are the ones users know). `examples/gateway.toml` is a commented
+//! example.
+//!
+//! # Environment
+//!
+//! The environment wins over the file. The variables people already use:
+//!
+//! | variable | sets |
+//! |---|---|
+//! | `REDIS_URL` | `store.url` |
+//! | `CIRCUIT_BREAKER_FAILURE_THRESHOLD` | `circuit_breaker.failure_threshold` |
+//! | `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` | `circuit_breaker.recovery_timeout` (seconds, or "90s") |
+//! | `CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS` | `circuit_breaker.half_open_max_calls` |
+//! | `CIRCUIT_BREAKER_SUCCESS_THRESHOLD` | `circuit_breaker.success_threshold` |
+//! | `RETRY_MAX_ATTEMPTS` | `retry.max_attempts` |
+//! | `RETRY_INITIAL_DELAY` / `RETRY_MAX_DELAY` | `retry.initial_delay` / `retry.max_delay` |
+//! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_TOOL` / `RATE_LIMIT_PER_IP` | the per-minute `limit` of the `rate_limit.limits` entry keyed by `user` / `tool` / `ip` (added when missing) |
+//! | `RATE_LIMIT_MODE` | `rate_limit.mode` (`enforce`, `shadow`, `disabled`) |
+//! | `CACHE_TTL` / `CACHE_L1_TTL` | `cache.l2_ttl` / `cache.l1_ttl` (seconds, or "5m") |
+//!
+//! and any key at all as `PALISADE__<SECTION>__<FIELD>` (double underscores
+//! between path parts, e.g. `PALISADE__CACHE__L1_MAX_ENTRIES=5000`). Values
+//! are read as TOML values (numbers, booleans, arrays) and otherwise as
+//! strings.
+//!
+//! # Example
+//!
+//! ```
+//! use palisade::config::PalisadeConfig;
+//!
+//! let file = r#"
+//!     [circuit_breaker]
+//!     failure_threshold = 3
+//! "#;
+//! let env = [("RETRY_MAX_ATTEMPTS", "5"), ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "30")];
+//! let cfg = PalisadeConfig::from_sources(Some(file), env).unwrap();
+//! assert_eq!(cfg.circuit_breaker.failure_threshold, 3);
+//! assert_eq!(cfg.circuit_breaker.recovery_timeout.as_secs(), 30);
+//! assert_eq!(cfg.retry.max_attempts, 5);
+//!
+//! let err = PalisadeConfig::from_sources(None, [("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "many")])
+//!     .unwrap_err();
+//! assert_eq!(err.key(), Some("circuit_breaker.failure_threshold"));
+//! assert!(err.to_string().contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"));
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::{path::Path, time::Duration};
+use toml::{Table, Value};
+
+/// Where shared state lives.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `memory://` (default), `redis://…`, `rediss://…` or
+    /// `redis+cluster://h1:p1,h2:p2`.
+    pub url: String,
+    /// Prefix of every key (default `palisade`).
+    pub prefix: String,
+    /// Timeout of one store operation (default 250 ms).
+    #[serde(with = "humantime_serde")]
+    pub op_timeout: Duration,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: "memory://".into(),
+            prefix: "palisade".into(),
+            op_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl StoreSection {
+    /// Connects the store this section describes.
+    pub async fn connect(&self) -> Result<palisade_store::Store, palisade_store::StoreError> {
+        palisade_store::Store::connect_with(
+            palisade_store::StoreConfig::new(self.url.clone())
+                .prefix(self.prefix.clone())
+                .op_timeout(self.op_timeout),
+        )
+        .await
+    }
+}
+
+/// Every layer's configuration (see the [module docs](self)).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PalisadeConfig {
+    /// The store.
+    pub store: StoreSection,
+    /// The circuit breaker.
+    #[cfg(feature = "breaker")]
+    pub circuit_breaker: palisade_breaker::Config,
+    /// Retry.
+    #[cfg(feature = "retry")]
+    pub retry: palisade_retry::Config,
+    /// Rate limiting.
+    #[cfg(feature = "ratelimit")]
+    pub rate_limit: palisade_ratelimit::Config,
+    /// The response cache.
+    #[cfg(feature = "cache")]
+    pub cache: palisade_cache::Config,
+    /// PII masking.
+    #[cfg(feature = "pii")]
+    pub pii: palisade_pii::PiiConfig,
+    /// Response shaping.
+    #[cfg(feature = "shape")]
+    pub shape: palisade_shape::ShapeConfig,
+}
+
+/// Configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("configuration file is not valid TOML: {0}")]
+    Syntax(String),
+    /// A key has a value of the wrong kind, or is unknown.
+    #[error("invalid configuration at `{key}`{origin}: {message}")]
+    Invalid {
+        /// The dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+        /// ` (set by VAR)` when an environment variable set it.
+        origin: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key at fault, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Always a string.
+    Text,
+    /// A TOML value when it parses as one, else a string.
+    Auto,
+    Number,
+    /// A bare number means seconds.
+    Duration,
+}
+
+/// The variables users know, and where they go.
+const KNOWN_VARS: &[(&str, &str, Kind)] = &[
+    ("REDIS_URL", "store.url", Kind::Text),
+    (
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        "circuit_breaker.failure_threshold",
+        Kind::Number,
+    ),
+    (
+        "CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+        "circuit_breaker.recovery_timeout",
+        Kind::Duration,
+    ),
+    (
+        "CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS",
+        "circuit_breaker.half_open_max_calls",
+        Kind::Number,
+    ),
+    (
+        "CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
+        "circuit_breaker.success_threshold",
+        Kind::Number,
+    ),
+    ("RETRY_MAX_ATTEMPTS", "retry.max_attempts", Kind::Number),
+    ("RETRY_INITIAL_DELAY", "retry.initial_delay", Kind::Duration),
+    ("RETRY_MAX_DELAY", "retry.max_delay", Kind::Duration),
+    ("RATE_LIMIT_MODE", "rate_limit.mode", Kind::Text),
+    ("CACHE_TTL", "cache.l2_ttl", Kind::Duration),
+    ("CACHE_L1_TTL", "cache.l1_ttl", Kind::Duration),
+];
+
+/// Per-key rate limits users set by variable: (variable, key kind).
+const RATE_LIMIT_VARS: &[(&str, &str)] = &[
+    ("RATE_LIMIT_PER_USER", "user"),
+    ("RATE_LIMIT_PER_TOOL", "tool"),
+    ("RATE_LIMIT_PER_IP", "ip"),
+];
+
+impl PalisadeConfig {
+    /// Loads `path` (when given) and overrides it with the process
+    /// environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), std::env::vars())
+    }
+
+    /// Builds the configuration from TOML text and environment pairs.
+    pub fn from_sources<K, V>(
+        toml_text: Option<&str>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut root: Table = match toml_text {
+            Some(text) => text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?,
+            None => Table::new(),
+        };
+        // Which variable set which key, to name it in errors.
+        let mut origins: Vec<(String, String)> = Vec::new();
+        for (name, raw) in env {
+            let (name, raw) = (name.as_ref(), raw.as_ref());
+            if let Some((_, path, kind)) = KNOWN_VARS.iter().find(|(v, _, _)| *v == name) {
+                set_path(&mut root, path, parse_value(raw, *kind));
+                origins.push((path.to_string(), name.to_owned()));
+            } else if let Some((_, key)) = RATE_LIMIT_VARS.iter().find(|(v, _)| *v == name) {
+                let index = set_rate_limit(&mut root, key, parse_value(raw, Kind::Number));
+                origins.push((format!("rate_limit.limits[{index}].limit"), name.to_owned()));
+            } else if let Some(rest) = name.strip_prefix("PALISADE__") {
+                let path = rest.to_ascii_lowercase().replace("__", ".");
+                if !path.is_empty() {
+                    set_path(&mut root, &path, parse_value(raw, Kind::Auto));
+                    origins.push((path, name.to_owned()));
+                }
+            }
+        }
+        serde_path_to_error::deserialize(Value::Table(root)).map_err(|err| {
+            let key = err.path().to_string();
+            let origin = origins
+                .iter()
+                .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")))
+                .map(|(_, var)| format!(" (set by {var})"))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                key,
+                message: err.into_inner().to_string(),
+                origin,
+            }
+        })
+    }
+}
+
+fn parse_value(raw: &str, kind: Kind) -> Value {
+    let raw = raw.trim();
+    match kind {
+        Kind::Text => Value::String(raw.to_owned()),
+        Kind::Auto | Kind::Number => {
+            toml_scalar(raw).unwrap_or_else(|| Value::String(raw.to_owned()))
+        }
+        Kind::Duration if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
+            Value::String(format!("{raw}s"))
+        }
+        Kind::Duration => Value::String(raw.to_owned()),
+    }
+}
+
+/// `raw` as a TOML value (number, boolean, array, inline table), if it is one.
+fn toml_scalar(raw: &str) -> Option<Value> {
+    format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+}
+
+fn set_path(root: &mut Table, path: &str, value: Value) {
+    let mut parts = path.split('.').peekable();
+    let mut table = root;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+}
+
+/// Sets the limit of the `rate_limit.limits` entry keyed by `key`, adding
+/// the entry when missing; returns its index.
+fn set_rate_limit(root: &mut Table, key: &str, limit: Value) -> usize {
+    let section = root
+        .entry("rate_limit")
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !section.is_table() {
+        *section = Value::Table(Table::new());
+    }
+    let section = section.as_table_mut().expect("a table");
+    let limits = section
+        .entry("limits")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !limits.is_array() {
+        *limits = Value::Array(Vec::new());
+    }
+    let limits = limits.as_array_mut().expect("an array");
+    let index = limits
+        .iter()
+        .position(|l| l.get("key").and_then(Value::as_str) == Some(key))
+        .unwrap_or_else(|| {
+            let mut entry = Table::new();
+            entry.insert("key".into(), Value::String(key.into()));
+            limits.push(Value::Table(entry));
+            limits.len() - 1
+        });
+    if let Some(entry) = limits[index].as_table_mut() {
+        entry.insert("limit".into(), limit);
+    }
+    index
+}
+
+#[cfg(all(
+    test,
+    feature = "breaker",
+    feature = "retry",
+    feature = "ratelimit",
+    feature = "cache"
+))]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_ones_users_know() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(cfg.store.url, "memory://");
+        assert_eq!(cfg.circuit_breaker.failure_threshold, 5);
+        assert_eq!(
+            cfg.circuit_breaker.recovery_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(cfg.circuit_breaker.half_open_max_calls, 3);
+        assert_eq!(cfg.circuit_breaker.success_threshold, 2);
+        assert_eq!(cfg.retry.max_attempts, 3);
+        assert_eq!(cfg.cache.l1_max_entries, 1000);
+        assert_eq!(cfg.cache.l1_ttl, Duration::from_secs(60));
+        assert_eq!(cfg.cache.l2_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = r#"
+            [store]
+            url = "redis://file:6379"
+            [retry]
+            max_attempts = 2
+            [cache]
+            l1_max_entries = 10
+        "#;
+        let cfg = PalisadeConfig::from_sources(
+            Some(file),
+            env(&[
+                ("REDIS_URL", "redis://env:6379"),
+                ("RETRY_MAX_ATTEMPTS", "4"),
+                ("CACHE_TTL", "10m"),
+                ("PALISADE__CACHE__L1_MAX_ENTRIES", "2000"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.store.url, "redis://env:6379");
+        assert_eq!(cfg.retry.max_attempts, 4);
+        assert_eq!(cfg.cache.l2_ttl, Duration::from_secs(600));
+        assert_eq!(cfg.cache.l1_max_entries, 2000);
+    }
+
+    #[test]
+    fn per_key_rate_limits_by_variable() {
+        let file = r#"
+            [[rate_limit.limits]]
+            key = "user"
+            limit = 5
+        "#;
+        let cfg = PalisadeConfig::from_sources(
+            Some(file),
+            env(&[
+                ("RATE_LIMIT_PER_USER", "100"),
+                ("RATE_LIMIT_PER_TOOL", "50"),
+            ]),
+        )
+        .unwrap();
+        let limits = &cfg.rate_limit.limits;
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[0].limit, Some(100));
+        assert_eq!(limits[1].limit, Some(50));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_variable() {
+        let err =
+            PalisadeConfig::from_sources(None, env(&[("RETRY_MAX_ATTEMPTS", "lots")])).unwrap_err();
+        assert_eq!(err.key(), Some("retry.max_attempts"));
+        assert!(
+            err.to_string().contains("(set by RETRY_MAX_ATTEMPTS)"),
+            "{err}"
+        );
+
+        let err =
+            PalisadeConfig::from_sources(Some("[retry]\nmax_atempts = 3\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("max_atempts"), "{err}");
+
+        let err = PalisadeConfig::from_sources(
+            Some("[circuit_breaker]\nrecovery_timeout = \"soon\"\n"),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("circuit_breaker.recovery_timeout"));
+
+        let err = PalisadeConfig::from_sources(Some("[store\nurl="), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax(_)));
+
+        let err = PalisadeConfig::from_sources(Some("[colour]\nred = 1\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}
