@@ -1,0 +1,260 @@
+//! L2 on a real redis-server / Redis Cluster (palisade-testkit): sharing
+//! between instances, cross-replica coalescing, pattern invalidation and
+//! store failure.
+
+mod support;
+
+use palisade_cache::{CacheBuilder, CacheLayer, CacheServiceLayer};
+use palisade_core::key::key_fn;
+use palisade_store::Store;
+use palisade_testkit::{RedisCluster, RedisServer};
+use std::time::Duration;
+use support::*;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn layer(store: &Store, name: &str) -> CacheLayer {
+    CacheLayer::builder()
+        .name(name)
+        .namespace(&format!("test-{}", std::process::id()))
+        .store(store.clone())
+        .build()
+}
+
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn l2_is_shared_by_two_layer_instances() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let a = ServiceBuilder::new()
+        .layer(layer(&store, "a"))
+        .service(client());
+    let b_layer = layer(&store, "b");
+    let b = ServiceBuilder::new()
+        .layer(b_layer.clone())
+        .service(client());
+
+    let (x, body_a) = text(a.clone().oneshot(get(addr, "/fresh/1")).await.unwrap()).await;
+    assert_eq!(x, "MISS");
+    let (x, body_b) = text(b.clone().oneshot(get(addr, "/fresh/1")).await.unwrap()).await;
+    assert_eq!(x, "HIT");
+    assert_eq!(body_a, body_b);
+    assert_eq!(up.hits("fresh"), 1);
+    // Vary markers and variants travel through L2 too.
+    let lang = |l: &str| {
+        let mut r = get(addr, "/vary/1");
+        r.headers_mut()
+            .insert("accept-language", l.parse().unwrap());
+        r
+    };
+    assert_eq!(
+        text(a.clone().oneshot(lang("en")).await.unwrap()).await.0,
+        "MISS"
+    );
+    let (x, body) = text(b.clone().oneshot(lang("en")).await.unwrap()).await;
+    assert_eq!((x.as_str(), body.ends_with("in en")), ("HIT", true));
+    assert_eq!(
+        text(b.clone().oneshot(lang("fr")).await.unwrap()).await.0,
+        "MISS"
+    );
+    assert_eq!(up.hits("vary"), 2);
+    // An invalidation through one instance reaches L2.
+    a.clone()
+        .oneshot(
+            http::Request::post(format!("http://{addr}/fresh/1"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let c = ServiceBuilder::new()
+        .layer(layer(&store, "c"))
+        .service(client());
+    assert_eq!(
+        text(c.oneshot(get(addr, "/fresh/1")).await.unwrap())
+            .await
+            .0,
+        "MISS"
+    );
+    assert_eq!(b_layer.handle().stats().store_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_coalesce_across_replicas() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store_a = Store::connect(&redis.url()).await.unwrap();
+    let store_b = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let a = ServiceBuilder::new()
+        .layer(layer(&store_a, "a"))
+        .service(client());
+    let b_layer = layer(&store_b, "b");
+    let b = ServiceBuilder::new()
+        .layer(b_layer.clone())
+        .service(client());
+
+    up.close_gate();
+    let ta =
+        tokio::spawn(async move { text(a.oneshot(get(addr, "/slow/7")).await.unwrap()).await });
+    wait_until(|| up.hits("slow") == 1).await;
+    let tb =
+        tokio::spawn(async move { text(b.oneshot(get(addr, "/slow/7")).await.unwrap()).await });
+    // Replica B found A's fill lock and is polling L2.
+    let h = b_layer.handle();
+    wait_until(|| h.stats().remote_waits == 1).await;
+    up.open_gate();
+    let (xa, body_a) = ta.await.unwrap();
+    let (xb, body_b) = tb.await.unwrap();
+    assert_eq!((xa.as_str(), xb.as_str()), ("MISS", "HIT"));
+    assert_eq!(body_a, body_b);
+    assert_eq!(up.hits("slow"), 1);
+    assert_eq!(h.stats().coalesced, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_invalidation_on_redis_cluster() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let store = Store::connect(&cluster.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let a_layer = layer(&store, "a");
+    let a = ServiceBuilder::new()
+        .layer(a_layer.clone())
+        .service(client());
+    let paths: Vec<String> = (0..20)
+        .map(|i| format!("/fresh/item{i}"))
+        .chain((0..20).map(|i| format!("/fresh/other{i}")))
+        .collect();
+    for p in &paths {
+        assert_eq!(
+            text(a.clone().oneshot(get(addr, p)).await.unwrap()).await.0,
+            "MISS"
+        );
+    }
+    let deleted = a_layer
+        .handle()
+        .invalidate_matching(&format!("GET http://127.0.0.1:{}/fresh/item*", addr.port()))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 20, "keys spread over every master are found");
+    // A fresh instance sees only what is left in L2; A's own L1 is purged too.
+    let b = ServiceBuilder::new()
+        .layer(layer(&store, "b"))
+        .service(client());
+    for p in &paths {
+        let want = if p.contains("item") { "MISS" } else { "HIT" };
+        assert_eq!(
+            text(b.clone().oneshot(get(addr, p)).await.unwrap()).await.0,
+            want,
+            "{p}"
+        );
+    }
+    assert_eq!(
+        text(a.oneshot(get(addr, "/fresh/item3")).await.unwrap())
+            .await
+            .0,
+        "HIT"
+    );
+    let deleted = a_layer
+        .handle()
+        .invalidate_prefix(&format!("GET http://127.0.0.1:{}/fresh/oth", addr.port()))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 20);
+}
+
+#[tokio::test]
+async fn a_failing_store_is_bypassed_never_an_error() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let l = layer(&store, "a");
+    let svc = ServiceBuilder::new().layer(l.clone()).service(client());
+    redis.kill();
+    let (x, body) = text(svc.clone().oneshot(get(addr, "/fresh/1")).await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "fresh/1 v1"));
+    assert!(l.handle().stats().store_errors >= 1);
+    // L1 still works.
+    assert_eq!(
+        text(svc.oneshot(get(addr, "/fresh/1")).await.unwrap())
+            .await
+            .0,
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn generic_service_cache_shares_l2_and_coalesces() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let make = |name: &str| {
+        let layer: CacheServiceLayer<Vec<String>, _> = CacheServiceLayer::new(
+            CacheBuilder::default()
+                .name(name)
+                .namespace(&format!("svc-{}", std::process::id()))
+                .store(store.clone()),
+            key_fn(|q: &String| Some(q.clone())),
+        );
+        let calls = calls.clone();
+        let svc = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(move |q: String| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { Ok::<_, std::convert::Infallible>(vec![q.clone(), q.to_uppercase()]) }
+            });
+        (layer, svc)
+    };
+    let (la, mut a) = make("a");
+    let (lb, mut b) = make("b");
+    let v1 = a
+        .ready()
+        .await
+        .unwrap()
+        .call("tool:search?q=x".into())
+        .await
+        .unwrap();
+    let v2 = b
+        .ready()
+        .await
+        .unwrap()
+        .call("tool:search?q=x".into())
+        .await
+        .unwrap();
+    assert_eq!(v1, v2);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        (la.handle().stats().misses, lb.handle().stats().hits),
+        (1, 1)
+    );
+    lb.handle().invalidate("tool:search?q=x").await.unwrap();
+    la.handle().invalidate("tool:search?q=x").await.unwrap();
+    a.ready()
+        .await
+        .unwrap()
+        .call("tool:search?q=x".into())
+        .await
+        .unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
