@@ -9,10 +9,31 @@
 
 pub mod admin;
 pub mod batch;
+mod builder;
 pub mod config;
 pub mod dlq;
 
+pub use builder::ServiceBuilderExt;
+
+#[cfg(feature = "breaker")]
+#[doc(inline)]
+pub use palisade_breaker as breaker;
+#[cfg(feature = "cache")]
+#[doc(inline)]
+pub use palisade_cache as cache;
 #[doc(inline)]
 pub use palisade_core as core;
+#[cfg(feature = "pii")]
+#[doc(inline)]
+pub use palisade_pii as pii;
+#[cfg(feature = "ratelimit")]
+#[doc(inline)]
+pub use palisade_ratelimit as ratelimit;
+#[cfg(feature = "retry")]
+#[doc(inline)]
+pub use palisade_retry as retry;
+#[cfg(feature = "shape")]
+#[doc(inline)]
+pub use palisade_shape as shape;
 #[doc(inline)]
 pub use palisade_store as store;
