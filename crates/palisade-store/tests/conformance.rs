@@ -497,6 +497,39 @@ async fn case_rate_limit_many(c: &Ctx, grouped: bool) {
     assert!(c.store.rate_limit_many(&[]).await.unwrap().is_empty());
 }
 
+async fn case_rate_limit_many_race(c: &Ctx) {
+    // 30 concurrent batches: a loose key (100/h) and a tight one (5/h) in
+    // different slots. Exactly 5 batches pass, and the loose key is charged
+    // for exactly those 5 (denied batches, including ones that lost a race
+    // on a cluster and were refunded, cost nothing).
+    let loose = c.key("race", "loose");
+    let tight = c.key("race", "tight");
+    let (lr, tr) = (GcraRule::per_hour(100), GcraRule::per_hour(5));
+    let ds = join_all((0..30).map(|_| {
+        let s = c.store.clone();
+        let (loose, tight) = (loose.clone(), tight.clone());
+        tokio::spawn(async move {
+            s.rate_limit_many(&[(&loose, lr, 1), (&tight, tr, 1)])
+                .await
+                .unwrap()
+        })
+    }))
+    .await;
+    let passed = ds
+        .iter()
+        .filter(|d| d.as_ref().unwrap().iter().all(|d| d.allowed))
+        .count();
+    assert_eq!(passed, 5);
+    assert_eq!(
+        c.store.rate_limit(&loose, lr, 0).await.unwrap().remaining,
+        95
+    );
+    assert_eq!(
+        c.store.rate_limit(&tight, tr, 0).await.unwrap().remaining,
+        0
+    );
+}
+
 async fn case_streams(c: &Ctx) {
     let s = c.key("dlq", "stream");
     assert_eq!(c.store.stream_len(&s).await.unwrap(), 0);
@@ -609,5 +642,6 @@ memory_and_redis! {
     gcra => |c| Box::pin(case_gcra(c));
     rate_limit_many_ungrouped => |c| Box::pin(case_rate_limit_many(c, false));
     rate_limit_many_grouped => |c| Box::pin(case_rate_limit_many(c, true));
+    rate_limit_many_race => |c| Box::pin(case_rate_limit_many_race(c));
     streams => |c| Box::pin(case_streams(c));
 }

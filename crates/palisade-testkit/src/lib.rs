@@ -537,6 +537,24 @@ impl RedisCluster {
         self.nodes[i].kill();
     }
 
+    /// Kills every node (SIGKILL) and waits until their ports are closed.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Restarts every node on its port with its `nodes.conf`, then waits
+    /// until every node reports `cluster_state:ok` again.
+    ///
+    /// Panics when the cluster does not recover.
+    pub fn restart_all(&mut self) {
+        for n in &mut self.nodes {
+            n.restart();
+        }
+        self.wait_ok();
+    }
+
     /// Restarts node `i` on the same port with the same `nodes.conf`, then
     /// waits until every node reports `cluster_state:ok` again.
     ///

@@ -62,4 +62,8 @@ fn cluster_forms_and_node_recovers() {
     assert!(ping(ports[1]));
     let info = command(ports[1], &["CLUSTER", "INFO"]).unwrap();
     assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+    cluster.kill_all();
+    assert!(ports.iter().all(|p| !ping(*p)));
+    cluster.restart_all();
+    assert!(ports.iter().all(|p| ping(*p)));
 }
