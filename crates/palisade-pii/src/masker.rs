@@ -470,7 +470,10 @@ fn compile<S: AsRef<str>>(patterns: &[S]) -> Result<Regex, Box<meta::BuildError>
         .configure(
             meta::Config::new()
                 .match_kind(MatchKind::LeftmostFirst)
-                .utf8_empty(false),
+                .utf8_empty(false)
+                // Room for the lazy DFA of all patterns together, so it is
+                // not cleared (and the slower engines used) on busy input.
+                .hybrid_cache_capacity(32 << 20),
         )
         .syntax(syntax::Config::new().utf8(true))
         .build_many(patterns)
