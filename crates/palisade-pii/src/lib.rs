@@ -3,6 +3,13 @@
 //! - [`PiiMasker`]: the engine. Masks a `&str`, bytes, a
 //!   [`serde_json::Value`] or serialized JSON, finding **every** pattern in
 //!   one scan.
+//! - [`PiiMaskLayer`]: a Tower layer that masks request and/or response
+//!   bodies (JSON structurally, text as text, binary untouched), refusing
+//!   (413) or streaming ([`StreamMasker`]) bodies over the buffering limit.
+//! - [`MaskingMakeWriter`]: a `tracing-subscriber` writer wrapper so logs
+//!   and error messages never carry PII.
+//! - [`PiiMetrics`]: Prometheus counters; [`PiiConfig`]: serde configuration.
+//! - [`checksum`]: Luhn, Verhoeff and IBAN mod-97.
 //!
 //! # Example
 //!

@@ -222,3 +222,43 @@ async fn client_side_masks_outgoing_requests_and_incoming_responses() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "prompt: my card is 4111********1111");
 }
+
+#[tokio::test]
+async fn compressed_bodies_are_refused_not_leaked() {
+    let called = Arc::new(Mutex::new(0));
+    let c2 = called.clone();
+    let svc = ServiceBuilder::new()
+        .layer(PiiMaskLayer::default().direction(Direction::Both))
+        .service_fn(move |_req: Request<MaskingBody<Full<Bytes>>>| {
+            *c2.lock().unwrap() += 1;
+            async {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header(header::CONTENT_TYPE, "text/plain")
+                        .header(header::CONTENT_ENCODING, "gzip")
+                        .body(Full::new(Bytes::from_static(b"\x1f\x8b...")))
+                        .unwrap(),
+                )
+            }
+        });
+    let req = Request::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "br")
+        .body(Full::new(Bytes::from_static(b"...")))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        *called.lock().unwrap(),
+        0,
+        "a refused request never reaches the service"
+    );
+
+    let req = Request::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(b"hi")))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(*called.lock().unwrap(), 1);
+}
