@@ -68,6 +68,9 @@ impl Window {
 /// successes costs one load per call.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
+    /// `u64::MAX / len + 1`: a slot index by multiplication, not division
+    /// (Lemire's fastmod).
+    magic: u64,
     slots: Box<[AtomicU8]>,
     calls: AtomicU32,
     failures: AtomicU32,
@@ -76,8 +79,10 @@ pub(crate) struct CountWindow {
 
 impl CountWindow {
     fn new(size: u32) -> Self {
+        let len = u64::from(size.max(1));
         Self {
-            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            magic: (u64::MAX / len).wrapping_add(1),
+            slots: (0..len).map(|_| AtomicU8::new(0)).collect(),
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             slow: AtomicU32::new(0),
@@ -87,7 +92,7 @@ impl CountWindow {
     #[inline]
     fn record(&self, seq: u64, failure: bool, slow: bool) {
         let code = OK | if failure { FAIL } else { 0 } | if slow { SLOW } else { 0 };
-        let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let slot = &self.slots[self.index(seq)];
         let old = slot.load(Relaxed);
         if old == code {
             return;
@@ -98,6 +103,14 @@ impl CountWindow {
         }
         adjust(&self.failures, old & FAIL != 0, failure);
         adjust(&self.slow, old & SLOW != 0, slow);
+    }
+
+    /// `seq % len` for `len` ≤ 2¹⁶: the low 32 bits of `seq` by fastmod
+    /// (a slot is skipped once every 2³² calls, which a window never notices).
+    #[inline]
+    fn index(&self, seq: u64) -> usize {
+        let low = self.magic.wrapping_mul(u64::from(seq as u32));
+        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
     }
 
     fn totals(&self) -> Totals {
@@ -241,6 +254,18 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.totals(0), Totals::default());
+    }
+
+    #[test]
+    fn fastmod_index_is_the_remainder() {
+        for len in [1u32, 2, 3, 7, 100, 1000, 65_536] {
+            let Window::Count(w) = Window::count(len) else {
+                unreachable!()
+            };
+            for seq in (0..5000u64).chain([u64::from(u32::MAX) - 3, u64::from(u32::MAX)]) {
+                assert_eq!(w.index(seq), ((seq as u32) % len) as usize, "{seq} % {len}");
+            }
+        }
     }
 
     #[test]
