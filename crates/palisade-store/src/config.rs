@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::StoreError;
 
 /// Which backend a [`Store`](crate::Store) talks to.
@@ -36,7 +38,8 @@ pub enum Backend {
 /// let store = Store::in_memory_with(MemoryConfig { max_entries: 1_000, ..MemoryConfig::default() });
 /// # let _ = store;
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Maximum number of keys (default 100 000).
     pub max_entries: usize,
@@ -54,7 +57,22 @@ impl Default for MemoryConfig {
     }
 }
 
-/// How to reach the store.
+/// How to reach the store. Deserializable (durations in humantime form,
+/// every field optional):
+///
+/// ```
+/// use palisade_store::StoreConfig;
+/// use std::time::Duration;
+///
+/// let cfg: StoreConfig = toml::from_str(r#"
+///     url = "redis://127.0.0.1:6379"
+///     op_timeout = "100ms"
+///     memory = { max_entries = 5000 }
+/// "#).unwrap();
+/// assert_eq!(cfg.op_timeout, Duration::from_millis(100));
+/// assert_eq!(cfg.prefix, "palisade");
+/// assert_eq!(cfg.memory.max_entries, 5000);
+/// ```
 ///
 /// ```
 /// use palisade_store::StoreConfig;
@@ -66,7 +84,8 @@ impl Default for MemoryConfig {
 /// assert_eq!(cfg.prefix, "myapp");
 /// assert_eq!(StoreConfig::default().url, "memory://");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `memory://`, `redis://host:port[/db]`, `rediss://…` (TLS, when the
     /// `redis` crate is built with a TLS feature) or
@@ -77,8 +96,10 @@ pub struct StoreConfig {
     /// characters or whitespace.
     pub prefix: String,
     /// Timeout of every single store operation (default 250 ms).
+    #[serde(with = "humantime_serde")]
     pub op_timeout: Duration,
     /// Timeout of establishing a connection (default 2 s).
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Bounds when the URL is `memory://`.
     pub memory: MemoryConfig,

@@ -110,7 +110,28 @@ enum Inner {
 
 /// A handle on the store: cheap to clone, shared by every layer.
 ///
-/// See the [crate docs](crate) for the backends and an example.
+/// See the [crate docs](crate) for the backends.
+///
+/// ```
+/// use palisade_store::Store;
+/// use bytes::Bytes;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_store::StoreError> {
+/// let store = Store::in_memory();
+/// let breaker = store.key("breaker", "upstream", "api.example.com", "v1");
+/// // Shared circuit state: move closed -> open only if nobody else did.
+/// store.set(&breaker, Bytes::from_static(b"closed"), None).await?;
+/// let swapped = store
+///     .compare_and_swap(&breaker, Some(b"closed"), Bytes::from_static(b"open"), Some(Duration::from_secs(60)))
+///     .await?;
+/// assert!(swapped);
+/// let hits = store.increment(&store.key("stats", "cache", "hits", "v1"), 1, None).await?;
+/// assert_eq!(hits, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<Inner>,

@@ -272,10 +272,14 @@ impl RedisStore {
         f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, f(&mut conn)).await {
+        let result = match tokio::time::timeout(self.timeout, f(&mut conn)).await {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        if let Err(err) = &result {
+            tracing::debug!(backend = ?self.backend(), error = %err, "store operation failed");
         }
+        result
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
@@ -619,6 +623,10 @@ impl RedisStore {
         }
         // Lost a race in some slot: give back what the other groups took,
         // and report their state after the refund.
+        tracing::debug!(
+            groups = groups.len(),
+            "cross-slot rate limit lost a race; refunding"
+        );
         let results = try_join_all(groups.iter().zip(consumed).map(|(g, ds)| async move {
             if !ds.iter().all(|d| d.allowed) {
                 return Ok(ds);
