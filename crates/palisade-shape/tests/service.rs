@@ -191,3 +191,24 @@ fn services_are_clone_send_sync() {
     assert_traits::<ShapeResponse<tower::util::BoxCloneSyncService<(), (), Infallible>>>();
     assert_traits::<palisade_shape::Shaper>();
 }
+
+#[tokio::test]
+async fn token_headers_can_be_turned_off() {
+    let layer = ShapeResponseLayer::builder()
+        .headers(false)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(upstream("application/json", || {
+            vec![data("{\"a\": [], \"b\": 2}")]
+        }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert!(!res.headers().contains_key("x-tokens-original"));
+    assert!(!res.headers().contains_key("x-tokens-saved-percent"));
+    assert_eq!(res.headers()[header::CONTENT_LENGTH], "7");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "{\"b\":2}"
+    );
+}
