@@ -273,6 +273,9 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         let result = match tokio::time::timeout(self.timeout, f(&mut conn)).await {
+            // The client's own response timeout (set to the same value) may
+            // fire first: it is the same timeout.
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(self.timeout)),
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };

@@ -81,7 +81,7 @@ async fn case_get_set(c: &Ctx) {
 
 async fn case_ttl_expiry(c: &Ctx) {
     let k = c.key("ttl", "a");
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_millis(1000);
     c.store.set(&k, b("v"), Some(ttl)).await.unwrap();
     assert_eq!(c.store.get(&k).await.unwrap(), Some(b("v")));
     if c.memory() {
@@ -93,7 +93,7 @@ async fn case_ttl_expiry(c: &Ctx) {
         );
     } else {
         let pttl = c.pttl(&k);
-        assert!(pttl > 0 && pttl <= 300, "PTTL {pttl}");
+        assert!(pttl > 0 && pttl <= 1000, "PTTL {pttl}");
     }
     c.wait_expired(&k, ttl).await;
 
@@ -110,15 +110,15 @@ async fn case_ttl_expiry(c: &Ctx) {
 
 async fn case_set_if_absent(c: &Ctx) {
     let k = c.key("lock", "a");
-    let ttl = Some(Duration::from_millis(400));
+    let ttl = Some(Duration::from_millis(1000));
     assert!(c.store.set_if_absent(&k, b("me"), ttl).await.unwrap());
     assert!(!c.store.set_if_absent(&k, b("you"), ttl).await.unwrap());
     assert_eq!(c.store.get(&k).await.unwrap(), Some(b("me")));
     if !c.memory() {
         let pttl = c.pttl(&k);
-        assert!(pttl > 0 && pttl <= 400, "PTTL {pttl}");
+        assert!(pttl > 0 && pttl <= 1000, "PTTL {pttl}");
     }
-    c.wait_expired(&k, Duration::from_millis(400)).await;
+    c.wait_expired(&k, Duration::from_millis(1000)).await;
     assert!(c.store.set_if_absent(&k, b("you"), None).await.unwrap());
     assert!(c.store.delete(&k).await.unwrap());
     // Exactly one of many concurrent lockers wins.
@@ -184,16 +184,16 @@ async fn case_increments(c: &Ctx) {
 
     // TTL only when the key is created.
     let t = c.key("ctr", "ttl");
-    let ttl = Duration::from_millis(500);
+    let ttl = Duration::from_secs(5);
     assert_eq!(c.store.increment(&t, 5, Some(ttl)).await.unwrap(), 5);
     if c.memory() {
-        tokio::time::advance(Duration::from_millis(300)).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(c.store.increment(&t, 1, Some(ttl)).await.unwrap(), 6);
-        tokio::time::advance(Duration::from_millis(201)).await;
+        tokio::time::advance(Duration::from_millis(2001)).await;
         assert_eq!(c.store.get(&t).await.unwrap(), None, "TTL was not extended");
     } else {
         let first = c.pttl(&t);
-        assert!(first > 0 && first <= 500, "PTTL {first}");
+        assert!(first > 0 && first <= 5000, "PTTL {first}");
         assert_eq!(
             c.store
                 .increment(&t, 1, Some(Duration::from_secs(100)))
@@ -330,15 +330,20 @@ async fn case_compare_and_swap(c: &Ctx) {
     // With a TTL.
     assert!(
         c.store
-            .compare_and_swap(&k, Some(b"20"), b("open"), Some(Duration::from_millis(300)))
+            .compare_and_swap(
+                &k,
+                Some(b"20"),
+                b("open"),
+                Some(Duration::from_millis(1000))
+            )
             .await
             .unwrap()
     );
     if !c.memory() {
         let pttl = c.pttl(&k);
-        assert!(pttl > 0 && pttl <= 300, "PTTL {pttl}");
+        assert!(pttl > 0 && pttl <= 1000, "PTTL {pttl}");
     }
-    c.wait_expired(&k, Duration::from_millis(300)).await;
+    c.wait_expired(&k, Duration::from_millis(1000)).await;
 }
 
 /// Asserts `d` within `slack` of `want` (0 in-process, where the clock is
@@ -385,7 +390,7 @@ async fn case_gcra(c: &Ctx) {
     );
     if !c.memory() {
         let pttl = c.pttl(&k);
-        assert!(pttl > 59_000 && pttl <= 60_000, "PTTL {pttl}");
+        assert!(pttl > 50_000 && pttl <= 60_000, "PTTL {pttl}");
     }
     // Cost: 3 units need 18 s.
     let d = c.store.rate_limit(&k, rule, 3).await.unwrap();

@@ -10,7 +10,7 @@ use palisade_testkit::{RedisCluster, RedisServer};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long past the per-operation timeout a failing call may take.
-const GRACE: Duration = Duration::from_millis(800);
+const GRACE: Duration = Duration::from_millis(1000);
 
 /// Runs every kind of operation once; returns the results as
 /// `Ok(())` / `Err(error)`, asserting none took longer than timeout + grace.
@@ -158,4 +158,40 @@ async fn cluster_node_dies_and_the_same_store_recovers() {
             .unwrap()
             > 0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_gives_timeout_errors() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect_with(StoreConfig::new(server.url()).op_timeout(OP_TIMEOUT))
+        .await
+        .unwrap();
+    let key = store.key("fault", "slow", "1", "v1");
+    store
+        .set(&key, Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    // Every client's commands are held for 1.5 s.
+    palisade_testkit::command(server.port(), &["CLIENT", "PAUSE", "1500", "ALL"]).unwrap();
+    let start = Instant::now();
+    let err = store.get(&key).await.unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, StoreError::Timeout(t) if t == OP_TIMEOUT),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable() && err.is_timeout());
+    assert!(
+        elapsed >= OP_TIMEOUT && elapsed < OP_TIMEOUT + GRACE,
+        "{elapsed:?}"
+    );
+    let err = store
+        .rate_limit(&key, GcraRule::per_second(5), 1)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    palisade_testkit::command(server.port(), &["CLIENT", "UNPAUSE"]).unwrap();
+    wait_until_ok(&store, &key).await;
 }
