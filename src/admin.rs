@@ -5,6 +5,11 @@
 //! | route | what it does |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text of the registry |
+//! | `GET /breakers` | every breaker's snapshot |
+//! | `POST /breakers/{name}/{reset,force-open,disable,metrics-only}` | change a breaker's state |
+//! | `GET /cache/stats` | hits, misses, stale, evictions, hit rate, bytes |
+//! | `POST /cache/purge?key=K` / `?prefix=P` / `?pattern=G` | invalidate on L1 and L2 |
+//! | `GET /ratelimit/{limit}/{key}` | a key's current state (counts nothing) |
 //! | `GET /dlq?count=N` | newest dead letters |
 //! | `GET /dlq/stats` | dead letters by route and error class |
 //! | `DELETE /dlq` | clear the dead-letter queue |
@@ -55,6 +60,47 @@ pub struct AdminRouter {
     dlq: Option<DeadLetterQueue>,
     token: Option<Arc<str>>,
     extra: Vec<Router>,
+}
+
+#[cfg(feature = "breaker")]
+impl AdminRouter {
+    /// Serves the breakers of `registry` under `/breakers`.
+    pub fn breakers(self, registry: palisade_breaker::BreakerRegistry) -> Self {
+        self.merge(
+            Router::new()
+                .route("/breakers", get(breakers::list))
+                .route(
+                    "/breakers/{name}/{action}",
+                    axum::routing::post(breakers::act),
+                )
+                .with_state(registry),
+        )
+    }
+}
+
+#[cfg(feature = "cache")]
+impl AdminRouter {
+    /// Serves the cache behind `handle` under `/cache`.
+    pub fn cache(self, handle: palisade_cache::CacheHandle) -> Self {
+        self.merge(
+            Router::new()
+                .route("/cache/stats", get(cache::stats))
+                .route("/cache/purge", axum::routing::post(cache::purge))
+                .with_state(handle),
+        )
+    }
+}
+
+#[cfg(feature = "ratelimit")]
+impl AdminRouter {
+    /// Serves the state of `limiter`'s keys under `/ratelimit`.
+    pub fn rate_limits(self, limiter: palisade_ratelimit::RateLimiter) -> Self {
+        self.merge(
+            Router::new()
+                .route("/ratelimit/{limit}/{key}", get(ratelimit::peek))
+                .with_state(limiter),
+        )
+    }
 }
 
 impl fmt::Debug for AdminRouter {
@@ -183,6 +229,106 @@ async fn dlq_clear(State(dlq): State<DeadLetterQueue>) -> Response {
     match dlq.clear().await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => store_error(err),
+    }
+}
+
+#[cfg(feature = "breaker")]
+mod breakers {
+    use super::*;
+    use axum::extract::Path;
+    use palisade_breaker::BreakerRegistry;
+
+    pub(super) async fn list(State(registry): State<BreakerRegistry>) -> Response {
+        Json(registry.snapshots()).into_response()
+    }
+
+    pub(super) async fn act(
+        State(registry): State<BreakerRegistry>,
+        Path((name, action)): Path<(String, String)>,
+    ) -> Response {
+        let found = match action.as_str() {
+            "reset" => registry.reset(&name),
+            "force-open" => registry.force_open(&name),
+            "disable" => registry.disable(&name),
+            "metrics-only" => registry.metrics_only(&name),
+            _ => {
+                return Error::new(
+                    ErrorKind::BadRequest,
+                    "action must be reset, force-open, disable or metrics-only",
+                )
+                .into_response();
+            }
+        };
+        if found {
+            Json(registry.snapshot(&name)).into_response()
+        } else {
+            (StatusCode::NOT_FOUND, "no breaker by that name").into_response()
+        }
+    }
+}
+
+#[cfg(feature = "cache")]
+mod cache {
+    use super::*;
+    use palisade_cache::CacheHandle;
+
+    pub(super) async fn stats(State(cache): State<CacheHandle>) -> Response {
+        Json(cache.stats()).into_response()
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Purge {
+        key: Option<String>,
+        prefix: Option<String>,
+        pattern: Option<String>,
+    }
+
+    pub(super) async fn purge(
+        State(cache): State<CacheHandle>,
+        Query(q): Query<Purge>,
+    ) -> Response {
+        let removed = match (q.key, q.prefix, q.pattern) {
+            (Some(key), None, None) => cache.invalidate(&key).await.map(|()| None),
+            (None, Some(prefix), None) => cache.invalidate_prefix(&prefix).await.map(Some),
+            (None, None, Some(pattern)) => cache.invalidate_matching(&pattern).await.map(Some),
+            _ => {
+                return Error::new(
+                    ErrorKind::BadRequest,
+                    "give exactly one of key, prefix or pattern",
+                )
+                .into_response();
+            }
+        };
+        match removed {
+            Ok(n) => Json(serde_json::json!({ "removed": n })).into_response(),
+            Err(err) => Error::new(ErrorKind::Unavailable, "cache purge failed")
+                .with_source(err)
+                .into_response(),
+        }
+    }
+}
+
+#[cfg(feature = "ratelimit")]
+mod ratelimit {
+    use super::*;
+    use axum::extract::Path;
+    use palisade_ratelimit::RateLimiter;
+
+    pub(super) async fn peek(
+        State(limiter): State<RateLimiter>,
+        Path((limit, key)): Path<(String, String)>,
+    ) -> Response {
+        match limiter.check_key(&limit, &key, 0).await {
+            Ok(verdict) => Json(serde_json::json!({
+                "limit": limit,
+                "allowed": verdict.is_allowed(),
+                "remaining": verdict.remaining(),
+                "reset_after_ms": verdict.reset_after().as_millis() as u64,
+                "retry_after_ms": verdict.retry_after().map(|d| d.as_millis() as u64),
+            }))
+            .into_response(),
+            Err(err) => Error::new(ErrorKind::BadRequest, err.to_string()).into_response(),
+        }
     }
 }
 

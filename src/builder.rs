@@ -19,12 +19,27 @@
 //! # Example
 //!
 //! ```
+//! use palisade::StackBuilder;
+//! use palisade::{breaker::CircuitBreakerLayer, retry::RetryLayer};
+//!
+//! let stack = StackBuilder::new()
+//!     .retry(RetryLayer::builder().build())
+//!     .circuit_breaker(CircuitBreakerLayer::http("upstream"))
+//!     .service_fn(|_req: http::Request<palisade::retry::ReplayBody<String>>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//!     });
+//! # let _ = stack;
+//! ```
+//!
+//! The same with tower's `ServiceBuilder` and [`ServiceBuilderExt`]:
+//!
+//! ```
 //! use palisade::ServiceBuilderExt;
 //! use palisade::{breaker::CircuitBreakerLayer, retry::RetryLayer};
 //! use tower::ServiceBuilder;
 //!
 //! let stack = ServiceBuilder::new()
-//!     .retry(RetryLayer::builder().build())
+//!     .retry_with(RetryLayer::builder().build())
 //!     .circuit_breaker(CircuitBreakerLayer::http("upstream"))
 //!     .service_fn(|_req: http::Request<palisade::retry::ReplayBody<String>>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
@@ -40,10 +55,16 @@ mod sealed {
 }
 
 /// palisade's layers as `ServiceBuilder` methods (see the [module docs](self)).
+///
+/// tower's own `ServiceBuilder::rate_limit` and `ServiceBuilder::retry`
+/// (present whenever tower's `limit` / `retry` features are on, as with
+/// tonic) would shadow methods of the same name, so those two are
+/// `rate_limit_with` and `retry_with` here; [`StackBuilder`] has the plain
+/// names.
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// Adds a [`RateLimitLayer`](palisade_ratelimit::RateLimitLayer).
     #[cfg(feature = "ratelimit")]
-    fn rate_limit(
+    fn rate_limit_with(
         self,
         layer: palisade_ratelimit::RateLimitLayer,
     ) -> ServiceBuilder<Stack<palisade_ratelimit::RateLimitLayer, L>>;
@@ -71,7 +92,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
 
     /// Adds a [`RetryLayer`](palisade_retry::RetryLayer).
     #[cfg(feature = "retry")]
-    fn retry(
+    fn retry_with(
         self,
         layer: palisade_retry::RetryLayer,
     ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>>;
@@ -86,7 +107,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "ratelimit")]
-    fn rate_limit(
+    fn rate_limit_with(
         self,
         layer: palisade_ratelimit::RateLimitLayer,
     ) -> ServiceBuilder<Stack<palisade_ratelimit::RateLimitLayer, L>> {
@@ -118,7 +139,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "retry")]
-    fn retry(
+    fn retry_with(
         self,
         layer: palisade_retry::RetryLayer,
     ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>> {
@@ -131,5 +152,112 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         layer: palisade_breaker::CircuitBreakerLayer<C, K, O>,
     ) -> ServiceBuilder<Stack<palisade_breaker::CircuitBreakerLayer<C, K, O>, L>> {
         self.layer(layer)
+    }
+}
+
+/// A `ServiceBuilder` whose methods are palisade's layers, by their plain
+/// names (see the [module docs](self) for the recommended order). Any other
+/// layer goes through [`layer`](Self::layer).
+#[derive(Clone, Debug)]
+pub struct StackBuilder<L = tower::layer::util::Identity> {
+    inner: ServiceBuilder<L>,
+}
+
+impl StackBuilder {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Self {
+            inner: ServiceBuilder::new(),
+        }
+    }
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L> StackBuilder<L> {
+    /// Adds any layer.
+    pub fn layer<T>(self, layer: T) -> StackBuilder<Stack<T, L>> {
+        StackBuilder {
+            inner: self.inner.layer(layer),
+        }
+    }
+
+    /// Adds a [`RateLimitLayer`](palisade_ratelimit::RateLimitLayer).
+    #[cfg(feature = "ratelimit")]
+    pub fn rate_limit(
+        self,
+        layer: palisade_ratelimit::RateLimitLayer,
+    ) -> StackBuilder<Stack<palisade_ratelimit::RateLimitLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`ShapeResponseLayer`](palisade_shape::ShapeResponseLayer).
+    #[cfg(feature = "shape")]
+    pub fn shape_response(
+        self,
+        layer: palisade_shape::ShapeResponseLayer,
+    ) -> StackBuilder<Stack<palisade_shape::ShapeResponseLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`CacheLayer`](palisade_cache::CacheLayer).
+    #[cfg(feature = "cache")]
+    pub fn cache<K>(
+        self,
+        layer: palisade_cache::CacheLayer<K>,
+    ) -> StackBuilder<Stack<palisade_cache::CacheLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`PiiMaskLayer`](palisade_pii::PiiMaskLayer).
+    #[cfg(feature = "pii")]
+    pub fn mask_pii(
+        self,
+        layer: palisade_pii::PiiMaskLayer,
+    ) -> StackBuilder<Stack<palisade_pii::PiiMaskLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`RetryLayer`](palisade_retry::RetryLayer).
+    #[cfg(feature = "retry")]
+    pub fn retry(
+        self,
+        layer: palisade_retry::RetryLayer,
+    ) -> StackBuilder<Stack<palisade_retry::RetryLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`CircuitBreakerLayer`](palisade_breaker::CircuitBreakerLayer).
+    #[cfg(feature = "breaker")]
+    pub fn circuit_breaker<C, K, O>(
+        self,
+        layer: palisade_breaker::CircuitBreakerLayer<C, K, O>,
+    ) -> StackBuilder<Stack<palisade_breaker::CircuitBreakerLayer<C, K, O>, L>> {
+        self.layer(layer)
+    }
+
+    /// Wraps `service` in the stack.
+    pub fn service<S>(&self, service: S) -> L::Service
+    where
+        L: tower::Layer<S>,
+    {
+        self.inner.service(service)
+    }
+
+    /// Wraps a closure in the stack.
+    pub fn service_fn<F>(self, f: F) -> L::Service
+    where
+        L: tower::Layer<tower::util::ServiceFn<F>>,
+    {
+        self.inner.service_fn(f)
+    }
+
+    /// The tower `ServiceBuilder` underneath.
+    pub fn into_inner(self) -> ServiceBuilder<L> {
+        self.inner
     }
 }

@@ -13,7 +13,7 @@ mod builder;
 pub mod config;
 pub mod dlq;
 
-pub use builder::ServiceBuilderExt;
+pub use builder::{ServiceBuilderExt, StackBuilder};
 
 #[cfg(feature = "breaker")]
 #[doc(inline)]

@@ -10,20 +10,22 @@
 mod batch;
 mod demo;
 mod proxy;
+mod stack;
 
 use axum::{
     Router,
     body::Body,
     extract::State,
-    http::{Request, Response, StatusCode},
+    http::{Request, Response},
     routing::{get, post},
 };
 use clap::Parser;
+use palisade::admin::AdminRouter;
 use palisade::batch::BatchExecutor;
+use palisade::config::PalisadeConfig;
 use palisade::core::classify::FromTowerHttp;
-use prometheus::{Encoder, HistogramVec, Registry, TextEncoder};
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
-use tower::{ServiceBuilder, util::BoxCloneSyncService};
+use prometheus::{HistogramVec, Registry};
+use std::{net::SocketAddr, time::Instant};
 use tower_http::classify::StatusInRangeAsFailures;
 
 /// Command-line options.
@@ -51,9 +53,15 @@ struct Args {
     /// Serve without any palisade layer (a baseline for load tests).
     #[arg(long)]
     no_layers: bool,
+    /// Require `Authorization: Bearer TOKEN` on the admin listener.
+    #[arg(long, env = "ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Only run the demo upstream on this address (for load tests).
+    #[arg(long)]
+    demo_only: Option<SocketAddr>,
 }
 
-type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+use stack::Stack;
 /// Batch statistics count 4xx and 5xx answers as failed calls.
 type Classifier = FromTowerHttp<StatusInRangeAsFailures>;
 
@@ -66,12 +74,6 @@ struct AppState {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,palisade=info".into()),
-        )
-        .init();
     let args = Args::parse();
     if let Err(err) = run(args).await {
         eprintln!("gateway: {err}");
@@ -79,7 +81,34 @@ async fn main() {
     }
 }
 
+/// Logs go through the PII masker, so no log line carries PII.
+fn init_logs(masker: palisade::pii::PiiMasker) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(palisade::pii::MaskingMakeWriter::new(
+            masker,
+            std::io::stderr,
+        ))
+        .init();
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut cfg = PalisadeConfig::load(args.config.as_deref())?;
+    if let Some(url) = &args.redis {
+        cfg.store.url = url.clone();
+    }
+    init_logs(
+        palisade::pii::PiiMasker::from_config(&cfg.pii.masking)
+            .map_err(|e| format!("pii.masking: {e}"))?,
+    );
+    if let Some(addr) = args.demo_only {
+        let addr = demo::start(addr).await?;
+        println!("demo upstream on http://{addr}");
+        shutdown_signal().await;
+        return Ok(());
+    }
     let upstream = match args.upstream.clone() {
         Some(uri) => uri,
         None => {
@@ -88,20 +117,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             format!("http://{addr}").parse()?
         }
     };
+    let store = cfg
+        .store
+        .connect()
+        .await
+        .map_err(|e| format!("store {}: {e}", cfg.store.url))?;
+    println!(
+        "store: {:?} ({})",
+        store.backend(),
+        redacted(&cfg.store.url)
+    );
+
     let registry = Registry::new();
     let proxy = proxy::Proxy::new(&upstream)?;
-    let stack: Stack = if args.no_layers {
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_response(|res: Response<_>| res.map(Body::new))
-                .service(proxy),
-        )
+    let (stack, built) = if args.no_layers {
+        (stack::bare(proxy), None)
     } else {
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_response(|res: Response<_>| res.map(Body::new))
-                .service(proxy),
-        )
+        let built = stack::full(&cfg, &store, &registry, proxy)?;
+        (built.stack.clone(), Some(built))
     };
     let latency = palisade::core::metrics::register_histogram_vec(
         &registry,
@@ -127,11 +160,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let registry = Arc::new(registry);
-    let admin = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(registry);
+    let mut admin = AdminRouter::new().metrics(registry);
+    if let Some(built) = built {
+        admin = admin
+            .breakers(built.breakers)
+            .cache(built.cache)
+            .rate_limits(built.limiter)
+            .dead_letters(built.dlq);
+    }
+    if let Some(token) = args.admin_token {
+        admin = admin.bearer_token(token);
+    }
+    let admin = admin.into_router().route("/health", get(|| async { "ok" }));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin_listener, admin).await {
             tracing::error!(%err, "admin listener stopped");
@@ -178,12 +218,14 @@ async fn observe(
     res
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> Result<String, StatusCode> {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    String::from_utf8(out).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish.
