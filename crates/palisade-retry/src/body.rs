@@ -36,7 +36,7 @@ pub struct ReplayBody<B: Body> {
 enum Kind<B: Body> {
     Buffered {
         data: Bytes,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     Streamed {
         prefix: VecDeque<Frame<Bytes>>,
@@ -51,6 +51,10 @@ enum Kind<B: Body> {
 impl<B: Body> ReplayBody<B> {
     /// A buffered body (data, then trailers if any).
     pub fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self::buffered_boxed(data, trailers.map(Box::new))
+    }
+
+    pub(crate) fn buffered_boxed(data: Bytes, trailers: Option<Box<HeaderMap>>) -> Self {
         Self {
             kind: Kind::Buffered { data, trailers },
         }
@@ -99,7 +103,7 @@ where
                 if data.has_remaining() {
                     return Poll::Ready(Some(Ok(Frame::data(std::mem::take(data)))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             Kind::Streamed {
                 prefix,

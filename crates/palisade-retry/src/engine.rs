@@ -96,8 +96,8 @@ pin_project! {
         First {
             #[pin]
             fut: S::Future,
-            #[pin]
-            sleep: Option<Sleep>,
+            // Boxed: only timed calls pay for a timer.
+            sleep: Option<Pin<Box<Sleep>>>,
             session: Option<Session<S, R, J>>,
         },
         Slow {
@@ -122,7 +122,7 @@ where
         let sleep = if session.policy.timed() {
             session
                 .attempt_end(Instant::now())
-                .map(tokio::time::sleep_until)
+                .map(|end| Box::pin(tokio::time::sleep_until(end)))
         } else {
             None
         };
@@ -167,7 +167,7 @@ where
             } => {
                 let out = match fut.poll(cx) {
                     Poll::Ready(r) => r.map_err(LastFailure::Error),
-                    Poll::Pending => match sleep.as_pin_mut().map(|s| s.poll(cx)) {
+                    Poll::Pending => match sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
                         Some(Poll::Ready(())) => Err(LastFailure::TimedOut),
                         _ => return Poll::Pending,
                     },

@@ -8,7 +8,7 @@ use crate::{
     engine::{Core, Judge, Replay, Session},
 };
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response, StatusCode, request::Parts};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, request::Parts};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use std::{
@@ -126,7 +126,7 @@ where
 pub(crate) struct HttpReplay {
     parts: Parts,
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl<B> Replay<Request<ReplayBody<B>>> for HttpReplay
@@ -136,16 +136,19 @@ where
     fn replay(&self) -> Request<ReplayBody<B>> {
         Request::from_parts(
             self.parts.clone(),
-            ReplayBody::buffered(self.data.clone(), self.trailers.clone()),
+            ReplayBody::buffered_boxed(self.data.clone(), self.trailers.clone()),
         )
     }
 }
 
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+#[inline]
 fn is_idempotent(parts: &Parts) -> bool {
     matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || parts.headers.contains_key("idempotency-key")
+    ) || parts.headers.contains_key(IDEMPOTENCY_KEY)
 }
 
 type HttpCore<S, B> = Core<S, Request<ReplayBody<B>>, HttpReplay, HttpJudge>;
@@ -157,7 +160,7 @@ struct Buffering<S, B: Body> {
     body: Pin<Box<B>>,
     first: Option<Bytes>,
     more: Option<BytesMut>,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
     len: usize,
     judge: HttpJudge,
     policy: Arc<Policy>,
@@ -251,7 +254,8 @@ where
         }
         let (parts, body) = req.into_parts();
         let judge = HttpJudge {
-            grpc: palisade_core::is_grpc_request(&parts.headers),
+            // gRPC calls are always POSTs.
+            grpc: parts.method == Method::POST && palisade_core::is_grpc_request(&parts.headers),
             idempotent: is_idempotent(&parts),
         };
         let deadline = policy.deadline.map(|d| Instant::now() + d);
@@ -299,7 +303,7 @@ fn start<S, B, ResBody>(
     mut svc: S,
     parts: Parts,
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
     judge: HttpJudge,
     policy: Arc<Policy>,
     deadline: Option<Instant>,
@@ -334,7 +338,7 @@ where
     });
     let fut = svc.call(Request::from_parts(
         parts,
-        ReplayBody::buffered(data, trailers),
+        ReplayBody::buffered_boxed(data, trailers),
     ));
     Core::first(
         fut,
@@ -427,7 +431,7 @@ where
                                 }
                                 Err(frame) => {
                                     if let Ok(t) = frame.into_trailers() {
-                                        b.trailers = Some(t);
+                                        b.trailers = Some(Box::new(t));
                                     }
                                 }
                             },
@@ -443,7 +447,7 @@ where
                             prefix.push_back(Frame::data(data));
                         }
                         if let Some(t) = b.trailers.take() {
-                            prefix.push_back(Frame::trailers(t));
+                            prefix.push_back(Frame::trailers(*t));
                         }
                         streamed(
                             b.svc, b.parts, prefix, b.body, error, b.judge, b.policy, b.deadline,
