@@ -41,7 +41,26 @@ impl CacheControl {
         cc
     }
 
+    /// Parses `Surrogate-Control` (W3C Edge Architecture): `max-age` and
+    /// `no-store` aimed at reverse proxies; `None` when absent.
+    pub(crate) fn surrogate(headers: &HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all("surrogate-control").iter().peekable();
+        values.peek()?;
+        let mut cc = Self::default();
+        for value in values {
+            cc.parse_line_with(value, true);
+        }
+        Some(cc)
+    }
+
     fn parse_line(&mut self, value: &HeaderValue) {
+        self.parse_line_with(value, false);
+    }
+
+    /// `targeted`: directives may carry a `;target` suffix naming the
+    /// surrogate they are for; this cache announces no target, so such
+    /// directives are ignored.
+    fn parse_line_with(&mut self, value: &HeaderValue, targeted: bool) {
         let bytes = value.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
@@ -86,7 +105,9 @@ impl CacheControl {
             while i < bytes.len() && bytes[i] != b',' {
                 i += 1;
             }
-            if !name.is_empty() {
+            let aimed_elsewhere =
+                targeted && (name.contains(&b';') || arg.is_some_and(|a| a.contains(&b';')));
+            if !name.is_empty() && !aimed_elsewhere {
                 self.apply(name, arg);
             }
         }
@@ -197,5 +218,14 @@ mod tests {
         assert!(CacheControl::parse(&h).no_cache);
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
         assert!(!CacheControl::parse(&h).no_cache);
+        assert!(CacheControl::surrogate(&h).is_none());
+        h.insert("surrogate-control", HeaderValue::from_static("max-age=9"));
+        assert_eq!(CacheControl::surrogate(&h).unwrap().max_age, Some(9));
+        h.insert(
+            "surrogate-control",
+            HeaderValue::from_static("max-age=9;other-cdn, no-store"),
+        );
+        let sc = CacheControl::surrogate(&h).unwrap();
+        assert_eq!((sc.max_age, sc.no_store), (None, true));
     }
 }

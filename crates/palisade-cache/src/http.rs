@@ -249,6 +249,9 @@ impl Shared {
             s.headers.clone()
         };
         headers.insert(header::AGE, HeaderValue::from(s.age(now) / 1000));
+        if s.flags & policy::SURROGATE != 0 {
+            headers.remove("surrogate-control");
+        }
         if self.x_cache {
             headers.insert(X_CACHE, outcome.value());
         }
@@ -1011,31 +1014,29 @@ where
         }
     };
     let (parts, body) = res.into_parts();
+    // We validated exactly one stored response: a 304 selects it.
     if parts.status == StatusCode::NOT_MODIFIED
         && conditional
         && let Some((s, key)) = &candidate
     {
-        if s.selected_by_304(&parts.headers) {
-            let merged = s.merge_304(&parts.headers, request_time, now, &shared.rules);
-            let cc = CacheControl::parse(&merged.headers);
-            let ok = policy::storable(
-                &Method::GET,
-                client,
-                req_cc,
-                merged.status,
-                &merged.headers,
-                &cc,
-                &shared.rules,
-            );
-            let res = shared.respond(&merged, Outcome::Revalidated, client, false, now);
-            if ok {
-                shared.store(primary, Some(key), client, merged).await;
-            } else {
-                let _ = core.remove(key).await;
-            }
-            return Ok(res);
+        let merged = s.merge_304(&parts.headers, request_time, now, &shared.rules);
+        let cc = CacheControl::parse(&merged.headers);
+        let ok = policy::storable(
+            &Method::GET,
+            client,
+            req_cc,
+            merged.status,
+            &merged.headers,
+            &cc,
+            &shared.rules,
+        );
+        let res = shared.respond(&merged, Outcome::Revalidated, client, false, now);
+        if ok {
+            shared.store(primary, Some(key), client, merged).await;
+        } else {
+            let _ = core.remove(key).await;
         }
-        let _ = core.remove(key).await;
+        return Ok(res);
     }
     if matches!(parts.status.as_u16(), 500 | 502 | 503 | 504)
         && let Some((s, _)) = &candidate

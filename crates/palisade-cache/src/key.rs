@@ -83,14 +83,27 @@ pub(crate) fn write_variant<'a>(
             buf.push('!');
             continue;
         }
+        // Normalized: list members trimmed and joined by ","; the
+        // Accept-* negotiation fields compared case-insensitively.
+        let fold = name.starts_with("accept");
         let mut joined = String::new();
-        for (i, v) in values.enumerate() {
-            if i > 0 {
-                joined.push_str(", ");
+        for v in values {
+            for member in String::from_utf8_lossy(v.as_bytes()).split(',') {
+                let member = member.trim();
+                if member.is_empty() {
+                    continue;
+                }
+                if !joined.is_empty() {
+                    joined.push(',');
+                }
+                if fold {
+                    joined.push_str(&member.to_ascii_lowercase());
+                } else {
+                    joined.push_str(member);
+                }
             }
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
-        let joined = joined.trim();
+        let joined = joined.as_str();
         let _ = write!(buf, "={}:{joined}", joined.len());
     }
 }

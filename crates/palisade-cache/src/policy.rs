@@ -14,6 +14,8 @@ pub(crate) const NO_STALE: u8 = 2;
 pub(crate) const AUTH_OK: u8 = 4;
 /// Freshness came from a heuristic or the configured default TTL.
 pub(crate) const HEURISTIC: u8 = 8;
+/// Carries `Surrogate-Control`, which is not passed on to clients.
+pub(crate) const SURROGATE: u8 = 16;
 
 /// Knobs of the HTTP rules that come from configuration.
 #[derive(Clone, Debug)]
@@ -87,11 +89,28 @@ pub(crate) fn storable(
     if method != Method::GET || req_cc.no_store {
         return false;
     }
-    if !understood(status) {
+    // RFC 9111 §3: any final status; 206 and 304 never (partial content
+    // is not stored); with must-understand only statuses we understand.
+    if status.as_u16() < 200
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return false;
     }
-    if res_cc.no_store && !res_cc.must_understand {
+    if res_cc.must_understand && !understood(status) {
         return false;
+    }
+    let surrogate = CacheControl::surrogate(res);
+    match &surrogate {
+        // Surrogate-Control speaks to reverse proxies and overrides
+        // Cache-Control for them.
+        Some(sc) if sc.no_store => return false,
+        Some(sc) if sc.max_age.is_some() => {}
+        _ => {
+            if res_cc.no_store && !res_cc.must_understand {
+                return false;
+            }
+        }
     }
     if res_cc.private {
         return false;
@@ -105,7 +124,8 @@ pub(crate) fn storable(
     if vary_star(res) {
         return false;
     }
-    res.contains_key(header::EXPIRES)
+    surrogate.is_some_and(|sc| sc.max_age.is_some())
+        || res.contains_key(header::EXPIRES)
         || res_cc.max_age.is_some()
         || res_cc.s_maxage.is_some()
         || res_cc.public
@@ -195,13 +215,27 @@ impl Stored {
     fn recompute(&mut self, res_cc: &CacheControl, request_time: u64, rules: &Rules) {
         let response_time = self.response_time;
         // RFC 9111 §4.2.3
-        let age_value = self
+        // A list, or anything but one non-negative integer, is invalid: the
+        // response is then treated as stale.
+        let mut members = self
             .headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(0, secs_ms);
+            .get_all(header::AGE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','));
+        let (age_value, age_invalid) = match (members.next(), members.next()) {
+            (None, _) => (0, false),
+            (Some(m), None) => {
+                let m = m.trim_ascii();
+                match std::str::from_utf8(m)
+                    .ok()
+                    .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    Some(m) => (m.parse::<u64>().map_or(u64::MAX, secs_ms), false),
+                    None => (0, true),
+                }
+            }
+            (Some(_), Some(_)) => (0, true),
+        };
         let date = http_date(&self.headers, header::DATE).map(to_ms);
         let date_value = date.unwrap_or(response_time);
         let apparent_age = response_time.saturating_sub(date_value);
@@ -227,8 +261,15 @@ impl Stored {
         if auth_ok(res_cc) {
             flags |= AUTH_OK;
         }
-        // §4.2.1, as a shared cache.
-        let freshness = if let Some(s) = res_cc.s_maxage {
+        let surrogate = CacheControl::surrogate(&self.headers);
+        if surrogate.is_some() {
+            flags |= SURROGATE;
+        }
+        // §4.2.1, as a shared cache (Surrogate-Control first).
+        let freshness = if let Some(s) = surrogate.and_then(|sc| sc.max_age) {
+            flags &= !NO_CACHE;
+            secs_ms(s)
+        } else if let Some(s) = res_cc.s_maxage {
             secs_ms(s)
         } else if let Some(m) = res_cc.max_age {
             secs_ms(m)
@@ -253,6 +294,9 @@ impl Stored {
             0
         };
         self.freshness = freshness;
+        if age_invalid {
+            self.initial_age = self.initial_age.max(freshness);
+        }
         self.swr = res_cc.stale_while_revalidate.map_or(0, secs_ms);
         self.sie = res_cc.stale_if_error.map_or(0, secs_ms);
         self.flags = flags;
@@ -338,25 +382,6 @@ impl Stored {
         }
     }
 
-    /// Whether a 304 selects this stored response (RFC 9111 §4.3.4).
-    pub(crate) fn selected_by_304(&self, res: &HeaderMap) -> bool {
-        let trim_weak = |v: &HeaderValue| {
-            let b = v.as_bytes().trim_ascii();
-            b.strip_prefix(b"W/").unwrap_or(b).to_vec()
-        };
-        match (res.get(header::ETAG), self.headers.get(header::ETAG)) {
-            (Some(new), Some(old)) => trim_weak(new) == trim_weak(old),
-            (Some(_), None) => false,
-            (None, _) => match (
-                res.get(header::LAST_MODIFIED),
-                self.headers.get(header::LAST_MODIFIED),
-            ) {
-                (Some(new), Some(old)) => new == old,
-                _ => true,
-            },
-        }
-    }
-
     /// This response, updated with the fields of a 304 received at
     /// `response_time` (RFC 9111 §3.2, §4.3.4).
     pub(crate) fn merge_304(
@@ -372,7 +397,12 @@ impl Stored {
             if is_hop_by_hop(name)
                 || matches!(
                     name.as_str(),
-                    "content-length" | "content-encoding" | "content-range" | "x-cache"
+                    "content-length"
+                        | "content-encoding"
+                        | "content-range"
+                        | "content-md5"
+                        | "etag"
+                        | "x-cache"
                 )
             {
                 continue;
@@ -641,11 +671,35 @@ mod tests {
             206,
             &[("cache-control", "max-age=5")]
         ));
-        assert!(!check(
+        assert!(check(
             Method::GET,
             &[],
             299,
             &[("cache-control", "max-age=5")]
+        ));
+        assert!(!check(
+            Method::GET,
+            &[],
+            299,
+            &[("cache-control", "max-age=5, must-understand")]
+        ));
+        assert!(check(
+            Method::GET,
+            &[],
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("surrogate-control", "max-age=5")
+            ]
+        ));
+        assert!(!check(
+            Method::GET,
+            &[],
+            200,
+            &[
+                ("surrogate-control", "no-store"),
+                ("cache-control", "max-age=5")
+            ]
         ));
         assert!(!check(Method::GET, &[], 200, &[("vary", "accept, *")]));
         assert!(!check(
@@ -801,11 +855,9 @@ mod tests {
             ("cache-control", "max-age=100"),
             ("x-old", "2"),
         ]);
-        assert!(s.selected_by_304(&res));
         let m = s.merge_304(&res, 50_000, 50_000, &rules());
         assert_eq!(m.freshness, 100_000);
         assert_eq!(m.headers["x-old"], "2");
         assert_eq!(m.body, s.body);
-        assert!(!s.selected_by_304(&headers(&[("etag", "\"other\"")])));
     }
 }
