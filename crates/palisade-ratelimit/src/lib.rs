@@ -54,6 +54,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod call;
 mod config;
 mod error;
 mod layer;
@@ -63,6 +64,7 @@ mod local;
 mod metrics;
 mod quota;
 
+pub use call::{RateLimitCall, RateLimitCallLayer};
 pub use config::{Config, KeyKind, LimitConfig, TierLimit, TiersConfig};
 pub use error::{QUOTA_EXCEEDED, RateLimitError};
 pub use layer::{HeaderStyle, RateLimit, RateLimitLayer, ResponseFuture};

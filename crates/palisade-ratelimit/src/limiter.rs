@@ -13,6 +13,7 @@ use palisade_store::{GcraRule, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::{
     fmt::{self, Display},
+    future::Future,
     hash::{BuildHasher, Hasher, RandomState},
     sync::Arc,
     time::Duration,
@@ -594,15 +595,18 @@ impl RateLimiter {
 
     /// Checks one limit for one key (a tool call, a job), counting `cost`.
     ///
+    /// The keys are read at once; the returned future owns everything it
+    /// needs (`Send + 'static`), and in-process it is already complete.
+    ///
     /// # Errors
     /// [`RateLimitError::UnknownLimit`] when no limit has that name.
-    pub async fn check_key(
+    pub fn check_key(
         &self,
         limit: &str,
         key: &dyn Display,
         cost: u32,
-    ) -> Result<Verdict, RateLimitError> {
-        self.check_keys(&[(limit, key)], None, cost).await
+    ) -> impl Future<Output = Result<Verdict, RateLimitError>> + Send + 'static + use<> {
+        self.check_keys(&[(limit, key)], None, cost)
     }
 
     /// Checks several limits at once (all counted, or none when one
@@ -611,29 +615,52 @@ impl RateLimiter {
     ///
     /// # Errors
     /// [`RateLimitError::UnknownLimit`] when a name matches no limit.
-    pub async fn check_keys(
+    pub fn check_keys(
         &self,
         keys: &[(&str, &dyn Display)],
         tier: Option<&Tier>,
         cost: u32,
-    ) -> Result<Verdict, RateLimitError> {
+    ) -> impl Future<Output = Result<Verdict, RateLimitError>> + Send + 'static + use<> {
+        let shared = self.shared.clone();
+        let pending = self.plan_keys(keys, tier, cost);
+        async move {
+            match pending? {
+                Pending::Ready(v) => Ok(v),
+                Pending::Store(plan) => Ok(decide_store(shared, plan).await),
+            }
+        }
+    }
+
+    fn plan_keys(
+        &self,
+        keys: &[(&str, &dyn Display)],
+        tier: Option<&Tier>,
+        cost: u32,
+    ) -> Result<Pending, RateLimitError> {
         let shared = &self.shared;
         let tier = shared.tiers.index(tier);
-        let mut plan = Vec::with_capacity(keys.len());
-        for &(name, key) in keys {
+        let mut plan = [(0usize, None::<&dyn Display>); MAX_LIMITS];
+        if keys.len() > MAX_LIMITS {
+            return Err(RateLimitError::InvalidConfig(format!(
+                "{} keys checked at once, at most {MAX_LIMITS}",
+                keys.len()
+            )));
+        }
+        for (i, &(name, key)) in keys.iter().enumerate() {
             let entry = shared
                 .entries
                 .iter()
                 .position(|e| *e.limit.name == *name)
                 .ok_or_else(|| RateLimitError::UnknownLimit(name.to_owned()))?;
-            plan.push((entry, key));
+            plan[i] = (entry, Some(key));
         }
         if shared.mode == Mode::Disabled {
-            return Ok(Verdict::allowed());
+            return Ok(Pending::Ready(Verdict::allowed()));
         }
         let shadow_all = shared.mode == Mode::LogOnly;
-        let pending = self.decide(&mut |f| {
-            for &(entry, key) in &plan {
+        Ok(self.decide(&mut |f| {
+            for &(entry, key) in &plan[..keys.len()] {
+                let Some(key) = key else { continue };
                 let e = &shared.entries[entry];
                 let slot = if e.tiered { tier } else { 0 };
                 if e.slots[slot].quota.is_some()
@@ -642,11 +669,7 @@ impl RateLimiter {
                     break;
                 }
             }
-        });
-        Ok(match pending {
-            Pending::Ready(v) => v,
-            Pending::Store(plan) => decide_store(self.shared.clone(), plan).await,
-        })
+        }))
     }
 
     /// Plans the checks of a request (its body set aside).
