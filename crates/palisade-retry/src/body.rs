@@ -40,7 +40,8 @@ enum Kind<B: Body> {
     },
     Streamed {
         prefix: VecDeque<Frame<Bytes>>,
-        rest: Pin<Box<B>>,
+        /// The rest of the original body (none when it ended in an error).
+        rest: Option<Pin<Box<B>>>,
         /// An error met while reading the prefix: passed on after it.
         error: Option<B::Error>,
         /// The error was passed on: the body is over.
@@ -62,7 +63,7 @@ impl<B: Body> ReplayBody<B> {
 
     pub(crate) fn streamed(
         prefix: VecDeque<Frame<Bytes>>,
-        rest: Pin<Box<B>>,
+        rest: Option<Pin<Box<B>>>,
         error: Option<B::Error>,
     ) -> Self {
         Self {
@@ -118,10 +119,10 @@ where
                     *failed = true;
                     return Poll::Ready(Some(Err(e)));
                 }
-                if *failed {
-                    return Poll::Ready(None);
+                match rest {
+                    Some(rest) if !*failed => rest.as_mut().poll_frame(cx),
+                    _ => Poll::Ready(None),
                 }
-                rest.as_mut().poll_frame(cx)
             }
         }
     }
@@ -134,7 +135,12 @@ where
                 rest,
                 error,
                 failed,
-            } => *failed || (prefix.is_empty() && error.is_none() && rest.is_end_stream()),
+            } => {
+                *failed
+                    || (prefix.is_empty()
+                        && error.is_none()
+                        && rest.as_ref().is_none_or(|r| r.is_end_stream()))
+            }
         }
     }
 
@@ -146,6 +152,9 @@ where
                     .iter()
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
+                let Some(rest) = rest else {
+                    return SizeHint::with_exact(read);
+                };
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower().saturating_add(read));

@@ -17,7 +17,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -153,11 +153,10 @@ fn is_idempotent(parts: &Parts) -> bool {
 
 type HttpCore<S, B> = Core<S, Request<ReplayBody<B>>, HttpReplay, HttpJudge>;
 
-/// The body is being read into the replay buffer.
-struct Buffering<S, B: Body> {
+/// A request whose body is being read into the replay buffer.
+struct BufCtx<S> {
     svc: S,
     parts: Parts,
-    body: Pin<Box<B>>,
     first: Option<Bytes>,
     more: Option<BytesMut>,
     trailers: Option<Box<HeaderMap>>,
@@ -167,7 +166,13 @@ struct Buffering<S, B: Body> {
     deadline: Option<Instant>,
 }
 
-impl<S, B: Body<Data = Bytes>> Buffering<S, B> {
+enum ReadEnd<E> {
+    Done,
+    Over,
+    Failed(E),
+}
+
+impl<S> BufCtx<S> {
     fn push(&mut self, data: Bytes) {
         self.len += data.len();
         match (&mut self.first, &mut self.more) {
@@ -186,6 +191,36 @@ impl<S, B: Body<Data = Bytes>> Buffering<S, B> {
         match self.more.take() {
             Some(more) => more.freeze(),
             None => self.first.take().unwrap_or_default(),
+        }
+    }
+
+    /// Reads frames until the end, an error, or (with `limit`) more than
+    /// `limit` bytes.
+    fn read<B: Body<Data = Bytes>>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+        limit: Option<usize>,
+    ) -> Poll<ReadEnd<B::Error>> {
+        loop {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(ReadEnd::Done),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(ReadEnd::Failed(e)),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.push(data);
+                        if limit.is_some_and(|l| self.len > l) {
+                            return Poll::Ready(ReadEnd::Over);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers = Some(Box::new(t));
+                        }
+                    }
+                },
+            }
         }
     }
 }
@@ -209,7 +244,10 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>>,
         B: Body,
     {
-        Buffering { buffering: Option<Buffering<S, B>> },
+        // The body says it fits the buffer: read in place, no allocation.
+        InPlace { #[pin] body: B, ctx: Option<BufCtx<S>> },
+        // The body may not fit: boxed, so it can be streamed on if it does not.
+        Boxed { body: Option<Pin<Box<B>>>, ctx: Option<BufCtx<S>> },
         Running { #[pin] core: HttpCore<S, B> },
     }
 }
@@ -262,7 +300,16 @@ where
         let policy = policy.clone();
         let state = if body.is_end_stream() {
             State::Running {
-                core: start(svc, parts, Bytes::new(), None, judge, policy, deadline),
+                core: start(
+                    svc,
+                    parts,
+                    Bytes::new(),
+                    None,
+                    judge,
+                    policy,
+                    deadline,
+                    true,
+                ),
             }
         } else if policy.max_attempts <= 1 || body.size_hint().lower() > policy.max_body as u64 {
             // Known to be too large (or never retried): stream it through.
@@ -271,7 +318,7 @@ where
                     svc,
                     parts,
                     VecDeque::new(),
-                    Box::pin(body),
+                    Some(Box::pin(body)),
                     None,
                     judge,
                     policy,
@@ -279,19 +326,32 @@ where
                 ),
             }
         } else {
-            State::Buffering {
-                buffering: Some(Buffering {
-                    svc,
-                    parts,
-                    body: Box::pin(body),
-                    first: None,
-                    more: None,
-                    trailers: None,
-                    len: 0,
-                    judge,
-                    policy,
-                    deadline,
-                }),
+            let ctx = Some(BufCtx {
+                svc,
+                parts,
+                first: None,
+                more: None,
+                trailers: None,
+                len: 0,
+                judge,
+                policy,
+                deadline,
+            });
+            let fits = ctx
+                .as_ref()
+                .and_then(|c| {
+                    body.size_hint()
+                        .upper()
+                        .map(|u| u <= c.policy.max_body as u64)
+                })
+                .unwrap_or(false);
+            if fits {
+                State::InPlace { body, ctx }
+            } else {
+                State::Boxed {
+                    body: Some(Box::pin(body)),
+                    ctx,
+                }
             }
         };
         ResponseFuture { state }
@@ -299,6 +359,7 @@ where
 }
 
 /// Starts a request whose body is buffered.
+#[allow(clippy::too_many_arguments)]
 fn start<S, B, ResBody>(
     mut svc: S,
     parts: Parts,
@@ -307,6 +368,7 @@ fn start<S, B, ResBody>(
     judge: HttpJudge,
     policy: Arc<Policy>,
     deadline: Option<Instant>,
+    replayable: bool,
 ) -> HttpCore<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -316,7 +378,14 @@ where
     B::Error: Send + Sync + 'static,
     ResBody: Send + 'static,
 {
-    let hedged = policy.hedge.is_some() && judge.idempotent && policy.max_attempts > 1;
+    let retries = policy.max_attempts > 1;
+    if retries && !replayable {
+        if let Some(m) = &policy.metrics {
+            m.not_replayable.inc();
+        }
+        tracing::debug!(name = %policy.name, "request body over the replay limit; sent once");
+    }
+    let hedged = policy.hedge.is_some() && judge.idempotent && retries && replayable;
     if hedged {
         let replay = HttpReplay {
             parts,
@@ -331,7 +400,7 @@ where
             deadline,
         });
     }
-    let replay = (policy.max_attempts > 1).then(|| HttpReplay {
+    let replay = (retries && replayable).then(|| HttpReplay {
         parts: parts.clone(),
         data: data.clone(),
         trailers: trailers.clone(),
@@ -358,7 +427,7 @@ fn streamed<S, B, ResBody>(
     mut svc: S,
     parts: Parts,
     prefix: VecDeque<Frame<Bytes>>,
-    rest: Pin<Box<B>>,
+    rest: Option<Pin<Box<B>>>,
     error: Option<B::Error>,
     judge: HttpJudge,
     policy: Arc<Policy>,
@@ -409,53 +478,78 @@ where
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Running { core } => return core.poll(cx),
-                StateProj::Buffering { buffering } => {
-                    let b = buffering.as_mut().expect("polled after completion");
-                    let mut over = false;
-                    let mut error = None;
-                    loop {
-                        match b.body.as_mut().poll_frame(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(None) => break,
-                            Poll::Ready(Some(Err(e))) => {
-                                error = Some(e);
-                                break;
+                StateProj::InPlace { body, ctx } => {
+                    let c = ctx.as_mut().expect("polled after completion");
+                    // The body promised to fit; one that breaks its promise
+                    // is still read whole (never cut) but not replayed.
+                    let end = ready!(c.read(body, cx, None));
+                    let mut c = ctx.take().expect("buffering state");
+                    let data = c.take_data();
+                    match end {
+                        ReadEnd::Failed(e) => {
+                            let mut prefix = VecDeque::with_capacity(1);
+                            if !data.is_empty() {
+                                prefix.push_back(Frame::data(data));
                             }
-                            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                                Ok(data) => {
-                                    b.push(data);
-                                    if b.len > b.policy.max_body {
-                                        over = true;
-                                        break;
-                                    }
-                                }
-                                Err(frame) => {
-                                    if let Ok(t) = frame.into_trailers() {
-                                        b.trailers = Some(Box::new(t));
-                                    }
-                                }
-                            },
+                            streamed(
+                                c.svc,
+                                c.parts,
+                                prefix,
+                                None,
+                                Some(e),
+                                c.judge,
+                                c.policy,
+                                c.deadline,
+                            )
+                        }
+                        _ => {
+                            let fits = c.len <= c.policy.max_body;
+                            start(
+                                c.svc, c.parts, data, c.trailers, c.judge, c.policy, c.deadline,
+                                fits,
+                            )
                         }
                     }
-                    let mut b = buffering.take().expect("buffering state");
-                    let data = b.take_data();
-                    if over || error.is_some() {
-                        // Send what was read, then the rest (or the error):
-                        // nothing is cut, nothing is replayed.
-                        let mut prefix = VecDeque::with_capacity(2);
-                        if !data.is_empty() {
-                            prefix.push_back(Frame::data(data));
+                }
+                StateProj::Boxed { body, ctx } => {
+                    let c = ctx.as_mut().expect("polled after completion");
+                    let b = body.as_mut().expect("buffering state");
+                    let limit = c.policy.max_body;
+                    let end = ready!(c.read(b.as_mut(), cx, Some(limit)));
+                    let (mut c, b) = (
+                        ctx.take().expect("buffering state"),
+                        body.take().expect("buffering state"),
+                    );
+                    let data = c.take_data();
+                    match end {
+                        ReadEnd::Done => start(
+                            c.svc, c.parts, data, c.trailers, c.judge, c.policy, c.deadline, true,
+                        ),
+                        ReadEnd::Over | ReadEnd::Failed(_) => {
+                            // Send what was read, then the rest (or the
+                            // error): nothing is cut, nothing is replayed.
+                            let error = match end {
+                                ReadEnd::Failed(e) => Some(e),
+                                _ => None,
+                            };
+                            let mut prefix = VecDeque::with_capacity(2);
+                            if !data.is_empty() {
+                                prefix.push_back(Frame::data(data));
+                            }
+                            if let Some(t) = c.trailers.take() {
+                                prefix.push_back(Frame::trailers(*t));
+                            }
+                            streamed(
+                                c.svc,
+                                c.parts,
+                                prefix,
+                                Some(b),
+                                error,
+                                c.judge,
+                                c.policy,
+                                c.deadline,
+                            )
                         }
-                        if let Some(t) = b.trailers.take() {
-                            prefix.push_back(Frame::trailers(*t));
-                        }
-                        streamed(
-                            b.svc, b.parts, prefix, b.body, error, b.judge, b.policy, b.deadline,
-                        )
-                    } else {
-                        start(
-                            b.svc, b.parts, data, b.trailers, b.judge, b.policy, b.deadline,
-                        )
                     }
                 }
             };
