@@ -225,6 +225,10 @@ pub(crate) struct Settings {
     min_calls: u32,
     window_secs: Option<u32>,
     pub(crate) events: broadcast::Sender<StateChange>,
+    /// Whether the breakers are shared through a store.
+    pub(crate) shared: bool,
+    /// Failed store operations of the shared state (never fail calls).
+    pub(crate) store_errors: AtomicU64,
 }
 
 impl Settings {
@@ -246,6 +250,8 @@ impl Settings {
             min_calls,
             window_secs,
             events: events.unwrap_or_else(|| broadcast::channel(64).0),
+            shared: false,
+            store_errors: AtomicU64::new(0),
         })
     }
 
@@ -332,6 +338,24 @@ struct Inner {
 #[derive(Clone)]
 pub struct Breaker {
     inner: Arc<Inner>,
+}
+
+/// A breaker that does not keep its state alive (background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakBreaker(std::sync::Weak<Inner>);
+
+impl WeakBreaker {
+    pub(crate) fn upgrade(&self) -> Option<Breaker> {
+        self.0.upgrade().map(|inner| Breaker { inner })
+    }
+
+    pub(crate) fn same(&self, other: &WeakBreaker) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
+    pub(crate) fn is(&self, b: &Breaker) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&b.inner))
+    }
 }
 
 /// Admission of one call, held until its outcome is known.
@@ -434,6 +458,49 @@ impl Breaker {
 
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.inner.name
+    }
+
+    pub(crate) fn settings(&self) -> &Arc<Settings> {
+        &self.inner.settings
+    }
+
+    /// Installs the transition hook (once; later calls are ignored).
+    pub(crate) fn set_hook(&self, hook: TransitionHook) {
+        let _ = self.inner.hook.set(hook);
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakBreaker {
+        WeakBreaker(Arc::downgrade(&self.inner))
+    }
+
+    /// The state as shared with other replicas, and for open, the time
+    /// left. Runs no timed transition.
+    pub(crate) fn shared_view(&self) -> (State, Option<Duration>) {
+        let word = self.inner.state.load(Acquire);
+        let state = State::from_code(code(word));
+        let left = (state == State::Open).then(|| {
+            Duration::from_nanos(
+                self.inner
+                    .open_until
+                    .load(Acquire)
+                    .saturating_sub(self.now()),
+            )
+        });
+        (state, left)
+    }
+
+    /// Moves to `to` (open for `open_for`) because another replica did,
+    /// unless already there.
+    pub(crate) fn apply_remote(&self, to: State, open_for: Option<Duration>) {
+        loop {
+            let word = self.inner.state.load(Acquire);
+            if code(word) == to.code() {
+                return;
+            }
+            if self.transition_with(word, to, Reason::Remote, open_for) {
+                return;
+            }
+        }
     }
 
     #[inline]

@@ -197,6 +197,10 @@ pub enum ConfigError {
     /// A breaker of that name is already in the registry.
     #[error("a circuit breaker named {0:?} is already registered")]
     DuplicateName(String),
+    /// A breaker shared through a store was built outside a Tokio runtime
+    /// (its background task needs one).
+    #[error("a circuit breaker shared through a store must be built inside a Tokio runtime")]
+    NoRuntime,
 }
 
 fn invalid(field: &'static str, reason: &'static str) -> ConfigError {

@@ -7,8 +7,10 @@ use crate::{
     keyed::{Group, KeyedBreakers, Select, SingleBreaker},
     registry::{BreakerRegistry, Entry},
     respond::{HttpAnswer, OnOpen, TypedError, WithFallback, Wrap},
+    shared,
 };
 use palisade_core::classify::{Classify, ErrorsAsFailures, Outcome, ServerErrorsAsFailures};
+use palisade_store::Store;
 use pin_project_lite::pin_project;
 use std::{
     fmt,
@@ -100,6 +102,7 @@ pub struct Builder<C = ErrorsAsFailures, K = Single, O = TypedError> {
     keys: K,
     on_open: O,
     registry: Option<BreakerRegistry>,
+    store: Option<Store>,
 }
 
 impl<C: fmt::Debug, K: fmt::Debug, O: fmt::Debug> fmt::Debug for Builder<C, K, O> {
@@ -110,6 +113,7 @@ impl<C: fmt::Debug, K: fmt::Debug, O: fmt::Debug> fmt::Debug for Builder<C, K, O
             .field("classifier", &self.classifier)
             .field("keys", &self.keys)
             .field("on_open", &self.on_open)
+            .field("shared", &self.store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +128,7 @@ impl Builder {
             keys: Single,
             on_open: TypedError,
             registry: None,
+            store: None,
         }
     }
 }
@@ -244,6 +249,7 @@ impl<C, K, O> Builder<C, K, O> {
             keys: self.keys,
             on_open: self.on_open,
             registry: self.registry,
+            store: self.store,
         }
     }
 
@@ -258,6 +264,7 @@ impl<C, K, O> Builder<C, K, O> {
             keys: PerKey(extractor),
             on_open: self.on_open,
             registry: self.registry,
+            store: self.store,
         }
     }
 
@@ -275,16 +282,60 @@ impl<C, K, O> Builder<C, K, O> {
             keys: self.keys,
             on_open: self.on_open.with_fallback(fallback),
             registry: self.registry,
+            store: self.store,
         }
+    }
+
+    /// Shares the circuit state with every replica using the same `store`
+    /// (Redis or Redis Cluster; in-process for tests): when one replica
+    /// trips, the others reject within
+    /// [`shared_poll_interval`](Config::shared_poll_interval), and closes,
+    /// resets, force-opens and disables spread the same way. Calls are
+    /// still counted locally, so the hot path never touches the store; a
+    /// background task writes local changes and polls the others'. A store
+    /// that fails never fails a call: the error is logged and counted
+    /// (`palisade_breaker_store_errors_total`), the local state stands and
+    /// the task tries again on its next poll. The task ends when the
+    /// layer, its services and its registry entry are dropped.
+    ///
+    /// The state of breaker `name` (key `k`) lives at
+    /// `Store::key("breaker", name, "_" or "k_" + k, "v1")`, so replicas
+    /// share a circuit by building it with the same name. Must be built
+    /// inside a Tokio runtime ([`ConfigError::NoRuntime`]).
+    ///
+    /// ```
+    /// use palisade_breaker::{CircuitBreakerLayer, State};
+    /// use palisade_store::Store;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = Store::in_memory(); // Store::connect("redis://…") in production
+    /// let replica = |store: &Store| {
+    ///     CircuitBreakerLayer::builder("payments").shared(store).build().unwrap()
+    /// };
+    /// let (a, b) = (replica(&store), replica(&store));
+    /// a.breaker().unwrap().trip(None);
+    /// tokio::time::sleep(Duration::from_secs(1)).await; // one poll interval
+    /// assert_eq!(b.breaker().unwrap().state(), State::Open);
+    /// # }
+    /// ```
+    pub fn shared(mut self, store: &Store) -> Self {
+        self.store = Some(store.clone());
+        self
+    }
+
+    /// How often a shared breaker polls the store (default 1 s).
+    pub fn shared_poll_interval(mut self, interval: Duration) -> Self {
+        self.config.shared_poll_interval = interval;
+        self
     }
 
     fn settings(&mut self) -> Result<Arc<Settings>, ConfigError> {
         let events = self.registry.as_ref().map(BreakerRegistry::events);
-        Ok(Arc::new(Settings::new(
-            self.config.clone(),
-            self.break_fn.take(),
-            events,
-        )?))
+        let mut settings = Settings::new(self.config.clone(), self.break_fn.take(), events)?;
+        settings.shared = self.store.is_some();
+        Ok(Arc::new(settings))
     }
 }
 
@@ -301,6 +352,7 @@ impl<C, K> Builder<C, K, TypedError> {
             keys: self.keys,
             on_open: HttpAnswer,
             registry: self.registry,
+            store: self.store,
         }
     }
 }
@@ -310,6 +362,9 @@ impl<C, O> Builder<C, Single, O> {
     pub fn build(mut self) -> Result<CircuitBreakerLayer<C, SingleBreaker, O>, ConfigError> {
         let settings = self.settings()?;
         let breaker = Breaker::with_settings(self.name.clone(), None, settings);
+        if let Some(store) = self.store.take() {
+            shared::attach_single(&breaker, store)?;
+        }
         if let Some(r) = &self.registry {
             r.insert(&self.name, Entry::Single(breaker.clone()))?;
         }
@@ -326,6 +381,9 @@ impl<C, X, O> Builder<C, PerKey<X>, O> {
     pub fn build(mut self) -> Result<CircuitBreakerLayer<C, KeyedBreakers<X>, O>, ConfigError> {
         let settings = self.settings()?;
         let group = Arc::new(Group::new(self.name.clone(), settings));
+        if let Some(store) = self.store.take() {
+            shared::attach_group(&group, store)?;
+        }
         if let Some(r) = &self.registry {
             r.insert(&self.name, Entry::Group(group.clone()))?;
         }

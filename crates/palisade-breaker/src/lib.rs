@@ -15,6 +15,10 @@
 //!   [`Builder::per_key`], bounded and evicting idle keys.
 //! - A [`BreakerRegistry`] names every breaker: snapshots, reset,
 //!   force-open, disable, a stream of [`StateChange`]s and Prometheus metrics.
+//! - State shared across replicas through palisade-store (Redis, Redis
+//!   Cluster) with [`Builder::shared`]: one replica trips, the others reject
+//!   within a poll interval; calls are still counted locally, and a store
+//!   outage never fails a call.
 //! - [`TieredFallback`]: primary → secondary → tertiary, skipping open
 //!   circuits; health probes close a breaker early ([`Breaker::spawn_probe`]).
 //!
@@ -102,6 +106,7 @@ mod keyed;
 mod layer;
 mod registry;
 pub mod respond;
+mod shared;
 mod tiered;
 mod window;
 

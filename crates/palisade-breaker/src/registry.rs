@@ -246,6 +246,8 @@ struct MetricsCollector {
 const STATE: &str = "palisade_breaker_state";
 const CALLS: &str = "palisade_breaker_calls_total";
 const TRANSITIONS: &str = "palisade_breaker_transitions_total";
+const STORE_ERRORS: &str = "palisade_breaker_store_errors_total";
+const STORE_ERRORS_HELP: &str = "Failed store operations of shared circuit breakers.";
 
 impl MetricsCollector {
     fn new(registry: BreakerRegistry) -> prometheus::Result<Self> {
@@ -270,6 +272,12 @@ impl MetricsCollector {
                     TRANSITIONS,
                     "Circuit breaker state transitions by target state.",
                     "to",
+                )?,
+                Desc::new(
+                    STORE_ERRORS.to_owned(),
+                    STORE_ERRORS_HELP.to_owned(),
+                    vec!["breaker".to_owned()],
+                    Default::default(),
                 )?,
             ],
         })
@@ -313,7 +321,23 @@ impl Collector for MetricsCollector {
         let mut states = Vec::new();
         let mut calls = Vec::new();
         let mut transitions = Vec::new();
+        let mut store_errors = Vec::new();
         for (name, entry) in self.registry.entries() {
+            let settings = match &entry {
+                Entry::Single(b) => b.settings().clone(),
+                Entry::Group(g) => g.settings.clone(),
+            };
+            if settings.shared {
+                let mut m = Metric::default();
+                let mut l = LabelPair::default();
+                l.set_name("breaker".to_owned());
+                l.set_value(name.clone());
+                m.set_label(vec![l]);
+                let mut c = Counter::default();
+                c.set_value(settings.store_errors.load(Relaxed) as f64);
+                m.set_counter(c);
+                store_errors.push(m);
+            }
             let (breakers, retired) = match &entry {
                 Entry::Single(b) => (vec![b.clone()], None),
                 Entry::Group(g) => {
@@ -380,6 +404,12 @@ impl Collector for MetricsCollector {
                 "Circuit breaker state transitions by target state.",
                 MetricType::COUNTER,
                 transitions,
+            ),
+            family(
+                STORE_ERRORS,
+                STORE_ERRORS_HELP,
+                MetricType::COUNTER,
+                store_errors,
             ),
         ]
     }
