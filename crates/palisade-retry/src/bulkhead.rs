@@ -1,1 +1,304 @@
-//! Bulkhead (to do).
+//! A per-resource concurrency limit (bulkhead) that answers `503 Service
+//! Unavailable` (gRPC `UNAVAILABLE`) at once when a resource is full, instead
+//! of making callers wait.
+//!
+//! tower's `ConcurrencyLimit` waits in `poll_ready` for a permit, which
+//! behind axum (whose services are always "ready") or a busy gateway means
+//! an unbounded queue. Here each resource (a key: a route, a tool name, an
+//! upstream host, from any [`KeyExtractor`]) has its own limit, a full
+//! resource answers 503 with `Retry-After: 1`, and the other resources are
+//! not affected. The permit is held until the inner service answers (the
+//! response head), not while its body streams.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use palisade_core::key::HeaderKey;
+//! use palisade_retry::bulkhead::BulkheadLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // At most 8 concurrent calls per tool.
+//! let svc = ServiceBuilder::new()
+//!     .layer(BulkheadLayer::per_key(8, HeaderKey::new("x-tool")))
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+//!     });
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+
+use dashmap::DashMap;
+use http::{Request, Response};
+use palisade_core::{
+    Error, ErrorKind, PalisadeBody, is_grpc_request,
+    key::{ConstKey, KeyExtractor},
+};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_layer::Layer;
+use tower_service::Service;
+
+struct Limits<Key> {
+    max: usize,
+    by_key: DashMap<Key, Arc<Semaphore>>,
+    /// Requests without a key share this one.
+    keyless: Arc<Semaphore>,
+}
+
+impl<Key: std::hash::Hash + Eq + Clone> Limits<Key> {
+    fn try_acquire(&self, key: Option<Key>) -> Option<OwnedSemaphorePermit> {
+        let sem = match key {
+            None => self.keyless.clone(),
+            Some(key) => {
+                if let Some(sem) = self.by_key.get(&key) {
+                    sem.clone()
+                } else {
+                    self.by_key
+                        .entry(key)
+                        .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+                        .clone()
+                }
+            }
+        };
+        sem.try_acquire_owned().ok()
+    }
+}
+
+/// Applies [`Bulkhead`] to a service; see the [module docs](self).
+pub struct BulkheadLayer<K: KeyExtractor<R>, R = ()> {
+    extractor: K,
+    limits: Arc<Limits<K::Key>>,
+}
+
+impl<K: KeyExtractor<R>, R> Clone for BulkheadLayer<K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<K: KeyExtractor<R> + fmt::Debug, R> fmt::Debug for BulkheadLayer<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadLayer")
+            .field("max", &self.limits.max)
+            .field("extractor", &self.extractor)
+            .field("keys", &self.limits.by_key.len())
+            .finish()
+    }
+}
+
+impl<R> BulkheadLayer<ConstKey, R> {
+    /// One limit of `max` concurrent calls for every request through the
+    /// layer (share the layer to share the limit).
+    pub fn new(max: usize) -> Self {
+        Self::per_key(max, ConstKey("all"))
+    }
+}
+
+impl<K: KeyExtractor<R>, R> BulkheadLayer<K, R> {
+    /// A limit of `max` concurrent calls for each key.
+    pub fn per_key(max: usize, extractor: K) -> Self {
+        Self {
+            extractor,
+            limits: Arc::new(Limits {
+                max,
+                by_key: DashMap::new(),
+                keyless: Arc::new(Semaphore::new(max)),
+            }),
+        }
+    }
+}
+
+impl<S, K, B> Layer<S> for BulkheadLayer<K, Request<B>>
+where
+    K: KeyExtractor<Request<B>>,
+{
+    type Service = Bulkhead<S, K, Request<B>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Bulkhead {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// A service whose concurrency is limited per resource; see the
+/// [module docs](self).
+pub struct Bulkhead<S, K: KeyExtractor<R>, R> {
+    inner: S,
+    layer: BulkheadLayer<K, R>,
+}
+
+impl<S: Clone, K: KeyExtractor<R>, R> Clone for Bulkhead<S, K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: KeyExtractor<R> + fmt::Debug, R> fmt::Debug for Bulkhead<S, K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, K, B, ResBody> Service<Request<B>> for Bulkhead<S, K, Request<B>>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    K: KeyExtractor<Request<B>>,
+{
+    type Response = Response<PalisadeBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let key = self.layer.extractor.extract(&req);
+        match self.layer.limits.try_acquire(key) {
+            Some(permit) => ResponseFuture {
+                state: State::Called {
+                    fut: self.inner.call(req),
+                    permit: Some(permit),
+                },
+            },
+            None => {
+                tracing::debug!(max = self.layer.limits.max, "bulkhead full; rejecting");
+                let grpc = is_grpc_request(req.headers());
+                ResponseFuture {
+                    state: State::Full {
+                        grpc,
+                        max: self.layer.limits.max,
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Bulkhead`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
+        Full { grpc: bool, max: usize },
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<PalisadeBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called { fut, permit } => {
+                let out = std::task::ready!(fut.poll(cx));
+                permit.take();
+                Poll::Ready(out.map(|r| r.map(PalisadeBody::inner)))
+            }
+            StateProj::Full { grpc, max } => {
+                let err = Error::new(
+                    ErrorKind::Overloaded,
+                    format!("too many concurrent requests (limit {max})"),
+                )
+                .with_retry_after(Duration::from_secs(1));
+                Poll::Ready(Ok(err.into_http_response(*grpc)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use palisade_core::key::HeaderKey;
+    use tokio::sync::Notify;
+    use tower::ServiceExt;
+
+    fn req(tool: &str) -> Request<()> {
+        Request::builder().header("x-tool", tool).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn full_resource_answers_503_others_are_unaffected() {
+        let gate = Arc::new(Notify::new());
+        let g = gate.clone();
+        let inner = tower::service_fn(move |_req: Request<()>| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        });
+        let layer = BulkheadLayer::per_key(2, HeaderKey::new("x-tool"));
+        let svc = layer.layer(inner);
+        // Two calls to "search" hold its two permits.
+        let a = tokio::spawn(svc.clone().oneshot(req("search")));
+        let b = tokio::spawn(svc.clone().oneshot(req("search")));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let res = svc.clone().oneshot(req("search")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "1");
+        let grpc = Request::builder()
+            .header("x-tool", "search")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(grpc).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "14");
+        // Another tool still has room.
+        let other = tokio::spawn(svc.clone().oneshot(req("fetch")));
+        tokio::task::yield_now().await;
+        gate.notify_waiters();
+        for h in [a, b, other] {
+            assert_eq!(h.await.unwrap().unwrap().status(), 200);
+        }
+        // Permits are back.
+        let done = tokio::spawn(svc.clone().oneshot(req("search")));
+        tokio::task::yield_now().await;
+        gate.notify_waiters();
+        assert_eq!(done.await.unwrap().unwrap().status(), 200);
+    }
+}

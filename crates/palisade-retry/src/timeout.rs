@@ -1,1 +1,259 @@
-//! Timeout (to do).
+//! A per-request time limit for HTTP and gRPC servers and clients that
+//! answers by itself: `504 Gateway Timeout` with a problem body, or — for
+//! gRPC requests — `DEADLINE_EXCEEDED`.
+//!
+//! tower's `Timeout` turns the error into a `BoxError` (an axum server then
+//! needs a `HandleErrorLayer`, and hyper drops the connection), and
+//! tower-http's answers with a bare status and knows nothing of gRPC. This one
+//! keeps the inner error type, answers like every palisade layer (body from
+//! [`palisade_core::Error`]) and, for gRPC, also honours a shorter
+//! `grpc-timeout` sent by the caller.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use palisade_retry::timeout::TimeoutLayer;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         tokio::time::sleep(Duration::from_secs(5)).await;
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+//!     });
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 504);
+//! # }
+//! ```
+
+use http::{HeaderMap, Request, Response};
+use palisade_core::{Error, ErrorKind, PalisadeBody, is_grpc_request};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Applies [`Timeout`] to a service; see the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// Requests taking longer than `timeout` are answered with 504 (or
+    /// `DEADLINE_EXCEEDED`).
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A service whose requests are time limited; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> Timeout<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, owned.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The `grpc-timeout` header: an integer of at most 8 digits and a unit.
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Timeout<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<PalisadeBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc_request(req.headers());
+        let mut timeout = self.timeout;
+        if grpc && let Some(asked) = grpc_timeout(req.headers()) {
+            timeout = timeout.min(asked);
+        }
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(timeout),
+            grpc,
+            timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Timeout`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        grpc: bool,
+        timeout: Duration,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<PalisadeBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(res) = this.inner.poll(cx) {
+            return Poll::Ready(res.map(|r| r.map(PalisadeBody::inner)));
+        }
+        if this.sleep.poll(cx).is_ready() {
+            tracing::debug!(
+                timeout_ms = this.timeout.as_millis() as u64,
+                "request timed out"
+            );
+            let err = Error::new(ErrorKind::Timeout, "request timed out");
+            return Poll::Ready(Ok(err.into_http_response(*this.grpc)));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+
+    fn slow(
+        delay: Duration,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(move |_req: Request<()>| async move {
+            tokio::time::sleep(delay).await;
+            Ok(Response::new(Full::new(Bytes::from("done"))))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_answers_pass_slow_ones_get_504() {
+        let layer = TimeoutLayer::new(Duration::from_secs(2));
+        let res = layer
+            .layer(slow(Duration::from_secs(1)))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "done");
+        let start = tokio::time::Instant::now();
+        let res = layer
+            .layer(slow(Duration::from_secs(3)))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_gets_deadline_exceeded_and_its_own_shorter_timeout() {
+        let svc = TimeoutLayer::new(Duration::from_secs(10)).layer(slow(Duration::from_secs(3)));
+        let req = Request::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", "500m")
+            .body(())
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "4");
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn grpc_timeout_parsing() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(h("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(h("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(h("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(h("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(h("5x"), None);
+        assert_eq!(h("S"), None);
+        assert_eq!(h("123456789S"), None, "at most 8 digits");
+    }
+}

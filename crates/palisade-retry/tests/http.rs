@@ -192,12 +192,9 @@ async fn retry_after_beyond_the_cap_is_returned_not_waited_for() {
     );
 }
 
-fn chunked(
-    data: &[u8],
-    chunk: usize,
-) -> StreamBody<
-    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
-> {
+type Frames = std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>;
+
+fn chunked(data: &[u8], chunk: usize) -> StreamBody<futures_util::stream::Iter<Frames>> {
     let frames: Vec<_> = data
         .chunks(chunk)
         .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
