@@ -318,10 +318,12 @@ mod ratelimit {
         State(limiter): State<RateLimiter>,
         Path((limit, key)): Path<(String, String)>,
     ) -> Response {
+        // Cost 0 peeks: nothing is counted. A zero-cost check always
+        // passes, so "allowed" says whether a request costing 1 would.
         match limiter.check_key(&limit, &key, 0).await {
             Ok(verdict) => Json(serde_json::json!({
                 "limit": limit,
-                "allowed": verdict.is_allowed(),
+                "allowed": verdict.remaining() > 0,
                 "remaining": verdict.remaining(),
                 "reset_after_ms": verdict.reset_after().as_millis() as u64,
                 "retry_after_ms": verdict.retry_after().map(|d| d.as_millis() as u64),

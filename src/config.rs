@@ -19,7 +19,7 @@
 //! | `CIRCUIT_BREAKER_SUCCESS_THRESHOLD` | `circuit_breaker.success_threshold` |
 //! | `RETRY_MAX_ATTEMPTS` | `retry.max_attempts` |
 //! | `RETRY_INITIAL_DELAY` / `RETRY_MAX_DELAY` | `retry.initial_delay` / `retry.max_delay` |
-//! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_TOOL` / `RATE_LIMIT_PER_IP` | the per-minute `limit` of the `rate_limit.limits` entry keyed by `user` / `tool` / `ip` (added when missing) |
+//! | `RATE_LIMIT_PER_USER` / `RATE_LIMIT_PER_TOOL` / `RATE_LIMIT_PER_IP` | the per-minute `limit` of the `rate_limit.limits` entry keyed by `user` / `tool` / `peer_ip` (added when missing) |
 //! | `RATE_LIMIT_MODE` | `rate_limit.mode` (`enforce`, `shadow`, `disabled`) |
 //! | `CACHE_TTL` / `CACHE_L1_TTL` | `cache.l2_ttl` / `cache.l1_ttl` (seconds, or "5m") |
 //!
@@ -199,7 +199,7 @@ const KNOWN_VARS: &[(&str, &str, Kind)] = &[
 const RATE_LIMIT_VARS: &[(&str, &str)] = &[
     ("RATE_LIMIT_PER_USER", "user"),
     ("RATE_LIMIT_PER_TOOL", "tool"),
-    ("RATE_LIMIT_PER_IP", "ip"),
+    ("RATE_LIMIT_PER_IP", "peer_ip"),
 ];
 
 impl PalisadeConfig {

@@ -150,7 +150,12 @@ fn tonic_example_speaks_grpc_status_codes() {
         "{out}"
     );
     assert!(carol[3].contains("-> Unavailable: "), "{out}");
-    assert_lines(&out, &["SayHello(broken) ran 3 time(s)"]);
+    // The open breaker answered the 4th call, and the client did not retry
+    // its UNAVAILABLE: the Retry-After (30 s) is beyond the retry's cap.
+    assert_lines(
+        &out,
+        &["SayHello(broken) ran 3 time(s); breaker open, 1 call(s) rejected"],
+    );
 }
 
 #[test]

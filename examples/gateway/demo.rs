@@ -36,6 +36,7 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .route("/users/{id}", get(user))
         .route("/catalog", get(catalog))
         .route("/flaky", get(flaky))
+        .route("/fail", get(fail))
         .route("/slow", get(slow))
         .route("/echo", post(echo))
         .route("/hits", get(hits))
@@ -134,6 +135,11 @@ async fn flaky(State(c): State<Counters>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable").into_response()
     }
+}
+
+/// Always fails with 500 (never retried; trips the breaker).
+async fn fail() -> impl IntoResponse {
+    (StatusCode::INTERNAL_SERVER_ERROR, "broken")
 }
 
 /// Answers after `ms` milliseconds (default 2000).

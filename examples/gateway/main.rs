@@ -186,6 +186,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl -i 'http://{addr}/catalog?fields=dealers(name,city)'  # shaped");
         println!("  curl -i http://{addr}/catalog                      # X-Cache: MISS, then HIT");
         println!("  curl -i http://{addr}/flaky                        # retried");
+        println!(
+            "  curl -i http://{addr}/fail                         # 5 of these open the breaker"
+        );
+        println!("  curl -s http://{admin_addr}/breakers");
         println!("  curl -s http://{admin_addr}/metrics");
     }
     axum::serve(

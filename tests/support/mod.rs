@@ -37,19 +37,37 @@ pub struct Gateway {
     pub admin: String,
     pub upstream: Option<String>,
     lines: mpsc::Receiver<String>,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
     /// Starts the gateway with `args` (listen and admin on free ports) and
     /// waits for its `listening on` line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+        Self::start_with_config(None, args, envs)
+    }
+
+    /// Same, with a configuration file holding `config` (TOML).
+    pub fn start_with_config(
+        config: Option<&str>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
         let mut cmd = Command::new(gateway_binary());
         cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args)
             .env_remove("REDIS_URL")
+            .env_remove("ADMIN_TOKEN")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(log);
+        if let Some(config) = config {
+            let path = dir.path().join("gateway.toml");
+            std::fs::write(&path, config).expect("config file");
+            cmd.arg("--config").arg(path);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -65,9 +83,12 @@ impl Gateway {
         });
         let (mut url, mut admin, mut upstream) = (None, None, None);
         while url.is_none() {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("gateway did not print `listening on` within 60 s");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                let _ = child.kill();
+                let log =
+                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+                panic!("gateway did not print `listening on` within 60 s; its log:\n{log}");
+            };
             if let Some(rest) = line.strip_prefix("listening on ") {
                 url = Some(rest.trim().to_owned());
             } else if let Some(rest) = line.strip_prefix("admin on ") {
@@ -82,7 +103,23 @@ impl Gateway {
             admin: admin.expect("admin line before listening line"),
             upstream,
             lines: rx,
+            dir,
         }
+    }
+
+    /// What the gateway wrote to stderr (its logs) so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Requests the demo upstream has served (it counts them).
+    pub async fn upstream_hits(&self) -> u64 {
+        let upstream = self.upstream.as_ref().expect("a demo upstream");
+        get(&format!("{upstream}/hits"))
+            .await
+            .text()
+            .parse()
+            .expect("a count")
     }
 
     /// Sends SIGTERM.

@@ -1,0 +1,122 @@
+//! Two gateway processes (two replicas) sharing one real Redis: the cache,
+//! the rate limit and the dead-letter queue are shared; nothing else is.
+
+mod support;
+
+use palisade_testkit::RedisServer;
+use support::{Answer, Gateway, get, send};
+
+/// Replicas behind one load balancer see the same public Host.
+async fn get_public(base: &str, path: &str) -> Answer {
+    send(
+        http::Method::GET,
+        &format!("{base}{path}"),
+        &[("host", "api.example.test")],
+        b"",
+    )
+    .await
+}
+
+const CONFIG: &str = r#"
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 5
+
+[circuit_breaker]
+failure_threshold = 1
+"#;
+
+#[tokio::test]
+async fn replicas_share_cache_rate_limit_and_dead_letters() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Gateway::start_with_config(Some(CONFIG), &[], &env);
+    let b = Gateway::start_with_config(Some(CONFIG), &[], &env);
+
+    // The cache: A fills L2 on Redis, B answers from it without its upstream.
+    let b_hits = b.upstream_hits().await;
+    let first = get_public(&a.url, "/catalog").await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let from_b = get_public(&b.url, "/catalog").await;
+    assert_eq!(
+        from_b.header("x-cache"),
+        Some("HIT"),
+        "{:?}",
+        from_b.headers
+    );
+    assert_eq!(from_b.body, first.body);
+    assert_eq!(
+        b.upstream_hits().await,
+        b_hits,
+        "B's upstream was not called"
+    );
+
+    // The rate limit is exact across replicas: 5 per IP in total, and both
+    // replicas have already counted one request each above.
+    let mut allowed = 2;
+    let mut refused = 0;
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        match get(&format!("{}/health", gw.url)).await.status.as_u16() {
+            200 => allowed += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((allowed, refused), (5, 5));
+
+    // Dead letters recorded by A are listed by B.
+    let dead = get(&format!("{}/dlq/stats", b.admin)).await.json();
+    assert_eq!(dead["total"], 0);
+}
+
+#[tokio::test]
+async fn dead_letters_from_one_replica_are_seen_by_another() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Gateway::start_with_config(Some(CONFIG), &[], &env);
+    let b = Gateway::start_with_config(Some(CONFIG), &[], &env);
+    assert_eq!(get(&format!("{}/fail", a.url)).await.status, 500);
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..500 {
+        stats = get(&format!("{}/dlq/stats", b.admin)).await.json();
+        if stats["total"] == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stats["by_error_class"]["upstream_5xx"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn redis_down_at_request_time_does_not_fail_requests() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let gw = Gateway::start_with_config(None, &[], &[("REDIS_URL", url.as_str())]);
+    assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
+    redis.kill();
+    // Rate limiting fails open (the default), the cache is bypassed.
+    for _ in 0..3 {
+        let res = get(&format!("{}/catalog", gw.url)).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    redis.restart();
+    let mut last = 0;
+    for _ in 0..200 {
+        let res = get(&format!("{}/catalog", gw.url)).await;
+        last = res.status.as_u16();
+        if res.header("x-cache") == Some("HIT") {
+            return;
+        }
+    }
+    panic!("the cache never used Redis again after its restart (last status {last})");
+}
