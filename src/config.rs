@@ -374,6 +374,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let cfg =
+            PalisadeConfig::from_sources(Some(include_str!("../examples/gateway.toml")), env(&[]))
+                .unwrap();
+        assert_eq!(cfg.retry.initial_delay, Duration::from_millis(200));
+        cfg.rate_limit.limiter(None, None).unwrap();
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let file = r#"
             [store]

@@ -99,7 +99,9 @@ async fn cache_serves_the_second_get_without_the_upstream_and_purges() {
 
 #[tokio::test]
 async fn retry_turns_a_flaky_upstream_into_a_success() {
-    let gw = Gateway::start(&[], &[]);
+    // Short backoff: the default (2 s, then 4 s) would work the same, slowly.
+    let fast = "[retry]\ninitial_delay = \"10ms\"\nmax_delay = \"50ms\"\n";
+    let gw = Gateway::start_with_config(Some(fast), &[], &[]);
     let before = gw.upstream_hits().await;
     let res = get(&format!("{}/flaky", gw.url)).await;
     assert_eq!(res.status, 200, "{}", res.text());
