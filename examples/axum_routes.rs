@@ -51,7 +51,8 @@ static UPSTREAM_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// The application: each layer sits on the route that needs it.
 fn app(upstream: SocketAddr) -> Result<Router, Error> {
-    // Each path under /tools/ gets its own 3-a-minute budget.
+    // Each path under /tools/ gets its own 3-a-minute budget (the limiter
+    // bounds its key space, so made-up tool names cannot exhaust memory).
     let per_tool = RateLimiter::builder()
         .limit(
             Limit::per_route()

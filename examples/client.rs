@@ -15,7 +15,7 @@ use axum::{
     routing::{get, post},
 };
 use bytes::Bytes;
-use http::{Method, Request};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use palisade::ServiceBuilderExt;
@@ -25,7 +25,7 @@ use palisade::core::key::ConstKey;
 use palisade::pii::{Direction, PiiMaskLayer};
 use palisade::ratelimit::{Limit, Quota, RateLimitLayer, RateLimiter};
 use palisade::retry::RetryLayer;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -115,37 +115,24 @@ async fn main() -> Result<(), Error> {
         .service(hyper);
 
     // Sends one request through the stack: status, headers, body.
-    let send = |method: Method, path: &str, body: Value| {
+    let send = |req: Request<Full<Bytes>>| {
         let client = client.clone();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
-        if !body.is_null() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req.body(Full::new(Bytes::from(if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        })));
         async move {
-            let (parts, body) = client.oneshot(req?).await?.into_parts();
+            let (parts, body) = client.oneshot(req).await?.into_parts();
             let body = body.collect().await?.to_bytes();
-            Ok::<_, Error>((
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&body).into_owned(),
-            ))
+            let body = String::from_utf8_lossy(&body).into_owned();
+            Ok::<_, Error>((parts.status, parts.headers, body))
         }
     };
+    let get = |path: &str| Request::get(format!("{base}{path}")).body(Full::default());
 
     println!("-- retry: the first 503 is retried");
-    let (status, _, body) = send(Method::GET, "/flaky", Value::Null).await?;
+    let (status, _, body) = send(get("/flaky")?).await?;
     println!("GET /flaky -> {} {body}", status.as_u16());
 
     println!("-- cache: the second GET never reaches the server");
     for _ in 0..2 {
-        let (status, headers, _) = send(Method::GET, "/catalog", Value::Null).await?;
+        let (status, headers, _) = send(get("/catalog")?).await?;
         println!(
             "GET /catalog -> {} x-cache: {}",
             status.as_u16(),
@@ -155,12 +142,15 @@ async fn main() -> Result<(), Error> {
 
     println!("-- PII: the request body is masked before it leaves");
     let user = json!({ "name": "Asha", "email": "asha@example.com", "phone": "9876543210", "password": "hunter2" });
-    let (status, _, body) = send(Method::POST, "/echo", user).await?;
+    let echo = Request::post(format!("{base}/echo"))
+        .header("content-type", "application/json")
+        .body(Full::from(user.to_string()))?;
+    let (status, _, body) = send(echo).await?;
     println!("POST /echo -> {} echoed {body}", status.as_u16());
 
     println!("-- breaker: three failures open the circuit");
     for _ in 0..4 {
-        let (status, headers, _) = send(Method::GET, "/down", Value::Null).await?;
+        let (status, headers, _) = send(get("/down")?).await?;
         match headers.get("retry-after") {
             Some(after) => println!(
                 "GET /down -> {} (circuit open, retry-after {after:?})",
@@ -172,7 +162,7 @@ async fn main() -> Result<(), Error> {
 
     println!("-- rate limit: the 11th call of the minute is refused locally");
     for _ in 0..20 {
-        let (status, headers, _) = send(Method::GET, "/catalog", Value::Null).await?;
+        let (status, headers, _) = send(get("/catalog")?).await?;
         println!(
             "GET /catalog -> {} x-cache: {}, remaining: {}",
             status.as_u16(),

@@ -1,6 +1,10 @@
 //! The axum_routes, tonic and client examples, run as real processes: each
 //! starts its servers on loopback, shows what the layers do and exits; the
 //! tests check what they print.
+//!
+//! Run with a plain `cargo test`, which builds the examples first;
+//! `cargo test --test examples` alone runs the example binaries last built
+//! (`cargo build --examples` refreshes them).
 
 mod support;
 

@@ -17,7 +17,7 @@ mod greeter;
 
 use greeter::{GreeterClient, GreeterServer, HelloReply, HelloRequest};
 use palisade::breaker::CircuitBreakerLayer;
-use palisade::core::key::HeaderKey;
+use palisade::core::{BoxError, key::HeaderKey};
 use palisade::ratelimit::{Limit, Quota, RateLimitLayer, RateLimiter};
 use palisade::retry::{ReplayBody, RetryLayer};
 use std::{
@@ -29,9 +29,12 @@ use tonic::{
     body::Body,
     transport::{Endpoint, Server, server::TcpIncoming},
 };
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, util::BoxCloneService};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's transport, boxed so that it has a name.
+type Transport = BoxCloneService<http::Request<Body>, http::Response<Body>, BoxError>;
 
 /// How often `SayHello` really ran for "flaky" and "broken".
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
@@ -72,6 +75,7 @@ async fn main() -> Result<(), Error> {
         .recovery_timeout(Duration::from_secs(30))
         .http()
         .build()?;
+    let greeter_breaker = breaker.breaker().expect("a single breaker");
     let greeter = GreeterServer::new(tower::service_fn(say_hello));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -92,7 +96,9 @@ async fn main() -> Result<(), Error> {
     let retry = RetryLayer::builder()
         .backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1))
         .build();
-    let transport = ServiceBuilder::new()
+    let transport: Transport = ServiceBuilder::new()
+        .boxed_clone()
+        .map_err(BoxError::from)
         .layer(retry)
         .map_request(|req: http::Request<ReplayBody<Body>>| req.map(Body::new))
         .service(channel);
@@ -111,18 +117,16 @@ async fn main() -> Result<(), Error> {
         call(&mut client, "carol", "broken").await;
     }
     let ran = BROKEN_CALLS.load(Ordering::SeqCst);
-    println!("SayHello(broken) ran {ran} time(s): the open breaker answered the rest");
+    let breaker = greeter_breaker.snapshot();
+    println!(
+        "SayHello(broken) ran {ran} time(s); breaker {}, {} call(s) rejected",
+        breaker.state, breaker.rejected_calls
+    );
     Ok(())
 }
 
 /// Calls `SayHello(name)` as `client` and prints the outcome.
-async fn call<T>(greeter: &mut GreeterClient<T>, client: &'static str, name: &str)
-where
-    T: tonic::client::GrpcService<Body>,
-    T::Error: Into<palisade::core::BoxError>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<palisade::core::BoxError> + Send,
-{
+async fn call(greeter: &mut GreeterClient<Transport>, client: &'static str, name: &str) {
     let mut req = Request::new(HelloRequest {
         name: name.to_owned(),
     });
