@@ -31,6 +31,18 @@
 //! # let _ = stack;
 //! ```
 //!
+//! A `StackBuilder` is a [`Layer`](tower::Layer) too, so a whole stack can
+//! go on an axum route:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use palisade::{StackBuilder, breaker::CircuitBreakerLayer};
+//!
+//! let guarded = StackBuilder::new().circuit_breaker(CircuitBreakerLayer::http("reports"));
+//! let app: Router = Router::new().route("/reports", get(|| async { "[]" }).layer(guarded));
+//! # let _ = app;
+//! ```
+//!
 //! The same with tower's `ServiceBuilder` and [`ServiceBuilderExt`]:
 //!
 //! ```
@@ -259,5 +271,19 @@ impl<L> StackBuilder<L> {
     /// The tower `ServiceBuilder` underneath.
     pub fn into_inner(self) -> ServiceBuilder<L> {
         self.inner
+    }
+}
+
+/// A `StackBuilder` is itself a layer, so the whole stack goes where one
+/// layer goes: `Router::layer`, `MethodRouter::layer`, tonic's
+/// `Server::builder().layer(..)`.
+impl<S, L> tower::Layer<S> for StackBuilder<L>
+where
+    L: tower::Layer<S>,
+{
+    type Service = L::Service;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.inner.service(inner)
     }
 }
