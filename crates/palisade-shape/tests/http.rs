@@ -246,7 +246,7 @@ async fn malformed_selector_is_a_400_pointing_at_the_error() {
     assert_eq!(problem["status"], 400);
     assert_eq!(
         problem["detail"],
-        "invalid field selector \"dealers(name,,city)\": expected a field name at offset 13"
+        "invalid field selector: expected a field name at offset 13"
     );
     // The upstream was never called.
     assert_eq!(server.hits.load(Ordering::SeqCst), 0);
