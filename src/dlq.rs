@@ -103,9 +103,15 @@ pub struct DeadLetterStats {
     pub by_error_class: BTreeMap<String, u64>,
 }
 
-/// The dead-letter queue (see the [module docs](self)).
+/// The dead-letter queue (see the [module docs](self)). Cloning is cheap:
+/// one reference count.
 #[derive(Clone)]
 pub struct DeadLetterQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     store: Store,
     stream: String,
     max_len: usize,
@@ -116,9 +122,9 @@ pub struct DeadLetterQueue {
 impl fmt::Debug for DeadLetterQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetterQueue")
-            .field("stream", &self.stream)
-            .field("max_len", &self.max_len)
-            .field("masked", &self.masker.is_some())
+            .field("stream", &self.inner.stream)
+            .field("max_len", &self.inner.max_len)
+            .field("masked", &self.inner.masker.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -133,42 +139,48 @@ impl DeadLetterQueue {
     pub fn named(store: Store, name: &str) -> Self {
         let stream = store.key("dlq", "stream", name, "v1");
         Self {
-            store,
-            stream,
-            max_len: 10_000,
-            masker: None,
-            recorded: None,
+            inner: Arc::new(Inner {
+                store,
+                stream,
+                max_len: 10_000,
+                masker: None,
+                recorded: None,
+            }),
         }
     }
 
-    /// Keeps about the newest `n` entries (at least 1).
-    pub fn max_len(mut self, n: usize) -> Self {
-        self.max_len = n.max(1);
+    fn with(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        change(Arc::make_mut(&mut self.inner));
         self
+    }
+
+    /// Keeps about the newest `n` entries (at least 1).
+    pub fn max_len(self, n: usize) -> Self {
+        self.with(|i| i.max_len = n.max(1))
     }
 
     /// Masks route and message before they are stored, so PII never lands
     /// in the queue.
-    pub fn mask_with(mut self, masker: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
-        self.masker = Some(Arc::new(masker));
-        self
+    pub fn mask_with(self, masker: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.with(|i| i.masker = Some(Arc::new(masker)))
     }
 
     /// Counts recorded letters by error class in
     /// `palisade_dead_letters_total{error_class}`.
-    pub fn register_metrics(mut self, registry: &Registry) -> prometheus::Result<Self> {
-        self.recorded = Some(palisade_core::metrics::register_counter_vec(
+    pub fn register_metrics(self, registry: &Registry) -> prometheus::Result<Self> {
+        let counter = palisade_core::metrics::register_counter_vec(
             registry,
             "palisade_dead_letters_total",
             "Calls recorded in the dead-letter queue, by error class.",
             &["error_class"],
-        )?);
-        Ok(self)
+        )?;
+        Ok(self.with(|i| i.recorded = Some(counter)))
     }
 
     /// Records one failed call; returns its id.
     pub async fn record(&self, letter: DeadLetter) -> Result<String, StoreError> {
-        let (route, message) = match &self.masker {
+        let inner = &*self.inner;
+        let (route, message) = match &inner.masker {
             Some(mask) => (mask(&letter.route), mask(&letter.message)),
             None => (letter.route, letter.message),
         };
@@ -185,11 +197,11 @@ impl DeadLetterQueue {
             ("status", status.as_bytes()),
             ("message", message.as_bytes()),
         ];
-        let id = self
+        let id = inner
             .store
-            .stream_append(&self.stream, &fields, self.max_len)
+            .stream_append(&inner.stream, &fields, inner.max_len)
             .await?;
-        if let Some(counter) = &self.recorded {
+        if let Some(counter) = &inner.recorded {
             counter
                 .with_label_values(&[letter.error_class.as_str()])
                 .inc();
@@ -200,8 +212,9 @@ impl DeadLetterQueue {
     /// The newest `count` entries, newest first.
     pub async fn list(&self, count: usize) -> Result<Vec<DeadLetterEntry>, StoreError> {
         let mut entries: Vec<_> = self
+            .inner
             .store
-            .stream_read(&self.stream, count)
+            .stream_read(&self.inner.stream, count)
             .await?
             .iter()
             .map(decode)
@@ -214,8 +227,9 @@ impl DeadLetterQueue {
     pub async fn stats(&self) -> Result<DeadLetterStats, StoreError> {
         let mut stats = DeadLetterStats::default();
         // Redis trims approximately (`MAXLEN ~`), so read what is retained.
-        let retained = self.store.stream_len(&self.stream).await? as usize;
-        for entry in self.store.stream_read(&self.stream, retained).await? {
+        let Inner { store, stream, .. } = &*self.inner;
+        let retained = store.stream_len(stream).await? as usize;
+        for entry in store.stream_read(stream, retained).await? {
             let entry = decode(&entry)?;
             stats.total += 1;
             *stats.by_route.entry(entry.letter.route).or_default() += 1;
@@ -229,7 +243,11 @@ impl DeadLetterQueue {
 
     /// Removes every entry.
     pub async fn clear(&self) -> Result<(), StoreError> {
-        self.store.delete(&self.stream).await.map(|_| ())
+        self.inner
+            .store
+            .delete(&self.inner.stream)
+            .await
+            .map(|_| ())
     }
 }
 
