@@ -8,6 +8,14 @@ use std::{
 };
 
 /// Why an attempt is retried (a bounded metric label).
+///
+/// ```
+/// use palisade_retry::RetryReason;
+///
+/// assert_eq!(RetryReason::Connect.as_str(), "connect");
+/// assert!(RetryReason::Connect.request_not_sent());
+/// assert!(!RetryReason::Transport.request_not_sent());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RetryReason {

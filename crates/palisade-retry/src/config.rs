@@ -83,6 +83,14 @@ pub struct Config {
 }
 
 /// Retry budget settings (see [`RetryBudget`]).
+///
+/// ```
+/// use palisade_retry::BudgetConfig;
+///
+/// let b: BudgetConfig = serde_json::from_str(r#"{"ratio": 0.1, "window": "30s"}"#).unwrap();
+/// assert_eq!(b.min_per_sec, 10);
+/// assert_eq!(b.window.as_secs(), 30);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -107,6 +115,13 @@ impl Default for BudgetConfig {
 }
 
 /// Hedging settings.
+///
+/// ```
+/// use palisade_retry::Config;
+///
+/// let c: Config = serde_json::from_str(r#"{"hedge": {"delay": "150ms"}}"#).unwrap();
+/// assert_eq!(c.hedge.unwrap().delay.as_millis(), 150);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -228,6 +243,14 @@ impl Config {
 }
 
 /// An invalid configuration value.
+///
+/// ```
+/// use palisade_retry::{Config, RetryLayer};
+///
+/// let c: Config = serde_json::from_str(r#"{"retry_statuses": [404]}"#).unwrap();
+/// let err = RetryLayer::from_config(&c).unwrap_err();
+/// assert_eq!(err.field(), "retry_statuses");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid retry config `{field}`: {reason}")]
 pub struct ConfigError {
@@ -249,6 +272,16 @@ impl From<ConfigError> for palisade_core::Error {
 }
 
 /// What a custom delay function sees (see [`RetryLayerBuilder::delay_fn`]).
+///
+/// ```
+/// use palisade_retry::RetryLayer;
+///
+/// // Wait at least what the upstream asked for, plus a second.
+/// let layer = RetryLayer::builder()
+///     .delay_fn(|c| c.retry_after.map_or(c.delay, |a| a + std::time::Duration::from_secs(1)))
+///     .build();
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct DelayContext {

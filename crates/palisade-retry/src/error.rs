@@ -6,6 +6,12 @@ use std::fmt;
 
 /// Why retrying stopped while the last attempt had still failed in a
 /// retryable way (a bounded metric label).
+///
+/// ```
+/// use palisade_retry::StopReason;
+///
+/// assert_eq!(StopReason::Budget.to_string(), "budget");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StopReason {
@@ -59,6 +65,13 @@ impl fmt::Display for StopReason {
 }
 
 /// How the last attempt failed.
+///
+/// ```
+/// use palisade_retry::LastFailure;
+///
+/// let f: LastFailure<std::io::Error> = LastFailure::TimedOut;
+/// assert!(f.into_error().is_none());
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LastFailure<E> {

@@ -26,6 +26,24 @@ use tower_service::Service;
 
 /// Says whether a generic service's result is worth another attempt.
 ///
+/// ```
+/// use palisade_retry::{RetryClassify, RetryReason, Verdict};
+///
+/// #[derive(Clone)]
+/// struct BusyIsRetryable;
+///
+/// impl RetryClassify<String, std::io::Error> for BusyIsRetryable {
+///     fn verdict(&self, result: Result<&String, &std::io::Error>) -> Verdict {
+///         match result {
+///             Ok(s) if s == "busy" => Verdict::retry(RetryReason::Error),
+///             Ok(_) => Verdict::Done,
+///             Err(_) => Verdict::retry(RetryReason::Error),
+///         }
+///     }
+/// }
+/// assert!(BusyIsRetryable.verdict(Ok(&"busy".to_string())).is_retry());
+/// ```
+///
 /// Ready-made: [`RetryOnErrors`] (errors whose type implements
 /// `std::error::Error`), [`RetryOnBoxErrors`] (tower's `BoxError`),
 /// [`FromClassify`] (any palisade classifier: failures are retried), and
@@ -120,7 +138,7 @@ where
     }
 }
 
-/// A classifier from a closure (see [`retry_fn`]).
+/// A classifier from a closure (see [`retry_fn`] for an example).
 #[derive(Clone)]
 pub struct RetryFn<F>(F);
 
@@ -247,6 +265,18 @@ impl<S, C: Clone> Layer<S> for ServiceRetryLayer<C> {
 }
 
 /// A generic service with retries; see [`ServiceRetryLayer`].
+///
+/// ```
+/// use palisade_retry::{RetryLayer, RetryOnErrors};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let echo = tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+/// let svc = RetryLayer::new().for_services(RetryOnErrors).layer(echo);
+/// assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ServiceRetry<S, C> {
     inner: S,
@@ -282,7 +312,8 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for ServiceRetry<S, C> {
 }
 
 pin_project! {
-    /// Response future of [`ServiceRetry`].
+    /// Response future of [`ServiceRetry`] (see [`ServiceRetryLayer`] for an
+    /// example).
     pub struct ServiceResponseFuture<S, Req, C>
     where
         S: Service<Req>,

@@ -24,6 +24,23 @@ use tower_service::Service;
 
 /// A service retried by a [`RetryLayer`](crate::RetryLayer); see the
 /// [crate docs](crate).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use palisade_retry::{ReplayBody, RetryLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = tower::service_fn(|_req: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, std::io::Error>(http::Response::new(()))
+/// });
+/// let svc = RetryLayer::new().layer(inner);
+/// let res = svc.oneshot(http::Request::new(Full::new(Bytes::new()))).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
@@ -226,7 +243,8 @@ impl<S> BufCtx<S> {
 }
 
 pin_project! {
-    /// Response future of [`Retry`].
+    /// Response future of [`Retry`] (see its example): no allocation when
+    /// the first attempt succeeds.
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<ReplayBody<B>>>,
