@@ -8,7 +8,8 @@
 //! upstream host, from any [`KeyExtractor`]) has its own limit, a full
 //! resource answers 503 with `Retry-After: 1`, and the other resources are
 //! not affected. The permit is held until the inner service answers (the
-//! response head), not while its body streams.
+//! response head), not while its body streams. A key's limiter is dropped
+//! when the key is idle, so many short-lived keys do not pile up.
 //!
 //! # Example
 //!
@@ -32,6 +33,7 @@
 //! # }
 //! ```
 
+use crate::RetryMetrics;
 use dashmap::DashMap;
 use http::{Request, Response};
 use palisade_core::{
@@ -39,9 +41,11 @@ use palisade_core::{
     key::{ConstKey, KeyExtractor},
 };
 use pin_project_lite::pin_project;
+use prometheus::IntCounter;
 use std::{
     fmt,
     future::Future,
+    hash::Hash,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -58,16 +62,16 @@ struct Limits<Key> {
     keyless: Arc<Semaphore>,
 }
 
-impl<Key: std::hash::Hash + Eq + Clone> Limits<Key> {
-    fn try_acquire(&self, key: Option<Key>) -> Option<OwnedSemaphorePermit> {
+impl<Key: Hash + Eq + Clone> Limits<Key> {
+    fn try_acquire(&self, key: &Option<Key>) -> Option<OwnedSemaphorePermit> {
         let sem = match key {
             None => self.keyless.clone(),
             Some(key) => {
-                if let Some(sem) = self.by_key.get(&key) {
+                if let Some(sem) = self.by_key.get(key) {
                     sem.clone()
                 } else {
                     self.by_key
-                        .entry(key)
+                        .entry(key.clone())
                         .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
                         .clone()
                 }
@@ -77,10 +81,31 @@ impl<Key: std::hash::Hash + Eq + Clone> Limits<Key> {
     }
 }
 
+/// A held permit; when the last one of a key goes, the key's limiter goes.
+struct Guard<Key: Hash + Eq> {
+    permit: Option<OwnedSemaphorePermit>,
+    key: Option<Key>,
+    limits: Arc<Limits<Key>>,
+}
+
+impl<Key: Hash + Eq> Drop for Guard<Key> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Some(key) = &self.key {
+            let max = self.limits.max;
+            // Under the shard lock: nobody holds a clone, all permits are back.
+            self.limits.by_key.remove_if(key, |_, sem| {
+                Arc::strong_count(sem) == 1 && sem.available_permits() == max
+            });
+        }
+    }
+}
+
 /// Applies [`Bulkhead`] to a service; see the [module docs](self).
 pub struct BulkheadLayer<K: KeyExtractor<R>, R = ()> {
     extractor: K,
     limits: Arc<Limits<K::Key>>,
+    rejected: Option<IntCounter>,
 }
 
 impl<K: KeyExtractor<R>, R> Clone for BulkheadLayer<K, R> {
@@ -88,6 +113,7 @@ impl<K: KeyExtractor<R>, R> Clone for BulkheadLayer<K, R> {
         Self {
             extractor: self.extractor.clone(),
             limits: self.limits.clone(),
+            rejected: self.rejected.clone(),
         }
     }
 }
@@ -120,7 +146,22 @@ impl<K: KeyExtractor<R>, R> BulkheadLayer<K, R> {
                 by_key: DashMap::new(),
                 keyless: Arc::new(Semaphore::new(max)),
             }),
+            rejected: None,
         }
+    }
+
+    /// Counts rejections in `palisade_bulkhead_rejected_total{name}`.
+    ///
+    /// ```
+    /// use palisade_retry::{RetryMetrics, bulkhead::BulkheadLayer};
+    ///
+    /// let metrics = RetryMetrics::register(&prometheus::Registry::new()).unwrap();
+    /// let layer: BulkheadLayer<_, http::Request<()>> = BulkheadLayer::new(16).metrics(&metrics, "tools");
+    /// # let _ = layer;
+    /// ```
+    pub fn metrics(mut self, metrics: &RetryMetrics, name: &str) -> Self {
+        self.rejected = Some(metrics.bulkhead_counter(name));
+        self
     }
 }
 
@@ -170,7 +211,7 @@ where
 {
     type Response = Response<PalisadeBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, K::Key>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -179,15 +220,22 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let key = self.layer.extractor.extract(&req);
-        match self.layer.limits.try_acquire(key) {
+        match self.layer.limits.try_acquire(&key) {
             Some(permit) => ResponseFuture {
                 state: State::Called {
                     fut: self.inner.call(req),
-                    permit: Some(permit),
+                    guard: Some(Guard {
+                        permit: Some(permit),
+                        key,
+                        limits: self.layer.limits.clone(),
+                    }),
                 },
             },
             None => {
                 tracing::debug!(max = self.layer.limits.max, "bulkhead full; rejecting");
+                if let Some(c) = &self.layer.rejected {
+                    c.inc();
+                }
                 let grpc = is_grpc_request(req.headers());
                 ResponseFuture {
                     state: State::Full {
@@ -202,37 +250,46 @@ where
 
 pin_project! {
     /// Response future of [`Bulkhead`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, Key>
+    where
+        Key: Hash,
+        Key: Eq,
+    {
         #[pin]
-        state: State<F>,
+        state: State<F, Key>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        Called { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
+    enum State<F, Key>
+    where
+        Key: Hash,
+        Key: Eq,
+    {
+        Called { #[pin] fut: F, guard: Option<Guard<Key>> },
         Full { grpc: bool, max: usize },
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, Key: Hash + Eq> fmt::Debug for ResponseFuture<F, Key> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<F, ResBody, E> Future for ResponseFuture<F>
+impl<F, Key, ResBody, E> Future for ResponseFuture<F, Key>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    Key: Hash + Eq,
 {
     type Output = Result<Response<PalisadeBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { fut, permit } => {
+            StateProj::Called { fut, guard } => {
                 let out = std::task::ready!(fut.poll(cx));
-                permit.take();
+                guard.take();
                 Poll::Ready(out.map(|r| r.map(PalisadeBody::inner)))
             }
             StateProj::Full { grpc, max } => {
@@ -271,7 +328,9 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
             }
         });
-        let layer = BulkheadLayer::per_key(2, HeaderKey::new("x-tool"));
+        let registry = prometheus::Registry::new();
+        let metrics = RetryMetrics::register(&registry).unwrap();
+        let layer = BulkheadLayer::per_key(2, HeaderKey::new("x-tool")).metrics(&metrics, "tools");
         let svc = layer.layer(inner);
         // Two calls to "search" hold its two permits.
         let a = tokio::spawn(svc.clone().oneshot(req("search")));
@@ -300,5 +359,13 @@ mod tests {
         tokio::task::yield_now().await;
         gate.notify_waiters();
         assert_eq!(done.await.unwrap().unwrap().status(), 200);
+        drop(svc);
+        assert_eq!(layer.limits.by_key.len(), 0, "idle keys are dropped");
+        let rejected = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "palisade_bulkhead_rejected_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value());
+        assert_eq!(rejected, Some(2.0));
     }
 }

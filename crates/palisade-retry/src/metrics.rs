@@ -20,6 +20,10 @@ use prometheus::{IntCounter, IntCounterVec, Registry};
 /// - `palisade_retry_not_replayable_total{name}`: requests whose body was
 ///   over the replay limit and were streamed through once (counted whether
 ///   or not they failed).
+/// - `palisade_timeout_elapsed_total{name}`: requests the
+///   [`TimeoutLayer`](crate::timeout::TimeoutLayer) answered with 504.
+/// - `palisade_bulkhead_rejected_total{name}`: requests the
+///   [`BulkheadLayer`](crate::bulkhead::BulkheadLayer) answered with 503.
 ///
 /// ```
 /// use palisade_retry::{RetryLayer, RetryMetrics};
@@ -36,6 +40,8 @@ pub struct RetryMetrics {
     stopped: IntCounterVec,
     budget_denied: IntCounterVec,
     not_replayable: IntCounterVec,
+    timeouts: IntCounterVec,
+    bulkhead_rejected: IntCounterVec,
 }
 
 impl RetryMetrics {
@@ -72,7 +78,27 @@ impl RetryMetrics {
                 "Requests whose body was over the replay limit, sent once.",
                 &["name"],
             )?,
+            timeouts: register_counter_vec(
+                registry,
+                "palisade_timeout_elapsed_total",
+                "Requests answered with 504 / DEADLINE_EXCEEDED by the timeout layer.",
+                &["name"],
+            )?,
+            bulkhead_rejected: register_counter_vec(
+                registry,
+                "palisade_bulkhead_rejected_total",
+                "Requests answered with 503 by a full bulkhead.",
+                &["name"],
+            )?,
         })
+    }
+
+    pub(crate) fn timeout_counter(&self, name: &str) -> IntCounter {
+        self.timeouts.with_label_values(&[name])
+    }
+
+    pub(crate) fn bulkhead_counter(&self, name: &str) -> IntCounter {
+        self.bulkhead_rejected.with_label_values(&[name])
     }
 
     pub(crate) fn handles(&self, name: &str) -> MetricHandles {

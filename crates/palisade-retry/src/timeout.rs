@@ -31,9 +31,11 @@
 //! # }
 //! ```
 
+use crate::RetryMetrics;
 use http::{HeaderMap, Request, Response};
 use palisade_core::{Error, ErrorKind, PalisadeBody, is_grpc_request};
 use pin_project_lite::pin_project;
+use prometheus::IntCounter;
 use std::{
     fmt,
     future::Future,
@@ -46,16 +48,35 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// Applies [`Timeout`] to a service; see the [module docs](self).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TimeoutLayer {
     timeout: Duration,
+    elapsed: Option<IntCounter>,
 }
 
 impl TimeoutLayer {
     /// Requests taking longer than `timeout` are answered with 504 (or
     /// `DEADLINE_EXCEEDED`).
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self {
+            timeout,
+            elapsed: None,
+        }
+    }
+
+    /// Counts timeouts in `palisade_timeout_elapsed_total{name}`.
+    ///
+    /// ```
+    /// use palisade_retry::{RetryMetrics, timeout::TimeoutLayer};
+    /// use std::time::Duration;
+    ///
+    /// let metrics = RetryMetrics::register(&prometheus::Registry::new()).unwrap();
+    /// let layer = TimeoutLayer::new(Duration::from_secs(30)).metrics(&metrics, "api");
+    /// # let _ = layer;
+    /// ```
+    pub fn metrics(mut self, metrics: &RetryMetrics, name: &str) -> Self {
+        self.elapsed = Some(metrics.timeout_counter(name));
+        self
     }
 }
 
@@ -66,6 +87,7 @@ impl<S> Layer<S> for TimeoutLayer {
         Timeout {
             inner,
             timeout: self.timeout,
+            elapsed: self.elapsed.clone(),
         }
     }
 }
@@ -75,12 +97,17 @@ impl<S> Layer<S> for TimeoutLayer {
 pub struct Timeout<S> {
     inner: S,
     timeout: Duration,
+    elapsed: Option<IntCounter>,
 }
 
 impl<S> Timeout<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            elapsed: None,
+        }
     }
 
     /// The inner service.
@@ -137,6 +164,7 @@ where
             sleep: tokio::time::sleep(timeout),
             grpc,
             timeout,
+            elapsed: self.elapsed.clone(),
         }
     }
 }
@@ -150,6 +178,7 @@ pin_project! {
         sleep: Sleep,
         grpc: bool,
         timeout: Duration,
+        elapsed: Option<IntCounter>,
     }
 }
 
@@ -177,6 +206,9 @@ where
                 timeout_ms = this.timeout.as_millis() as u64,
                 "request timed out"
             );
+            if let Some(c) = this.elapsed {
+                c.inc();
+            }
             let err = Error::new(ErrorKind::Timeout, "request timed out");
             return Poll::Ready(Ok(err.into_http_response(*this.grpc)));
         }
@@ -207,7 +239,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fast_answers_pass_slow_ones_get_504() {
-        let layer = TimeoutLayer::new(Duration::from_secs(2));
+        let registry = prometheus::Registry::new();
+        let metrics = RetryMetrics::register(&registry).unwrap();
+        let layer = TimeoutLayer::new(Duration::from_secs(2)).metrics(&metrics, "api");
         let res = layer
             .layer(slow(Duration::from_secs(1)))
             .oneshot(Request::new(()))
@@ -224,6 +258,12 @@ mod tests {
         assert_eq!(res.status(), 504);
         assert_eq!(res.headers()["content-type"], "application/problem+json");
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+        let elapsed = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "palisade_timeout_elapsed_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value());
+        assert_eq!(elapsed, Some(1.0));
     }
 
     #[tokio::test(start_paused = true)]
