@@ -39,6 +39,23 @@
 //! second over 10 s) caps retries, and hedges, so that an outage does not
 //! triple the load on the upstream.
 //!
+//! # Time limits and hedging
+//!
+//! [`RetryLayerBuilder::attempt_timeout`] bounds each attempt and
+//! [`RetryLayerBuilder::deadline`] the whole call (waits included; the
+//! deadline starts when the call is made, but reading the request body into
+//! the replay buffer is not cut short by it). With
+//! [`RetryLayerBuilder::hedge`], an idempotent request that has not been
+//! answered after the hedge delay is sent a second time and the first good
+//! answer wins; a hedge counts as an attempt and is paid from the budget.
+//!
+//! # Also here
+//!
+//! [`timeout::TimeoutLayer`] (504 / `DEADLINE_EXCEEDED`, honouring
+//! `grpc-timeout`) and [`bulkhead::BulkheadLayer`] (a per-key concurrency
+//! limit answering 503 at once) for servers, where tower's own layers would
+//! return errors or queue.
+//!
 //! # Order with a circuit breaker
 //!
 //! Put the retry layer **outside** the breaker:
