@@ -35,6 +35,9 @@ pub(crate) trait Judge<Res, E>: Send + Sync + 'static {
 
     /// Whether this request may be sent again after a failure of `reason`.
     fn may_retry(&self, policy: &Policy, reason: RetryReason) -> Result<(), StopReason>;
+
+    /// Whether this request may be sent twice at once (hedged).
+    fn may_hedge(&self) -> bool;
 }
 
 fn judge_outcome<Res, E, J: Judge<Res, E>>(
@@ -366,7 +369,7 @@ where
         unreachable!("the slow path is only taken by replayable requests")
     };
     let replay = &replay;
-    let hedge = policy.hedge;
+    let hedge = policy.hedge.filter(|_| session.judge.may_hedge());
     let (mut out, mut reason, mut after, mut status, mut attempts) = match first {
         Some((out, reason, after, status)) => (out, reason, after, status, 1),
         None => {

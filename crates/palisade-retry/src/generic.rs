@@ -189,6 +189,11 @@ where
     fn may_retry(&self, _: &Policy, _: RetryReason) -> Result<(), StopReason> {
         Ok(())
     }
+
+    #[inline]
+    fn may_hedge(&self) -> bool {
+        true
+    }
 }
 
 pub(crate) struct CloneReplay<Req>(Req);

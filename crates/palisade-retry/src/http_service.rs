@@ -126,6 +126,11 @@ where
     }
 
     #[inline]
+    fn may_hedge(&self) -> bool {
+        self.idempotent
+    }
+
+    #[inline]
     fn may_retry(&self, policy: &Policy, reason: RetryReason) -> Result<(), StopReason> {
         if self.idempotent
             || policy.non_idempotent
