@@ -102,14 +102,7 @@ async fn malformed_invalid_and_deeply_nested_json_never_crash_or_leak() {
 /// Streams `total` bytes of `chunk`-sized pieces as a request body.
 fn streamed_body(
     total: usize,
-) -> http_body_util::StreamBody<
-    futures_util::stream::Iter<
-        std::iter::Map<
-            std::ops::Range<usize>,
-            impl FnMut(usize) -> Result<http_body::Frame<Bytes>, std::convert::Infallible>,
-        >,
-    >,
-> {
+) -> impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Unpin + 'static {
     const CHUNK: usize = 256 * 1024;
     let piece = Bytes::from(vec![b'z'; CHUNK]);
     http_body_util::StreamBody::new(futures_util::stream::iter(
