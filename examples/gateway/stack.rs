@@ -167,8 +167,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let method = req.method().to_string();
-        let route = req.uri().path().to_owned();
+        // Cheap clones (no allocation); formatted only when a call failed.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
         let dlq = self.dlq.clone();
         let future = match self.not_ready.take() {
             Some(err) => Err(err),
@@ -188,7 +189,8 @@ where
                     .extensions()
                     .get::<ErrorKind>()
                     .map_or("upstream_5xx", |k| k.as_str());
-                let letter = DeadLetter::new(method, route, class).status(res.status().as_u16());
+                let letter = DeadLetter::new(method.as_str(), uri.path(), class)
+                    .status(res.status().as_u16());
                 // Recording must never delay or fail the answer.
                 tokio::spawn(async move {
                     if let Err(err) = dlq.record(letter).await {
