@@ -395,7 +395,10 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers()["retry-after"], "2");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
-        assert_eq!(res.extensions().get::<ErrorKind>(), Some(&ErrorKind::RateLimited));
+        assert_eq!(
+            res.extensions().get::<ErrorKind>(),
+            Some(&ErrorKind::RateLimited)
+        );
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["status"], 429);
