@@ -349,6 +349,12 @@ where
                 ),
             }
         } else {
+            // A body whose size is known to fit is read in place (no
+            // allocation); any other may have to be streamed on, so it is boxed.
+            let fits = body
+                .size_hint()
+                .upper()
+                .is_some_and(|u| u <= policy.max_body as u64);
             let ctx = Some(BufCtx {
                 svc,
                 parts,
@@ -360,14 +366,6 @@ where
                 policy,
                 deadline,
             });
-            let fits = ctx
-                .as_ref()
-                .and_then(|c| {
-                    body.size_hint()
-                        .upper()
-                        .map(|u| u <= c.policy.max_body as u64)
-                })
-                .unwrap_or(false);
             if fits {
                 State::InPlace { body, ctx }
             } else {
