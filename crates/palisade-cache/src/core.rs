@@ -233,7 +233,8 @@ impl<V: Value> Core<V> {
     pub(crate) fn l1_get(&self, key: &str) -> Option<V> {
         let slot = self.l1.get(key)?;
         if slot.stored_at.elapsed() >= self.l1_ttl {
-            self.l1.invalidate(key);
+            // Too old for L1 (judged on tokio's clock). Left in place: a
+            // refill replaces it, and moka's own TTL drops it otherwise.
             return None;
         }
         Some(slot.value)
