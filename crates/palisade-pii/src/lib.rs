@@ -50,6 +50,7 @@ mod masker;
 mod metrics;
 mod operator;
 mod pattern;
+mod prefilter;
 mod stream;
 
 pub use body::MaskingBody;

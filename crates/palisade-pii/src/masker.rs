@@ -3,6 +3,7 @@
 use crate::fields::FieldMatcher;
 use crate::operator::Operator;
 use crate::pattern::{self, PatternKind};
+use crate::prefilter::Prefilter;
 use hmac::{Hmac, Mac};
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::syntax;
@@ -222,6 +223,8 @@ struct Slot {
 
 struct Inner {
     regex: Option<Regex>,
+    /// Set when only built-in patterns are enabled.
+    prefilter: Option<Prefilter>,
     singles: Vec<Regex>,
     slots: Vec<Slot>,
     fields: FieldMatcher,
@@ -452,6 +455,7 @@ impl PiiMaskerBuilder {
         };
         Ok(PiiMasker {
             inner: Arc::new(Inner {
+                prefilter: c.custom.is_empty().then(Prefilter::new),
                 regex,
                 singles,
                 slots,
@@ -481,7 +485,7 @@ fn compile<S: AsRef<str>>(patterns: &[S]) -> Result<Regex, Box<meta::BuildError>
 }
 
 /// Where a match was found and which pattern slot accepted it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found {
     pub(crate) start: usize,
     pub(crate) end: usize,
@@ -538,14 +542,28 @@ impl PiiMasker {
     }
 
     /// Visits every accepted match of `hay`, leftmost first, never
-    /// overlapping. One scan of the multi-pattern regex; when a candidate
-    /// fails validation, the lower-priority patterns get an anchored try at
-    /// the same position, then the scan resumes one character later.
+    /// overlapping. The prefilter hands over the few segments where a match
+    /// could be accepted (all of `hay` when custom patterns are present);
+    /// each is searched with [`find_in`](Self::find_in).
     pub(crate) fn find_all(&self, hay: &[u8], mut on: impl FnMut(Found)) {
         let Some(re) = &self.inner.regex else { return };
-        let mut at = 0;
-        while at < hay.len() {
-            let Some(m) = re.search(&Input::new(hay).range(at..)) else {
+        match &self.inner.prefilter {
+            Some(pf) => {
+                pf.for_each_segment(hay, |s, e| Self::find_in(self, re, hay, s, e, &mut on))
+            }
+            None => self.find_in(re, hay, 0, hay.len(), &mut on),
+        }
+    }
+
+    /// Every accepted match inside `hay[from..to]` (`to` must be a place no
+    /// match can straddle; look-around still sees the bytes around). One
+    /// scan of the multi-pattern regex; when a candidate fails validation,
+    /// the lower-priority patterns get an anchored try at the same
+    /// position, then the scan resumes one character later.
+    fn find_in(&self, re: &Regex, hay: &[u8], from: usize, to: usize, on: &mut impl FnMut(Found)) {
+        let mut at = from;
+        while at < to {
+            let Some(m) = re.search(&Input::new(hay).range(at..to)) else {
                 return;
             };
             let (s, e, pid) = (m.start(), m.end(), m.pattern().as_usize());
@@ -560,7 +578,7 @@ impl PiiMasker {
             }
             let mut resumed = false;
             for p in pid + 1..self.inner.singles.len() {
-                let input = Input::new(hay).range(s..).anchored(Anchored::Yes);
+                let input = Input::new(hay).range(s..to).anchored(Anchored::Yes);
                 if let Some(m2) = self.inner.singles[p].search(&input)
                     && let Some(end) = self.accept(p, hay, s, m2.end())
                 {
@@ -576,11 +594,21 @@ impl PiiMasker {
             }
             if !resumed {
                 at = s + 1;
-                while at < hay.len() && (hay[at] & 0xC0) == 0x80 {
+                while at < to && (hay[at] & 0xC0) == 0x80 {
                     at += 1;
                 }
             }
         }
+    }
+
+    /// The scan without the prefilter, for differential tests.
+    #[cfg(test)]
+    pub(crate) fn find_all_unfiltered(&self, hay: &[u8]) -> Vec<Found> {
+        let mut out = Vec::new();
+        if let Some(re) = &self.inner.regex {
+            self.find_in(re, hay, 0, hay.len(), &mut |f| out.push(f));
+        }
+        out
     }
 
     fn accept(&self, slot: usize, hay: &[u8], s: usize, e: usize) -> Option<usize> {
