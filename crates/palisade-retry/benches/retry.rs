@@ -261,12 +261,141 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Paired figures: the contenders alternate in short slices (a few ms each),
+/// so the load of a shared machine hits them alike; medians of the slices.
+fn paired(_c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const ITERS: u64 = 4000;
+    const ROUNDS: usize = 60;
+    type Run<'a> = Box<dyn Fn() -> Duration + 'a>;
+    let inner_http =
+        || service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, io::Error>(Response::new(())) });
+    let budget = || Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    for (name, req) in requests() {
+        let rt = &rt;
+        let req = &req;
+        let runs: Vec<(&str, Run<'_>)> = vec![
+            (
+                "inner_only",
+                Box::new(move || rt.block_on(drive(inner_http(), req.clone(), ITERS))),
+            ),
+            (
+                "palisade",
+                Box::new(move || {
+                    let inner = service_fn(|_req: Request<ReplayBody<Full<Bytes>>>| async {
+                        Ok::<_, io::Error>(Response::new(()))
+                    });
+                    rt.block_on(drive(RetryLayer::new().layer(inner), req.clone(), ITERS))
+                }),
+            ),
+            (
+                "tower_tps_budget",
+                Box::new(move || {
+                    let policy = TowerPolicy {
+                        budget: budget(),
+                        left: 2,
+                    };
+                    let svc = tower::retry::RetryLayer::new(policy).layer(inner_http());
+                    rt.block_on(drive(svc, req.clone(), ITERS))
+                }),
+            ),
+            (
+                "tower_resilience",
+                Box::new(move || {
+                    let layer = tower_resilience::retry::RetryLayer::<
+                        Request<Full<Bytes>>,
+                        Response<()>,
+                        io::Error,
+                    >::builder()
+                    .max_attempts(3)
+                    .exponential_backoff(Duration::from_secs(2))
+                    .retry_on_response(|res: &Response<()>| res.status().is_server_error())
+                    .build();
+                    rt.block_on(drive(layer.layer(inner_http()), req.clone(), ITERS))
+                }),
+            ),
+        ];
+        report(&format!("paired/{name}"), &runs, ROUNDS, ITERS);
+    }
+    let echo = || service_fn(|n: u64| async move { Ok::<_, io::Error>(n) });
+    let rt = &rt;
+    let runs: Vec<(&str, Run<'_>)> = vec![
+        (
+            "inner_only",
+            Box::new(move || rt.block_on(drive(echo(), 7u64, ITERS * 10))),
+        ),
+        (
+            "palisade",
+            Box::new(move || {
+                let svc = RetryLayer::new().for_services(RetryOnErrors).layer(echo());
+                rt.block_on(drive(svc, 7u64, ITERS * 10))
+            }),
+        ),
+        (
+            "tower_tps_budget",
+            Box::new(move || {
+                let policy = TowerPlainPolicy {
+                    budget: budget(),
+                    left: 2,
+                };
+                let svc = tower::retry::RetryLayer::new(policy).layer(echo());
+                rt.block_on(drive(svc, 7u64, ITERS * 10))
+            }),
+        ),
+        (
+            "tower_resilience",
+            Box::new(move || {
+                let layer = tower_resilience::retry::RetryLayer::<u64, u64, io::Error>::builder()
+                    .max_attempts(3)
+                    .exponential_backoff(Duration::from_secs(2))
+                    .build();
+                rt.block_on(drive(layer.layer(echo()), 7u64, ITERS * 10))
+            }),
+        ),
+    ];
+    report("paired/plain", &runs, ROUNDS, ITERS * 10);
+}
+
+fn report(group: &str, runs: &[(&str, Box<dyn Fn() -> Duration + '_>)], rounds: usize, iters: u64) {
+    let mut samples = vec![Vec::with_capacity(rounds); runs.len()];
+    for _ in 0..rounds {
+        for (i, (_, run)) in runs.iter().enumerate() {
+            samples[i].push(run().as_nanos() as f64 / iters as f64);
+        }
+    }
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort_by(|a, b| a.total_cmp(b));
+            s[s.len() / 2]
+        })
+        .collect();
+    let base = medians[0];
+    let ours = medians[1] - base;
+    for ((name, _), m) in runs.iter().zip(&medians) {
+        let overhead = m - base;
+        let ratio = if *name == "palisade" || *name == "inner_only" {
+            String::new()
+        } else {
+            format!(
+                "  palisade/this: {:.2}x total, {:.2}x overhead",
+                medians[1] / m,
+                ours / overhead
+            )
+        };
+        println!("{group}/{name}: {m:.1} ns (overhead {overhead:.1} ns){ratio}");
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(40)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench
+    targets = bench, paired
 }
 criterion_main!(benches);

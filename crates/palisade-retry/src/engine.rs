@@ -25,6 +25,28 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// Builds the request for another attempt.
 pub(crate) trait Replay<Req>: Send + Sync + 'static {
     fn replay(&self) -> Req;
+
+    /// Whether the request itself says it is safe to send twice (checked
+    /// only when a retry is considered, off the fast path).
+    fn marked_idempotent(&self) -> bool {
+        false
+    }
+}
+
+/// [`Judge::may_retry`], letting a request marked idempotent through.
+fn may_retry<S, R, J, Req, Res, E>(
+    session: &Session<S, R, J>,
+    replay: Option<&R>,
+    reason: RetryReason,
+) -> Result<(), StopReason>
+where
+    R: Replay<Req>,
+    J: Judge<Res, E>,
+{
+    match session.judge.may_retry(&session.policy, reason) {
+        Err(StopReason::NotIdempotent) if replay.is_some_and(|r| r.marked_idempotent()) => Ok(()),
+        other => other,
+    }
 }
 
 /// Judges attempts of one request.
@@ -189,7 +211,7 @@ where
             self.set(Core::Done);
             return Poll::Ready(finish(out));
         };
-        if let Some(stop) = quick_stop(&session, reason, 1) {
+        if let Some(stop) = quick_stop::<S, Req, R, J, _, _>(&session, reason, 1) {
             self.set(Core::Done);
             return Poll::Ready(stopped(&session.policy, out, 1, stop, reason));
         }
@@ -209,18 +231,19 @@ where
 
 /// Stops that need no waiting: not replayable, not idempotent, out of
 /// attempts.
-fn quick_stop<S, R, J, Res, E>(
+fn quick_stop<S, Req, R, J, Res, E>(
     session: &Session<S, R, J>,
     reason: RetryReason,
     attempts: u32,
 ) -> Option<StopReason>
 where
+    R: Replay<Req>,
     J: Judge<Res, E>,
 {
     if attempts >= session.policy.max_attempts {
         return Some(StopReason::MaxAttempts);
     }
-    if let Err(stop) = session.judge.may_retry(&session.policy, reason) {
+    if let Err(stop) = may_retry::<S, R, J, Req, Res, E>(session, session.replay.as_ref(), reason) {
         return Some(stop);
     }
     if session.replay.is_none() {
@@ -369,7 +392,9 @@ where
         unreachable!("the slow path is only taken by replayable requests")
     };
     let replay = &replay;
-    let hedge = policy.hedge.filter(|_| session.judge.may_hedge());
+    let hedge = policy
+        .hedge
+        .filter(|_| session.judge.may_hedge() || replay.marked_idempotent());
     let (mut out, mut reason, mut after, mut status, mut attempts) = match first {
         Some((out, reason, after, status)) => (out, reason, after, status, 1),
         None => {
@@ -394,7 +419,7 @@ where
     let mut previous = Duration::ZERO;
     loop {
         // Checks that need no clock.
-        if let Err(stop) = session.judge.may_retry(&policy, reason) {
+        if let Err(stop) = may_retry::<S, R, J, Req, _, _>(&session, Some(replay), reason) {
             return stopped(&policy, out, attempts, stop, reason);
         }
         if attempts >= policy.max_attempts {

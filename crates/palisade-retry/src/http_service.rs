@@ -161,16 +161,22 @@ where
             ReplayBody::buffered_boxed(self.data.clone(), self.trailers.clone()),
         )
     }
+
+    fn marked_idempotent(&self) -> bool {
+        self.parts.headers.contains_key(IDEMPOTENCY_KEY)
+    }
 }
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Idempotent by method; an `Idempotency-Key` header is looked at only when
+/// a retry is considered ([`Replay::marked_idempotent`]).
 #[inline]
 fn is_idempotent(parts: &Parts) -> bool {
     matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || parts.headers.contains_key(IDEMPOTENCY_KEY)
+    )
 }
 
 type HttpCore<S, B> = Core<S, Request<ReplayBody<B>>, HttpReplay, HttpJudge>;
@@ -406,7 +412,10 @@ where
         }
         tracing::debug!(name = %policy.name, "request body over the replay limit; sent once");
     }
-    let hedged = policy.hedge.is_some() && judge.idempotent && retries && replayable;
+    let hedged = policy.hedge.is_some()
+        && retries
+        && replayable
+        && (judge.idempotent || parts.headers.contains_key(IDEMPOTENCY_KEY));
     if hedged {
         let replay = HttpReplay {
             parts,
