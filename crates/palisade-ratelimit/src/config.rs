@@ -1,7 +1,7 @@
 //! serde configuration.
 
 use crate::{
-    Algorithm, FailPolicy, HeaderStyle, Limit, Mode, Quota, RateLimitError, RateLimitLayer,
+    Algorithm, Clock, FailPolicy, HeaderStyle, Limit, Mode, Quota, RateLimitError, RateLimitLayer,
     RateLimitMetrics, RateLimiter, Tier, Tiers,
 };
 use ipnet::IpNet;
@@ -199,6 +199,9 @@ pub struct Config {
     pub headers: HeaderStyle,
     /// Most keys tracked in-process per limit (default 100 000).
     pub max_keys: usize,
+    /// The in-process clock: tokio (default; follows a paused test clock)
+    /// or tsc (the CPU counter, cheaper to read).
+    pub clock: Clock,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// The limits (default: 60/min per IP).
@@ -215,6 +218,7 @@ impl Default for Config {
             on_store_error: FailPolicy::Open,
             headers: HeaderStyle::default(),
             max_keys: crate::local::DEFAULT_MAX_KEYS,
+            clock: Clock::Tokio,
             trusted_proxies: Vec::new(),
             limits: vec![LimitConfig::new(KeyKind::PeerIp)],
             tiers: TiersConfig::default(),
@@ -269,7 +273,8 @@ impl Config {
         let mut b = RateLimiter::builder()
             .mode(self.mode)
             .on_store_error(self.on_store_error)
-            .max_keys(self.max_keys);
+            .max_keys(self.max_keys)
+            .clock(self.clock);
         if let Some(t) = tiers {
             b = b.tiers(t);
         }

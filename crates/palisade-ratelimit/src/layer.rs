@@ -10,7 +10,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -59,38 +59,49 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Small numbers, rendered once (cloning shares the bytes).
+static NUMBERS: LazyLock<Vec<HeaderValue>> =
+    LazyLock::new(|| (0..=1024u32).map(HeaderValue::from).collect());
+
+fn number(n: u64) -> HeaderValue {
+    match NUMBERS.get(usize::try_from(n).unwrap_or(usize::MAX)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
 /// Writes the limit headers of a verdict.
 pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: HeaderStyle) {
-    let Some((name, window)) = &verdict.policy else {
+    let Some(policy) = &verdict.policy else {
         return;
     };
     let Decision {
-        limit,
         remaining,
         reset_after,
         ..
     } = verdict.decision;
     let reset = ceil_secs(reset_after);
+    if !style.x_ratelimit && !style.ietf {
+        return;
+    }
+    headers.reserve(5);
     if style.x_ratelimit {
         headers.insert(
             HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(limit),
+            policy.limit.clone(),
         );
         headers.insert(
             HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(remaining),
+            number(u64::from(remaining)),
         );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset),
-        );
+        headers.insert(HeaderName::from_static("x-ratelimit-reset"), number(reset));
     }
     if style.ietf {
-        let name = sf_string(name);
-        if let Ok(v) = HeaderValue::try_from(format!("{name};q={limit};w={}", ceil_secs(*window))) {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        if let Some(p) = &policy.policy {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), p.clone());
         }
-        if let Ok(v) = HeaderValue::try_from(format!("{name};r={remaining};t={reset}")) {
+        if let Ok(v) = HeaderValue::try_from(format!("{};r={remaining};t={reset}", policy.sf_name))
+        {
             headers.insert(HeaderName::from_static("ratelimit"), v);
         }
     }
@@ -98,7 +109,7 @@ pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: H
 
 /// A structured-field string (RFC 8941): quoted, `"` and `\` escaped,
 /// anything outside printable ASCII replaced by `_`.
-fn sf_string(s: &str) -> String {
+pub(crate) fn sf_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -293,8 +304,7 @@ where
                 ResponseFuture {
                     state: State::Check {
                         check: Box::pin(decide_store(self.limiter.shared.clone(), plan)),
-                        inner: Some(inner),
-                        req: Some(req),
+                        call: Some(Box::new((inner, req))),
                         grpc,
                         style,
                     },
@@ -318,8 +328,9 @@ pin_project! {
         Refuse { verdict: Option<Verdict>, grpc: bool, style: HeaderStyle },
         Check {
             check: CheckFuture,
-            inner: Option<S>,
-            req: Option<Request<B>>,
+            // Boxed: the store path allocates anyway, and the future stays
+            // small for the in-process path.
+            call: Option<Box<(S, Request<B>)>>,
             grpc: bool,
             style: HeaderStyle,
         },
@@ -365,8 +376,7 @@ where
                 }
                 StateProj::Check {
                     check,
-                    inner,
-                    req,
+                    call,
                     grpc,
                     style,
                 } => {
@@ -381,9 +391,7 @@ where
                         });
                         continue;
                     }
-                    let (Some(mut svc), Some(req)) = (inner.take(), req.take()) else {
-                        panic!("polled after completion");
-                    };
+                    let (mut svc, req) = *call.take().expect("polled after completion");
                     let fut = svc.call(req);
                     self.as_mut().project().state.set(State::Call {
                         fut,

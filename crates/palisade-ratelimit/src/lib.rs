@@ -57,6 +57,7 @@
 mod call;
 mod config;
 mod error;
+mod keyref;
 mod layer;
 mod limit;
 mod limiter;
@@ -72,6 +73,6 @@ pub use limit::{Limit, Tier, Tiers, ToolName, UserId};
 pub use limiter::{
     FailPolicy, MAX_LIMITS, Mode, Outcome, RateLimiter, RateLimiterBuilder, Verdict,
 };
-pub use local::{DEFAULT_MAX_KEYS, LocalLimiter};
+pub use local::{Clock, DEFAULT_MAX_KEYS, LocalLimiter};
 pub use metrics::RateLimitMetrics;
 pub use quota::{Algorithm, Decision, Quota};

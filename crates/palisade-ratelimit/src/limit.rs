@@ -1,5 +1,6 @@
 //! Limits (a name, a key, a quota or a tier table, a cost) and tiers.
 
+use crate::keyref::{KeyRef, visit_key};
 use crate::quota::Quota;
 use http::Request;
 use palisade_core::key::{ExtensionKey, HeaderKey, KeyExtractor, PathKey, PeerIp};
@@ -221,14 +222,14 @@ impl Tiers {
 
 /// A key extractor with its key type erased, reading a body-less request.
 pub(crate) trait DynKey: Send + Sync + 'static {
-    fn visit(&self, req: &Request<()>, f: &mut dyn FnMut(&dyn Display));
+    fn visit(&self, req: &Request<()>, f: &mut dyn FnMut(KeyRef<'_>));
 }
 
 impl<E: KeyExtractor<Request<()>>> DynKey for E {
     #[inline]
-    fn visit(&self, req: &Request<()>, f: &mut dyn FnMut(&dyn Display)) {
+    fn visit(&self, req: &Request<()>, f: &mut dyn FnMut(KeyRef<'_>)) {
         if let Some(key) = self.extract(req) {
-            f(&key);
+            visit_key(&key, f);
         }
     }
 }

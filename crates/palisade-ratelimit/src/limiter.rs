@@ -3,8 +3,9 @@
 
 use crate::{
     error::RateLimitError,
+    keyref::KeyRef,
     limit::{Limit, QuotaSource, Tier, Tiers},
-    local::{DEFAULT_MAX_KEYS, LocalLimiter, PassThroughMap},
+    local::{Clock, DEFAULT_MAX_KEYS, LocalLimiter, PassThroughMap, TimeSource},
     metrics::{Outcome as MetricOutcome, RateLimitMetrics, SlotCounters},
     quota::{Algorithm, Decision, Quota},
 };
@@ -18,7 +19,6 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::time::Instant;
 
 /// Most limits one limiter checks per request.
 pub const MAX_LIMITS: usize = 8;
@@ -101,9 +101,9 @@ pub enum Outcome {
 pub struct Verdict {
     pub(crate) outcome: Outcome,
     pub(crate) decision: Decision,
-    pub(crate) policy: Option<(Arc<str>, Duration)>,
+    pub(crate) policy: Option<Arc<Policy>>,
     pub(crate) shadow_rejected: bool,
-    pub(crate) store_error: Option<StoreError>,
+    pub(crate) store_error: Option<Box<StoreError>>,
 }
 
 impl Verdict {
@@ -154,7 +154,7 @@ impl Verdict {
 
     /// The name of the limit that decided, when one did.
     pub fn limit_name(&self) -> Option<&str> {
-        self.policy.as_ref().map(|(n, _)| &**n)
+        self.policy.as_ref().map(|p| &*p.name)
     }
 
     /// Whether a shadow limit would have refused the request.
@@ -166,12 +166,14 @@ impl Verdict {
     pub fn into_error(self) -> Option<RateLimitError> {
         match self.outcome {
             Outcome::Rejected => Some(RateLimitError::Exceeded {
-                limit: self.policy.map_or_else(|| Arc::from("unknown"), |(n, _)| n),
+                limit: self
+                    .policy
+                    .map_or_else(|| Arc::from("unknown"), |p| p.name.clone()),
                 decision: self.decision,
             }),
             Outcome::FailedClosed => Some(RateLimitError::StoreUnavailable(
                 self.store_error
-                    .unwrap_or(StoreError::Timeout(Duration::ZERO)),
+                    .map_or(StoreError::Timeout(Duration::ZERO), |e| *e),
             )),
             _ => None,
         }
@@ -206,8 +208,38 @@ impl Memo {
     }
 }
 
+/// What the headers say about one (limit, tier), rendered once.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) name: Arc<str>,
+    /// `"<name>"` as a structured-field string.
+    pub(crate) sf_name: String,
+    /// `X-RateLimit-Limit`.
+    pub(crate) limit: http::HeaderValue,
+    /// `RateLimit-Policy`.
+    pub(crate) policy: Option<http::HeaderValue>,
+}
+
+impl Policy {
+    fn new(name: &Arc<str>, quota: Quota) -> Self {
+        let sf_name = crate::layer::sf_string(name);
+        let window = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
+        Self {
+            name: name.clone(),
+            limit: http::HeaderValue::from(quota.limit()),
+            policy: http::HeaderValue::try_from(format!(
+                "{sf_name};q={};w={window}",
+                quota.limit()
+            ))
+            .ok(),
+            sf_name,
+        }
+    }
+}
+
 pub(crate) struct Slot {
     quota: Option<Quota>,
+    policy: Option<Arc<Policy>>,
     local: Option<LocalLimiter>,
     memo: Option<Memo>,
     counters: Option<SlotCounters>,
@@ -227,7 +259,7 @@ pub(crate) struct Shared {
     mode: Mode,
     store: Option<Store>,
     fail: FailPolicy,
-    start: Instant,
+    time: TimeSource,
     hasher: RandomState,
     metrics: Option<RateLimitMetrics>,
 }
@@ -295,6 +327,7 @@ pub struct RateLimiterBuilder {
     store: Option<Store>,
     fail: FailPolicy,
     max_keys: usize,
+    clock: Clock,
     metrics: Option<RateLimitMetrics>,
 }
 
@@ -317,6 +350,7 @@ impl Default for RateLimiterBuilder {
             store: None,
             fail: FailPolicy::Open,
             max_keys: DEFAULT_MAX_KEYS,
+            clock: Clock::Tokio,
             metrics: None,
         }
     }
@@ -368,6 +402,13 @@ impl RateLimiterBuilder {
     /// 100 000.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// The clock of in-process limits and of the memo (default
+    /// [`Clock::Tokio`], which follows a paused test clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -436,7 +477,9 @@ impl RateLimiterBuilder {
                     }
                 }
                 let local = match (quota, &self.store) {
-                    (Some(q), None) => Some(LocalLimiter::with_max_keys(q, self.max_keys)?),
+                    (Some(q), None) => {
+                        Some(LocalLimiter::with_max_keys(q, self.max_keys)?.with_clock(self.clock))
+                    }
                     _ => None,
                 };
                 let memo = (quota.is_some() && self.store.is_some()).then(|| Memo {
@@ -449,6 +492,7 @@ impl RateLimiterBuilder {
                     .map(|m| m.slot(&limit.name, tier.map_or("none", Tier::as_str)));
                 slots.push(Slot {
                     quota,
+                    policy: quota.map(|q| Arc::new(Policy::new(&limit.name, q))),
                     local,
                     memo,
                     counters,
@@ -469,7 +513,7 @@ impl RateLimiterBuilder {
                 mode: self.mode,
                 store: self.store,
                 fail: self.fail,
-                start: Instant::now(),
+                time: TimeSource::new(self.clock),
                 hasher: RandomState::new(),
                 metrics: self.metrics,
             }),
@@ -532,11 +576,7 @@ impl Tally {
     }
 
     fn verdict(self, shared: &Shared) -> Verdict {
-        let policy = |entry: usize, slot: usize| {
-            let e = &shared.entries[entry];
-            let period = e.slots[slot].quota.map_or(Duration::ZERO, |q| q.period());
-            Some((e.limit.name.clone(), period))
-        };
+        let policy = |entry: usize, slot: usize| shared.entries[entry].slots[slot].policy.clone();
         match (self.rejected, self.head) {
             (Some((d, e, s)), _) => Verdict {
                 outcome: Outcome::Rejected,
@@ -639,7 +679,7 @@ impl RateLimiter {
     ) -> Result<Pending, RateLimitError> {
         let shared = &self.shared;
         let tier = shared.tiers.index(tier);
-        let mut plan = [(0usize, None::<&dyn Display>); MAX_LIMITS];
+        let mut plan = [(0usize, None::<KeyRef<'_>>); MAX_LIMITS];
         if keys.len() > MAX_LIMITS {
             return Err(RateLimitError::InvalidConfig(format!(
                 "{} keys checked at once, at most {MAX_LIMITS}",
@@ -652,7 +692,7 @@ impl RateLimiter {
                 .iter()
                 .position(|e| *e.limit.name == *name)
                 .ok_or_else(|| RateLimitError::UnknownLimit(name.to_owned()))?;
-            plan[i] = (entry, Some(key));
+            plan[i] = (entry, Some(KeyRef::Display(key)));
         }
         if shared.mode == Mode::Disabled {
             return Ok(Pending::Ready(Verdict::allowed()));
@@ -705,18 +745,19 @@ impl RateLimiter {
     #[allow(clippy::type_complexity)]
     fn decide(
         &self,
-        items: &mut dyn FnMut(&mut dyn FnMut(usize, usize, &dyn Display, u32, bool) -> bool),
+        items: &mut dyn FnMut(&mut dyn FnMut(usize, usize, KeyRef<'_>, u32, bool) -> bool),
     ) -> Pending {
         let shared = &*self.shared;
         if let Some(store) = &shared.store {
             let mut plan = Vec::new();
             items(&mut |entry, slot, key, cost, shadow| {
-                let hash = shared.hash_display(key);
                 let name = &shared.entries[entry].limit.name;
+                let (hash, key) =
+                    key.with_str(|k| (shared.hash_str(k), store.key("ratelimit", name, k, "v1")));
                 plan.push(Planned {
                     entry,
                     slot,
-                    key: store.key("ratelimit", name, &key.to_string(), "v1"),
+                    key,
                     hash,
                     cost,
                     shadow,
@@ -733,7 +774,7 @@ impl RateLimiter {
             let (Some(local), Some(q)) = (&s.local, s.quota) else {
                 return true;
             };
-            let hash = local.hash_display(key);
+            let hash = key.with_str(|k| local.hash_str(k));
             let d = local.check_hashed(hash, q.limit(), cost);
             if d.allowed && n < MAX_LIMITS {
                 taken[n] = (entry as u8, slot as u8, hash, cost);
@@ -755,22 +796,14 @@ impl RateLimiter {
 }
 
 impl Shared {
-    fn hash_display(&self, key: &dyn Display) -> u64 {
-        struct W<'a>(&'a mut std::hash::DefaultHasher);
-        impl fmt::Write for W<'_> {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0.write(s.as_bytes());
-                Ok(())
-            }
-        }
+    fn hash_str(&self, key: &str) -> u64 {
         let mut h = self.hasher.build_hasher();
-        let _ = fmt::write(&mut W(&mut h), format_args!("{key}"));
+        h.write(key.as_bytes());
         h.finish()
     }
 
     fn now(&self) -> u64 {
-        let d = Instant::now().saturating_duration_since(self.start);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        self.time.now()
     }
 
     fn failed(&self, plan: &[Planned], err: StoreError) -> Verdict {
@@ -791,7 +824,7 @@ impl Shared {
             tracing::error!(error = %err, "rate-limit store failed: refusing the request (fail closed)");
             Verdict {
                 outcome: Outcome::FailedClosed,
-                store_error: Some(err),
+                store_error: Some(Box::new(err)),
                 ..Verdict::allowed()
             }
         } else {

@@ -10,6 +10,69 @@ use std::{
 };
 use tokio::time::Instant;
 
+/// Where in-process limiters read the time.
+///
+/// ```
+/// use palisade_ratelimit::{Clock, LocalLimiter, Quota};
+///
+/// assert_eq!(Clock::default(), Clock::Tokio);
+/// let fast = LocalLimiter::new(Quota::per_second(10)).unwrap().with_clock(Clock::Tsc);
+/// assert!(fast.check(&1).allowed);
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Clock {
+    /// [`tokio::time::Instant`]: follows tokio's paused test clock
+    /// (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`).
+    #[default]
+    Tokio,
+    /// The CPU time-stamp counter (through `quanta`): a few times cheaper to
+    /// read than the OS clock, which matters at millions of decisions per
+    /// second; ignores tokio's paused clock.
+    Tsc,
+}
+
+/// Nanoseconds since a start, from the chosen clock.
+pub(crate) struct TimeSource {
+    start: Instant,
+    tsc: Option<(quanta::Clock, u64)>,
+}
+
+impl TimeSource {
+    pub(crate) fn new(clock: Clock) -> Self {
+        Self {
+            start: Instant::now(),
+            tsc: (clock == Clock::Tsc).then(|| {
+                let c = quanta::Clock::new();
+                let raw = c.raw();
+                (c, raw)
+            }),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match &self.tsc {
+            Some((c, start)) => c.delta_as_nanos(*start, c.raw()),
+            None => {
+                let d = Instant::now().saturating_duration_since(self.start);
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+            }
+        }
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        if self.tsc.is_some() {
+            Clock::Tsc
+        } else {
+            Clock::Tokio
+        }
+    }
+}
+
 /// Default bound on the number of keys one limiter tracks.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
@@ -49,7 +112,8 @@ type Cells = DashMap<u64, AtomicU64, BuildHasherDefault<PassThrough>>;
 /// every key is still active, new keys share one overflow bucket — stricter,
 /// never looser, than their own bucket would be.
 ///
-/// Time is [`tokio::time::Instant`], so tests can pause and advance it.
+/// Time is [`tokio::time::Instant`] by default, so tests can pause and
+/// advance it; [`Clock::Tsc`] reads the CPU counter instead.
 ///
 /// ```
 /// use palisade_ratelimit::{LocalLimiter, Quota};
@@ -67,7 +131,7 @@ pub struct LocalLimiter {
     quota: Quota,
     period: u64,
     t: u64,
-    start: Instant,
+    time: TimeSource,
     cells: Cells,
     hasher: RandomState,
     len: AtomicUsize,
@@ -111,7 +175,7 @@ impl LocalLimiter {
             quota,
             period,
             t: period / u64::from(quota.limit()),
-            start: Instant::now(),
+            time: TimeSource::new(Clock::Tokio),
             cells: DashMap::with_hasher(BuildHasherDefault::default()),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
@@ -120,6 +184,17 @@ impl LocalLimiter {
             last_sweep: AtomicU64::new(0),
             sweep_interval: (period / 16).max(1_000_000),
         })
+    }
+
+    /// Reads the time from `clock` (default [`Clock::Tokio`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.time = TimeSource::new(clock);
+        self
+    }
+
+    /// The clock this limiter reads.
+    pub fn clock(&self) -> Clock {
+        self.time.clock()
     }
 
     /// The quota this limiter enforces.
@@ -160,23 +235,16 @@ impl LocalLimiter {
     }
 
     /// Hashes a key's display form (the identity keys have on every backend).
-    pub(crate) fn hash_display(&self, key: &dyn fmt::Display) -> u64 {
-        struct W<'a>(&'a mut std::hash::DefaultHasher);
-        impl fmt::Write for W<'_> {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0.write(s.as_bytes());
-                Ok(())
-            }
-        }
+    #[inline]
+    pub(crate) fn hash_str(&self, key: &str) -> u64 {
         let mut h = self.hasher.build_hasher();
-        let _ = fmt::write(&mut W(&mut h), format_args!("{key}"));
+        h.write(key.as_bytes());
         h.finish()
     }
 
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        let d = Instant::now().saturating_duration_since(self.start);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        self.time.now()
     }
 
     /// The emission interval for `limit` (the quota's own is precomputed).
