@@ -370,6 +370,15 @@ impl<V: Value> Core<V> {
         }
     }
 
+    /// Whether the other replica's fill lock for `key` is gone (it finished
+    /// without storing anything we can use): stop waiting for it.
+    pub(crate) async fn lock_released(&self, key: &str) -> bool {
+        let Some(l2) = self.l2_live() else {
+            return true;
+        };
+        matches!(l2.store.get(&lock_key(l2, key)).await, Ok(None))
+    }
+
     pub(crate) async fn unlock(&self, lock_key: &str) {
         if let Some(l2) = &self.l2
             && let Err(e) = l2.store.delete(lock_key).await
@@ -482,6 +491,10 @@ impl<V: Value> Core<V> {
     pub(crate) fn run_pending_tasks(&self) {
         self.l1.run_pending_tasks();
     }
+}
+
+fn lock_key(l2: &L2, key: &str) -> String {
+    l2.store.key(&l2.namespace, "lock", key, &l2.version)
 }
 
 /// `<prefix>:<ns>:<entity>:` with components escaped.

@@ -508,7 +508,23 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for Cache<S, K> {
 type BoxResFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
 pin_project! {
-    /// Response future of [`Cache`].
+    /// Response future of [`Cache`]: ready at once for cache hits, the
+    /// inner future for requests the cache does not handle, boxed for misses.
+    ///
+    /// ```
+    /// use palisade_cache::{CacheLayer, ResponseFuture};
+    /// use tower::{Layer, Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut svc = CacheLayer::new().layer(tower::service_fn(|_req: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+    /// }));
+    /// let fut = svc.call(http::Request::get("http://ex.com/").body(()).unwrap());
+    /// assert!(format!("{fut:?}").starts_with("ResponseFuture"));
+    /// assert_eq!(fut.await.unwrap().status(), 200);
+    /// # }
+    /// ```
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: FutKind<F, B, E>,
@@ -600,6 +616,12 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
+        if palisade_core::is_grpc_request(req.headers()) {
+            // gRPC over HTTP/2 is not HTTP-cacheable: use CacheServiceLayer
+            // on the typed service instead.
+            shared.bypass();
+            return ResponseFuture::pass(self.inner.call(req));
+        }
         let method = req.method();
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
@@ -920,6 +942,9 @@ where
                                     now,
                                 ));
                             }
+                        }
+                        if core.lock_released(&ctx.primary).await {
+                            break; // filled nothing usable: go upstream
                         }
                         if tokio::time::Instant::now() >= deadline {
                             store_allowed = false;

@@ -272,6 +272,11 @@ impl<S, R, K> CacheService<S, R, K> {
         &self.inner
     }
 
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
@@ -281,7 +286,22 @@ impl<S, R, K> CacheService<S, R, K> {
 type BoxSvcFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
 pin_project! {
-    /// Response future of [`CacheService`].
+    /// Response future of [`CacheService`]: ready at once for hits.
+    ///
+    /// ```
+    /// use palisade_cache::{CacheBuilder, CacheServiceLayer};
+    /// use palisade_core::key::key_fn;
+    /// use tower::{Layer, Service};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer: CacheServiceLayer<u32, _> =
+    ///     CacheServiceLayer::new(CacheBuilder::default(), key_fn(|n: &u32| Some(*n)));
+    /// let mut svc = layer.layer(tower::service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n + 1) }));
+    /// let fut: palisade_cache::SvcFuture<_, _, _> = svc.call(1);
+    /// assert_eq!(fut.await.unwrap(), 2);
+    /// # }
+    /// ```
     pub struct SvcFuture<F, R, E> {
         #[pin]
         kind: SvcKind<F, R, E>,
@@ -422,6 +442,9 @@ where
                             shared.coalesced();
                             shared.hit();
                             return Ok(v.0.value.clone());
+                        }
+                        if core.lock_released(&key).await {
+                            break;
                         }
                         if tokio::time::Instant::now() >= deadline {
                             store = false;

@@ -123,6 +123,50 @@ async fn misses_coalesce_across_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stops_waiting_when_the_fill_stores_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let a = ServiceBuilder::new()
+        .layer(layer(&store, "a"))
+        .service(client());
+    // B would wait an hour for A's fill if it did not notice the lock go.
+    let b_layer = CacheLayer::builder()
+        .name("b")
+        .namespace(&format!("test-{}", std::process::id()))
+        .store(store.clone())
+        .coalesce_timeout(Duration::from_secs(3600))
+        .build();
+    let b = ServiceBuilder::new()
+        .layer(b_layer.clone())
+        .service(client());
+    up.close_gate();
+    let ta =
+        tokio::spawn(
+            async move { text(a.oneshot(get(addr, "/slowprivate/1")).await.unwrap()).await },
+        );
+    wait_until(|| up.hits("slowprivate") == 1).await;
+    let tb =
+        tokio::spawn(
+            async move { text(b.oneshot(get(addr, "/slowprivate/1")).await.unwrap()).await },
+        );
+    let h = b_layer.handle();
+    wait_until(|| h.stats().remote_waits == 1).await;
+    up.open_gate();
+    ta.await.unwrap();
+    // Deadlock guard only: without the lock check B would sleep for an hour.
+    let (xb, _) = tokio::time::timeout(Duration::from_secs(60), tb)
+        .await
+        .expect("B stopped waiting")
+        .unwrap();
+    assert_eq!(xb, "MISS");
+    assert_eq!(up.hits("slowprivate"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_invalidation_on_redis_cluster() {
     let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(3))
         .await

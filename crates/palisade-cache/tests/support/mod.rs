@@ -168,6 +168,12 @@ async fn handle(
             r.header("cache-control", "max-age=60")
                 .body(Body::from(body))
         }
+        "slowprivate" => {
+            let mut gate = up.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            r.header("cache-control", "private, max-age=60")
+                .body(Body::from(body))
+        }
         "big" => r
             .header("cache-control", "max-age=60")
             .body(Body::from(vec![b'x'; 4096])),
