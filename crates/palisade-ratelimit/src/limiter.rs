@@ -39,7 +39,9 @@ pub enum Mode {
     /// Decide, count and reject over-limit requests.
     #[default]
     Enforce,
-    /// Shadow mode: decide, count and log, never reject.
+    /// Shadow mode: decide, count and log, never reject (also spelled
+    /// `shadow`).
+    #[serde(alias = "shadow")]
     LogOnly,
     /// Do nothing: every request passes, no headers, no counting.
     Disabled,
