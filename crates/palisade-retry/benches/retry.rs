@@ -261,6 +261,8 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+type Run<'a> = Box<dyn Fn() -> Duration + 'a>;
+
 /// Paired figures: the contenders alternate in short slices (a few ms each),
 /// so the load of a shared machine hits them alike; medians of the slices.
 fn paired(_c: &mut Criterion) {
@@ -270,7 +272,6 @@ fn paired(_c: &mut Criterion) {
         .unwrap();
     const ITERS: u64 = 4000;
     const ROUNDS: usize = 60;
-    type Run<'a> = Box<dyn Fn() -> Duration + 'a>;
     let inner_http =
         || service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, io::Error>(Response::new(())) });
     let budget = || Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
@@ -359,7 +360,7 @@ fn paired(_c: &mut Criterion) {
     report("paired/plain", &runs, ROUNDS, ITERS * 10);
 }
 
-fn report(group: &str, runs: &[(&str, Box<dyn Fn() -> Duration + '_>)], rounds: usize, iters: u64) {
+fn report(group: &str, runs: &[(&str, Run<'_>)], rounds: usize, iters: u64) {
     let mut samples = vec![Vec::with_capacity(rounds); runs.len()];
     for _ in 0..rounds {
         for (i, (_, run)) in runs.iter().enumerate() {
