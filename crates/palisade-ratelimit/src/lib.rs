@@ -10,11 +10,19 @@
 //!   counted when one refuses), weighted costs, [`Tiers`], shadow limits,
 //!   [`Mode`]s, fail-open / fail-closed; and a programmatic
 //!   [`check_key`](RateLimiter::check_key) for code that is not a request.
+//! - [`RateLimitCallLayer`]: any other service (tool calls, LLM calls):
+//!   refusals are a typed [`RateLimitError`] in the service's error type.
 //! - [`LocalLimiter`]: the in-process engine on its own — one atomic word
 //!   per key in a sharded map, bounded key space, idle eviction.
 //! - On a [`palisade_store::Store`] (Redis / Redis Cluster): one round trip
-//!   per decision (`rate_limit_many`), and a memo of keys already over
-//!   their limit so a refused flood never reaches Redis.
+//!   per decision (`rate_limit_many`; on a Redis Cluster, limits whose keys
+//!   sit in different slots use the store's two-phase peek-then-count, which
+//!   never over-admits), and a memo of keys already over their limit so a
+//!   refused flood never reaches Redis. Store down: fail open (default,
+//!   logged and counted) or closed, never hanging (per-operation timeout).
+//!
+//! Time is [`tokio::time::Instant`] by default, so tests run on a paused
+//! clock; [`Clock::Tsc`] is the cheaper production choice.
 //!
 //! # Example
 //!

@@ -441,8 +441,7 @@ fn fixed(cell: &AtomicU64, now: u64, period: u64, limit: u32, cost: u32) -> Deci
     loop {
         let (sw, sc) = unpack_fixed(state);
         let count = if sw == w { sc } else { 0 };
-        let new = count + cost;
-        if new > limit {
+        let Some(new) = count.checked_add(cost).filter(|&n| n <= limit) else {
             return Decision {
                 allowed: false,
                 limit,
@@ -450,7 +449,7 @@ fn fixed(cell: &AtomicU64, now: u64, period: u64, limit: u32, cost: u32) -> Deci
                 reset_after: left,
                 retry_after: Some(left),
             };
-        }
+        };
         let reset_after = if new == 0 { Duration::ZERO } else { left };
         let decision = Decision {
             allowed: true,
@@ -654,6 +653,34 @@ mod tests {
         assert!(l.check(&200).allowed);
         assert_eq!(l.len(), 1, "idle keys evicted to make room");
         assert_eq!(l.evict_idle(), 0);
+    }
+
+    #[test]
+    fn tsc_clock_admits_exactly_the_limit_across_threads() {
+        let q = Quota::new(500, Duration::from_secs(36_000));
+        let l = std::sync::Arc::new(LocalLimiter::new(q).unwrap().with_clock(Clock::Tsc));
+        assert_eq!(l.clock(), Clock::Tsc);
+        let allowed: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    let l = l.clone();
+                    s.spawn(move || (0..400).filter(|_| l.check(&"k").allowed).count())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(allowed, 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_fixed_window_limits_do_not_overflow() {
+        let q =
+            Quota::new(u32::MAX, Duration::from_secs(3600)).with_algorithm(Algorithm::FixedWindow);
+        let l = LocalLimiter::new(q).unwrap();
+        assert!(l.check_n(&1, u32::MAX).allowed);
+        let d = l.check_n(&1, u32::MAX);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
     }
 
     #[test]
