@@ -173,15 +173,22 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
         if !secs.is_finite() || secs < 0.0 {
             return None;
         }
+        // A reset too far away to represent is longer than any cap: the
+        // response is returned, not waited for.
+        let Ok(after) = Duration::try_from_secs_f64(secs) else {
+            return Some(Duration::MAX);
+        };
         // Values this large are Unix times, not durations.
         if secs >= 1_000_000_000.0 {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs);
+            let Some(at) = SystemTime::UNIX_EPOCH.checked_add(after) else {
+                return Some(Duration::MAX);
+            };
             return Some(
                 at.duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO),
             );
         }
-        return Some(Duration::from_secs_f64(secs));
+        return Some(after);
     }
     None
 }
@@ -259,6 +266,20 @@ fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn huge_rate_limit_resets_mean_do_not_wait() {
+        for huge in ["10000000000000000000", "1e300", "18446744073709551616"] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-ratelimit-reset", huge.parse().unwrap());
+            assert_eq!(
+                retry_after(StatusCode::TOO_MANY_REQUESTS, &h),
+                Some(Duration::MAX),
+                "{huge}"
+            );
+        }
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
