@@ -120,3 +120,39 @@ async fn redis_down_at_request_time_does_not_fail_requests() {
     }
     panic!("the cache never used Redis again after its restart (last status {last})");
 }
+
+#[tokio::test]
+async fn a_breaker_tripped_on_one_replica_is_open_on_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let config = format!("{CONFIG}shared_poll_interval = \"100ms\"\n");
+    let a = Gateway::start_with_config(Some(&config), &[], &env);
+    let b = Gateway::start_with_config(Some(&config), &[], &env);
+    assert_eq!(
+        get(&format!("{}/fail", a.url)).await.status,
+        500,
+        "one failure trips A"
+    );
+    assert_eq!(get(&format!("{}/fail", a.url)).await.status, 503);
+
+    // B learns it from Redis within a poll interval: watch its admin view.
+    let b_hits = b.upstream_hits().await;
+    let mut state = serde_json::Value::Null;
+    for _ in 0..100 {
+        state = get(&format!("{}/breakers", b.admin)).await.json()[0]["state"].clone();
+        if state == "open" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "open");
+    assert_eq!(get(&format!("{}/fail", b.url)).await.status, 503);
+    assert_eq!(
+        b.upstream_hits().await,
+        b_hits,
+        "B never called its upstream"
+    );
+}

@@ -88,8 +88,12 @@ pub fn full(
 
     let breakers = BreakerRegistry::new();
     breakers.register_metrics(registry)?;
-    let breaker = CircuitBreakerLayer::builder("upstream")
-        .config(cfg.circuit_breaker.clone())
+    let mut breaker = CircuitBreakerLayer::builder("upstream").config(cfg.circuit_breaker.clone());
+    if let Some(store) = &shared {
+        // A trip on one replica opens the circuit on all of them.
+        breaker = breaker.shared(store);
+    }
+    let breaker = breaker
         .http()
         .registry(&breakers)
         .build()
