@@ -32,8 +32,13 @@
 //! - **Invalidation**: a successful `POST` / `PUT` / `DELETE` / `PATCH`
 //!   invalidates its target URI and same-origin `Location` /
 //!   `Content-Location`; [`CacheHandle`] invalidates by key, prefix or glob.
-//! - Bodies over [`Config::max_body_bytes`] are streamed through untouched;
-//!   `Range` requests pass through.
+//! - Bodies over [`Config::max_body_bytes`] are never cached: with a
+//!   `Content-Length` over the limit they stream through untouched; without
+//!   one, the cache reads up to the limit, then streams what it read and the
+//!   rest. `Range` requests pass through, and so do gRPC calls (cache those
+//!   with [`CacheServiceLayer`] on the typed service).
+//! - Only GET responses are stored (HEAD requests are answered from them);
+//!   [`Config::default_ttl`] never applies to other methods.
 //!
 //! # Any service: [`CacheServiceLayer`]
 //!

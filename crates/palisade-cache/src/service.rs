@@ -198,6 +198,24 @@ where
         }
     }
 
+    /// A cache from a validated [`Config`](crate::Config) (L1 only; add a
+    /// store through [`CacheBuilder::from_config`] + [`CacheBuilder::store`]).
+    ///
+    /// ```
+    /// use palisade_cache::{CacheServiceLayer, Config};
+    /// use palisade_core::key::key_fn;
+    ///
+    /// let mut cfg = Config::default();
+    /// cfg.name = "tools".into();
+    /// let layer: CacheServiceLayer<String, _> =
+    ///     CacheServiceLayer::from_config(&cfg, key_fn(|q: &String| Some(q.clone()))).unwrap();
+    /// assert_eq!(layer.ttl(), std::time::Duration::from_secs(300));
+    /// ```
+    pub fn from_config(cfg: &crate::Config, key: K) -> Result<Self, crate::CacheError> {
+        cfg.validate()?;
+        Ok(Self::new(CacheBuilder::from_config(cfg), key))
+    }
+
     /// Stats and invalidation for this cache.
     pub fn handle(&self) -> CacheHandle {
         CacheHandle::new(self.shared.core.clone())
