@@ -533,6 +533,7 @@ struct Tally {
 
 impl Tally {
     /// Records one limit's decision; `true` when an enforced limit refused.
+    #[inline]
     fn record(
         &mut self,
         shared: &Shared,
@@ -577,6 +578,7 @@ impl Tally {
         true
     }
 
+    #[inline]
     fn verdict(self, shared: &Shared) -> Verdict {
         let policy = |entry: usize, slot: usize| shared.entries[entry].slots[slot].policy.clone();
         match (self.rejected, self.head) {
@@ -673,6 +675,7 @@ impl RateLimiter {
         }
     }
 
+    #[inline]
     fn plan_keys(
         &self,
         keys: &[(&str, &dyn Display)],
@@ -715,6 +718,7 @@ impl RateLimiter {
     }
 
     /// Plans the checks of a request (its body set aside).
+    #[inline]
     pub(crate) fn begin(&self, req: &Request<()>) -> Pending {
         let shared = &self.shared;
         let tier = if shared.any_tiered {
@@ -745,6 +749,7 @@ impl RateLimiter {
 
     /// Decides in-process at once, or plans the store checks.
     #[allow(clippy::type_complexity)]
+    #[inline]
     fn decide(
         &self,
         items: &mut dyn FnMut(&mut dyn FnMut(usize, usize, KeyRef<'_>, u32, bool) -> bool),

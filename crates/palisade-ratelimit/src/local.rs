@@ -131,6 +131,7 @@ pub struct LocalLimiter {
     quota: Quota,
     period: u64,
     t: u64,
+    inv_t: f64,
     time: TimeSource,
     cells: Cells,
     hasher: RandomState,
@@ -175,6 +176,7 @@ impl LocalLimiter {
             quota,
             period,
             t: period / u64::from(quota.limit()),
+            inv_t: 1.0 / (period / u64::from(quota.limit())) as f64,
             time: TimeSource::new(Clock::Tokio),
             cells: DashMap::with_hasher(BuildHasherDefault::default()),
             hasher: RandomState::new(),
@@ -247,13 +249,15 @@ impl LocalLimiter {
         self.time.now()
     }
 
-    /// The emission interval for `limit` (the quota's own is precomputed).
+    /// The emission interval for `limit` and its inverse (the quota's own
+    /// are precomputed).
     #[inline]
-    fn interval(&self, limit: u32) -> u64 {
+    fn interval(&self, limit: u32) -> (u64, f64) {
         if limit == self.quota.limit() {
-            self.t
+            (self.t, self.inv_t)
         } else {
-            self.period / u64::from(limit.max(1))
+            let t = (self.period / u64::from(limit.max(1))).max(1);
+            (t, 1.0 / t as f64)
         }
     }
 
@@ -270,7 +274,10 @@ impl LocalLimiter {
             };
         }
         self.with_cell(hash, now, |cell| match self.quota.algorithm() {
-            Algorithm::Gcra => gcra(cell, now, self.interval(limit), limit, cost),
+            Algorithm::Gcra => {
+                let (t, inv_t) = self.interval(limit);
+                gcra(cell, now, t, inv_t, limit, cost)
+            }
             Algorithm::FixedWindow => fixed(cell, now, self.period, limit, cost),
             Algorithm::SlidingWindow => sliding(cell, now, self.period, limit, cost),
         })
@@ -286,7 +293,7 @@ impl LocalLimiter {
         let cost = u64::from(cost);
         let take = |cell: &AtomicU64| {
             let _ = cell.fetch_update(Relaxed, Relaxed, |s| match self.quota.algorithm() {
-                Algorithm::Gcra => Some(s.saturating_sub(cost * self.interval(limit))),
+                Algorithm::Gcra => Some(s.saturating_sub(cost * self.interval(limit).0)),
                 Algorithm::FixedWindow => {
                     let (w, c) = unpack_fixed(s);
                     (w == fixed_window(now, self.period))
@@ -374,13 +381,26 @@ impl LocalLimiter {
     }
 }
 
+/// `x / t` without a hardware division: a float estimate (off by at most
+/// one for the magnitudes here), then corrected to the exact quotient.
+#[inline]
+fn div(x: u64, t: u64, inv_t: f64) -> u64 {
+    let mut q = (x as f64 * inv_t) as u64;
+    if q.saturating_mul(t) > x {
+        q -= 1;
+    } else if (q + 1).saturating_mul(t) <= x {
+        q += 1;
+    }
+    q
+}
+
 fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// GCRA on one atomic TAT (nanoseconds since the limiter's start).
 #[inline]
-fn gcra(cell: &AtomicU64, now: u64, t: u64, limit: u32, cost: u32) -> Decision {
+fn gcra(cell: &AtomicU64, now: u64, t: u64, inv_t: f64, limit: u32, cost: u32) -> Decision {
     let tau = t * u64::from(limit);
     let inc = t * u64::from(cost);
     let mut tat = cell.load(Relaxed);
@@ -392,7 +412,7 @@ fn gcra(cell: &AtomicU64, now: u64, t: u64, limit: u32, cost: u32) -> Decision {
             return Decision {
                 allowed: false,
                 limit,
-                remaining: clamp_u32(tau.saturating_sub(base - now) / t).min(limit),
+                remaining: clamp_u32(div(tau.saturating_sub(base - now), t, inv_t)).min(limit),
                 reset_after: Duration::from_nanos(base - now),
                 retry_after: Some(Duration::from_nanos(diff - tau)),
             };
@@ -401,7 +421,7 @@ fn gcra(cell: &AtomicU64, now: u64, t: u64, limit: u32, cost: u32) -> Decision {
             return Decision {
                 allowed: true,
                 limit,
-                remaining: clamp_u32((tau - diff) / t).min(limit),
+                remaining: clamp_u32(div(tau - diff, t, inv_t)).min(limit),
                 reset_after: Duration::from_nanos(diff),
                 retry_after: None,
             };
@@ -411,7 +431,7 @@ fn gcra(cell: &AtomicU64, now: u64, t: u64, limit: u32, cost: u32) -> Decision {
                 return Decision {
                     allowed: true,
                     limit,
-                    remaining: clamp_u32((tau - diff) / t).min(limit),
+                    remaining: clamp_u32(div(tau - diff, t, inv_t)).min(limit),
                     reset_after: Duration::from_nanos(diff),
                     retry_after: None,
                 };
@@ -681,6 +701,31 @@ mod tests {
         let d = l.check_n(&1, u32::MAX);
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
+    }
+
+    #[test]
+    fn float_division_is_exact() {
+        for t in [
+            1u64,
+            3,
+            7,
+            1_000,
+            8_571_428_571,
+            6_000_000_000,
+            (1 << 40) + 17,
+        ] {
+            let inv = 1.0 / t as f64;
+            for q in [0u64, 1, 5, 1_000_000, u64::from(u32::MAX)] {
+                let Some(base) = q.checked_mul(t) else {
+                    continue;
+                };
+                for x in [base.saturating_sub(1), base, base + 1, base + t / 2] {
+                    if x < 1 << 62 {
+                        assert_eq!(div(x, t, inv), x / t, "{x} / {t}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
