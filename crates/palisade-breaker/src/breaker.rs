@@ -358,19 +358,49 @@ impl WeakBreaker {
     }
 }
 
-/// Admission of one call, held until its outcome is known.
+/// Admission of one call, held until its outcome is known: two words, no
+/// padding (copies of it stay cheap on the hot path). What kind of call it
+/// is follows from the state it was admitted in.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
+    /// The state word at admission; [`SPENT`] once reported.
     state: u64,
-    kind: TicketKind,
-    start: Option<Instant>,
+    /// When the call started (nanoseconds since the breaker's base), or
+    /// [`NO_START`] when no clock is needed.
+    start: u64,
 }
+
+const NO_START: u64 = u64::MAX;
+/// The state word of a ticket already reported (code 0xff is no state).
+const SPENT: u64 = u64::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TicketKind {
     Normal,
     Trial,
     Untracked,
+}
+
+impl Ticket {
+    #[inline(always)]
+    fn kind(&self) -> TicketKind {
+        match code(self.state) {
+            CLOSED | METRICS_ONLY => TicketKind::Normal,
+            HALF_OPEN => TicketKind::Trial,
+            _ => TicketKind::Untracked,
+        }
+    }
+
+    /// Takes the ticket out, leaving a spent one.
+    #[inline(always)]
+    fn take(&mut self) -> Option<Ticket> {
+        (self.state != SPENT)
+            .then(|| std::mem::replace(&mut self.state, SPENT))
+            .map(|state| Ticket {
+                state,
+                start: self.start,
+            })
+    }
 }
 
 fn pack(epoch: u64, code: u64) -> u64 {
@@ -526,7 +556,7 @@ impl Breaker {
     pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
         self.acquire().map(|ticket| Permit {
             breaker: self.clone(),
-            ticket: Some(ticket),
+            ticket,
         })
     }
 
@@ -537,14 +567,30 @@ impl Breaker {
         match self.acquire() {
             Ok(ticket) => Ok(Permit {
                 breaker: self,
-                ticket: Some(ticket),
+                ticket,
             }),
             Err(open) => Err(open),
         }
     }
 
-    #[inline]
+    /// The closed-state fast path, inlined into the caller: one load of
+    /// the state word. Everything else (a clock to read, another state) is
+    /// out of line.
+    #[inline(always)]
     pub(crate) fn acquire(&self) -> Result<Ticket, CircuitOpen> {
+        let inner = &*self.inner;
+        let word = inner.state.load(Acquire);
+        if matches!(code(word), CLOSED | METRICS_ONLY) && !inner.needs_clock {
+            return Ok(Ticket {
+                state: word,
+                start: NO_START,
+            });
+        }
+        self.acquire_slow()
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self) -> Result<Ticket, CircuitOpen> {
         let inner = &*self.inner;
         loop {
             let word = inner.state.load(Acquire);
@@ -552,15 +598,17 @@ impl Breaker {
                 CLOSED | METRICS_ONLY => {
                     return Ok(Ticket {
                         state: word,
-                        kind: TicketKind::Normal,
-                        start: inner.needs_clock.then(Instant::now),
+                        start: if inner.needs_clock {
+                            self.now()
+                        } else {
+                            NO_START
+                        },
                     });
                 }
                 DISABLED => {
                     return Ok(Ticket {
                         state: word,
-                        kind: TicketKind::Untracked,
-                        start: None,
+                        start: NO_START,
                     });
                 }
                 OPEN => {
@@ -570,7 +618,7 @@ impl Breaker {
                         self.transition(word, State::HalfOpen, Reason::RecoveryTimeout);
                         continue;
                     }
-                    return Err(self.reject(Some(Duration::from_nanos(until - now)), false));
+                    return Err(self.reject());
                 }
                 HALF_OPEN => {
                     let now = self.now();
@@ -597,33 +645,67 @@ impl Breaker {
                         inner.last_activity.store(now, Release);
                         return Ok(Ticket {
                             state: word,
-                            kind: TicketKind::Trial,
-                            start: inner.needs_clock.then(Instant::now),
+                            start: if inner.needs_clock {
+                                self.now()
+                            } else {
+                                NO_START
+                            },
                         });
                     }
-                    return Err(self.reject(None, false));
+                    return Err(self.reject());
                 }
-                _ => return Err(self.reject(None, true)),
+                _ => return Err(self.reject()),
             }
         }
     }
 
     #[cold]
-    fn reject(&self, retry_after: Option<Duration>, forced: bool) -> CircuitOpen {
+    fn reject(&self) -> CircuitOpen {
         self.inner.rejected.fetch_add(1, Relaxed);
         CircuitOpen {
-            breaker: self.inner.name.clone(),
-            key: self.inner.key.clone(),
-            retry_after,
-            forced,
+            breaker: self.clone(),
         }
     }
 
-    #[inline]
+    /// Time until trial calls, while open (no timed transition is run).
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self.shared_view() {
+            (State::Open, left) => left,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_forced_open(&self) -> bool {
+        code(self.inner.state.load(Acquire)) == FORCED_OPEN
+    }
+
+    /// The closed-state fast path, inlined into the caller: a success that
+    /// changes nothing but the call count (no failure run to reset, the
+    /// window slot it replaces already a success) costs one `fetch_add`
+    /// and two loads.
+    #[inline(always)]
     pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome) {
+        if ticket.kind() == TicketKind::Normal
+            && outcome == Outcome::Success
+            && ticket.start == NO_START
+        {
+            let inner = &*self.inner;
+            let seq = inner.calls.fetch_add(1, Relaxed);
+            if inner.consecutive.load(Relaxed) == 0 && inner.window.success_is_noop(seq) {
+                return;
+            }
+            return self.record_normal(ticket, outcome, false, seq);
+        }
+        self.record_slow(ticket, outcome);
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, ticket: Ticket, outcome: Outcome) {
         let inner = &*self.inner;
         let slow = match (ticket.start, inner.settings.config.slow_call_threshold) {
-            (Some(start), Some(threshold)) => start.elapsed() >= threshold,
+            (start, Some(threshold)) if start != NO_START => {
+                self.now().saturating_sub(start) >= nanos(threshold)
+            }
             _ => false,
         };
         if outcome == Outcome::Ignored {
@@ -631,7 +713,7 @@ impl Breaker {
         } else if slow {
             inner.slow.fetch_add(1, Relaxed);
         }
-        match ticket.kind {
+        match ticket.kind() {
             TicketKind::Untracked | TicketKind::Trial => match outcome {
                 Outcome::Success => {
                     inner.other_successful.fetch_add(1, Relaxed);
@@ -643,40 +725,14 @@ impl Breaker {
             },
             TicketKind::Normal => {}
         }
-        match ticket.kind {
+        match ticket.kind() {
             TicketKind::Untracked => {}
             TicketKind::Normal => {
                 if outcome == Outcome::Ignored {
                     return;
                 }
                 let seq = inner.calls.fetch_add(1, Relaxed);
-                let failure = outcome == Outcome::Failure;
-                if failure {
-                    inner.normal_failed.fetch_add(1, Relaxed);
-                }
-                if inner.state.load(Acquire) != ticket.state {
-                    return;
-                }
-                let cfg = &inner.settings.config;
-                let can_trip = code(ticket.state) == CLOSED;
-                if failure {
-                    let n = inner.consecutive.fetch_add(1, Relaxed) + 1;
-                    if can_trip && cfg.failure_threshold > 0 && n >= cfg.failure_threshold {
-                        self.transition(ticket.state, State::Open, Reason::ConsecutiveFailures);
-                        return;
-                    }
-                } else if inner.consecutive.load(Relaxed) != 0 {
-                    inner.consecutive.store(0, Relaxed);
-                }
-                let secs = if inner.window.needs_clock() {
-                    self.now() / 1_000_000_000
-                } else {
-                    0
-                };
-                inner.window.record(seq, failure, slow, secs);
-                if can_trip && (failure || slow) {
-                    self.check_rates(ticket.state, secs);
-                }
+                self.record_normal(ticket, outcome, slow, seq);
             }
             TicketKind::Trial => {
                 let word = inner.state.load(Acquire);
@@ -706,6 +762,38 @@ impl Breaker {
         }
     }
 
+    /// A closed (or metrics-only) call with an outcome, numbered `seq`.
+    fn record_normal(&self, ticket: Ticket, outcome: Outcome, slow: bool, seq: u64) {
+        let inner = &*self.inner;
+        let failure = outcome == Outcome::Failure;
+        if failure {
+            inner.normal_failed.fetch_add(1, Relaxed);
+        }
+        if inner.state.load(Acquire) != ticket.state {
+            return;
+        }
+        let cfg = &inner.settings.config;
+        let can_trip = code(ticket.state) == CLOSED;
+        if failure {
+            let n = inner.consecutive.fetch_add(1, Relaxed) + 1;
+            if can_trip && cfg.failure_threshold > 0 && n >= cfg.failure_threshold {
+                self.transition(ticket.state, State::Open, Reason::ConsecutiveFailures);
+                return;
+            }
+        } else if inner.consecutive.load(Relaxed) != 0 {
+            inner.consecutive.store(0, Relaxed);
+        }
+        let secs = if inner.window.needs_clock() {
+            self.now() / 1_000_000_000
+        } else {
+            0
+        };
+        inner.window.record(seq, failure, slow, secs);
+        if can_trip && (failure || slow) {
+            self.check_rates(ticket.state, secs);
+        }
+    }
+
     #[cold]
     fn check_rates(&self, word: u64, secs: u64) {
         let inner = &*self.inner;
@@ -727,7 +815,7 @@ impl Breaker {
     }
 
     pub(crate) fn cancel(&self, ticket: Ticket) {
-        if ticket.kind == TicketKind::Trial && self.inner.state.load(Acquire) == ticket.state {
+        if ticket.kind() == TicketKind::Trial && self.inner.state.load(Acquire) == ticket.state {
             self.inner.half_permits.fetch_add(1, AcqRel);
         }
     }
@@ -1026,7 +1114,7 @@ impl Breaker {
     {
         let guard = Guard {
             breaker: self,
-            ticket: Some(self.acquire().map_err(BreakerError::Open)?),
+            ticket: self.acquire().map_err(BreakerError::Open)?,
         };
         let result = call.await;
         guard.record(classifier.classify(result.as_ref()));
@@ -1052,7 +1140,7 @@ impl Breaker {
     ) -> Result<T, BreakerError<E>> {
         let guard = Guard {
             breaker: self,
-            ticket: Some(self.acquire().map_err(BreakerError::Open)?),
+            ticket: self.acquire().map_err(BreakerError::Open)?,
         };
         let result = call();
         guard.record(if result.is_ok() {
@@ -1122,7 +1210,7 @@ impl fmt::Debug for Breaker {
 /// A borrowed permit: no reference count traffic.
 struct Guard<'a> {
     breaker: &'a Breaker,
-    ticket: Option<Ticket>,
+    ticket: Ticket,
 }
 
 impl Guard<'_> {
@@ -1157,7 +1245,7 @@ impl Drop for ProbeHandle {
 /// counted, and a half-open trial permit is given back.
 pub struct Permit {
     breaker: Breaker,
-    ticket: Option<Ticket>,
+    ticket: Ticket,
 }
 
 impl Permit {
@@ -1199,7 +1287,7 @@ impl fmt::Debug for Permit {
             .field("breaker", &self.breaker.inner.name)
             .field(
                 "trial",
-                &matches!(self.ticket, Some(t) if t.kind == TicketKind::Trial),
+                &(self.ticket.state != SPENT && self.ticket.kind() == TicketKind::Trial),
             )
             .finish()
     }

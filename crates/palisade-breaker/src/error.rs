@@ -1,7 +1,8 @@
 //! The breaker's errors: [`CircuitOpen`] and [`BreakerError`].
 
+use crate::Breaker;
 use palisade_core::{BoxError, ErrorKind};
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, time::Duration};
 
 /// A call was rejected because its circuit is open (or half-open with no
 /// trial permit left, or forced open).
@@ -19,44 +20,55 @@ use std::{fmt, sync::Arc, time::Duration};
 /// let err = palisade_core::Error::from(open);
 /// assert_eq!(err.http_status(), 503);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CircuitOpen {
-    pub(crate) breaker: Arc<str>,
-    pub(crate) key: Option<Arc<str>>,
-    pub(crate) retry_after: Option<Duration>,
-    pub(crate) forced: bool,
+    /// The breaker that rejected the call: one pointer, so a `Result`
+    /// carrying this error stays two words and is returned in registers.
+    pub(crate) breaker: Breaker,
+}
+
+impl fmt::Debug for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitOpen")
+            .field("breaker", &self.breaker())
+            .field("key", &self.key())
+            .field("retry_after", &self.retry_after())
+            .field("forced", &self.is_forced())
+            .finish()
+    }
 }
 
 impl CircuitOpen {
     /// The name of the breaker that rejected the call.
     pub fn breaker(&self) -> &str {
-        &self.breaker
+        self.breaker.name()
     }
 
     /// The key of the per-key breaker that rejected the call, if any.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.breaker.key()
     }
 
-    /// When trial calls will be admitted, if known (not for a forced-open
-    /// or a busy half-open breaker).
+    /// When trial calls will be admitted, while the breaker is open (not
+    /// for a forced-open or a busy half-open breaker). Read from the
+    /// breaker when asked — normally right after the rejection.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.breaker.retry_after()
     }
 
-    /// Whether the breaker was forced open by an operator.
+    /// Whether the breaker is forced open by an operator (read when asked).
     pub fn is_forced(&self) -> bool {
-        self.forced
+        self.breaker.is_forced_open()
     }
 }
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit breaker {:?}", &*self.breaker)?;
-        if let Some(key) = &self.key {
-            write!(f, " (key {:?})", &**key)?;
+        write!(f, "circuit breaker {:?}", self.breaker())?;
+        if let Some(key) = self.key() {
+            write!(f, " (key {:?})", key)?;
         }
-        if self.forced {
+        if self.is_forced() {
             f.write_str(" is forced open")
         } else {
             f.write_str(" is open")
@@ -70,7 +82,7 @@ impl From<CircuitOpen> for palisade_core::Error {
     fn from(open: CircuitOpen) -> Self {
         let mut err = palisade_core::Error::new(ErrorKind::CircuitOpen, "circuit breaker is open")
             .with_problem_type("https://palisade.invalid/problems/circuit-open");
-        if let Some(after) = open.retry_after {
+        if let Some(after) = open.retry_after() {
             err = err.with_retry_after(after);
         }
         err.with_source(open)

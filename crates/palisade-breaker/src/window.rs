@@ -44,6 +44,16 @@ impl Window {
         }
     }
 
+    /// Whether recording a plain success as call `seq` would change
+    /// nothing (a count window whose slot already holds one).
+    #[inline(always)]
+    pub(crate) fn success_is_noop(&self, seq: u64) -> bool {
+        match self {
+            Self::Count(w) => w.slots[w.index(seq)].load(Relaxed) == OK,
+            Self::Time(_) => false,
+        }
+    }
+
     pub(crate) fn totals(&self, now_secs: u64) -> Totals {
         match self {
             Self::Count(w) => w.totals(),
@@ -107,7 +117,7 @@ impl CountWindow {
 
     /// `seq % len` for `len` ≤ 2¹⁶: the low 32 bits of `seq` by fastmod
     /// (a slot is skipped once every 2³² calls, which a window never notices).
-    #[inline]
+    #[inline(always)]
     fn index(&self, seq: u64) -> usize {
         let low = self.magic.wrapping_mul(u64::from(seq as u32));
         ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
