@@ -225,6 +225,12 @@ struct Inner {
     regex: Option<Regex>,
     /// Set when only built-in patterns are enabled.
     prefilter: Option<Prefilter>,
+    /// `rests[p]`: the patterns from `p` on, in priority order (so
+    /// `rests[0]` is the whole set). An anchored search of `rests[p]` finds
+    /// the first pattern from `p` on that matches at a position.
+    rests: Vec<Regex>,
+    /// Each pattern alone: the reference the tests compare against.
+    #[cfg(test)]
     singles: Vec<Regex>,
     slots: Vec<Slot>,
     fields: FieldMatcher,
@@ -436,27 +442,29 @@ impl PiiMaskerBuilder {
                 label: label(&p.name),
             });
         }
-        let (regex, singles) = if regexes.is_empty() {
-            (None, Vec::new())
-        } else {
-            let all = compile(&regexes).map_err(|e| BuildError::InvalidPattern {
+        let rests = (0..regexes.len())
+            .map(|p| compile(&regexes[p..]))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BuildError::InvalidPattern {
                 name: "<all>".to_owned(),
                 source: e,
             })?;
-            let singles = regexes
-                .iter()
-                .map(|r| compile(&[r.as_str()]))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| BuildError::InvalidPattern {
-                    name: "<single>".to_owned(),
-                    source: e,
-                })?;
-            (Some(all), singles)
-        };
+        let regex = rests.first().cloned();
+        #[cfg(test)]
+        let singles = regexes
+            .iter()
+            .map(|r| compile(&[r.as_str()]))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BuildError::InvalidPattern {
+                name: "<single>".to_owned(),
+                source: e,
+            })?;
         Ok(PiiMasker {
             inner: Arc::new(Inner {
                 prefilter: c.custom.is_empty().then(Prefilter::new),
                 regex,
+                rests,
+                #[cfg(test)]
                 singles,
                 slots,
                 fields: FieldMatcher::new(&c.sensitive_fields),
@@ -577,11 +585,12 @@ impl PiiMasker {
                 continue;
             }
             let mut resumed = false;
-            for p in pid + 1..self.inner.singles.len() {
+            let mut next = pid + 1;
+            while let Some(rest) = self.inner.rests.get(next) {
                 let input = Input::new(hay).range(s..to).anchored(Anchored::Yes);
-                if let Some(m2) = self.inner.singles[p].search(&input)
-                    && let Some(end) = self.accept(p, hay, s, m2.end())
-                {
+                let Some(m2) = rest.search(&input) else { break };
+                let p = next + m2.pattern().as_usize();
+                if let Some(end) = self.accept(p, hay, s, m2.end()) {
                     on(Found {
                         start: s,
                         end,
@@ -591,6 +600,7 @@ impl PiiMasker {
                     resumed = true;
                     break;
                 }
+                next = p + 1;
             }
             if !resumed {
                 at = s + 1;
@@ -601,12 +611,71 @@ impl PiiMasker {
         }
     }
 
-    /// The scan without the prefilter, for differential tests.
+    /// Whether the prefilter is on (only built-in patterns are enabled).
+    pub(crate) fn has_prefilter(&self) -> bool {
+        self.inner.prefilter.is_some()
+    }
+
+    /// `text` with the matches `found` replaced; `found` holds offsets into
+    /// a larger haystack in which `text` starts at `base`.
+    pub(crate) fn render(
+        &self,
+        text: &str,
+        base: usize,
+        found: &[Found],
+        stats: &mut MaskStats,
+    ) -> String {
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut last = 0;
+        for f in found {
+            let (s, e) = (f.start - base, f.end - base);
+            out.push_str(&text[last..s]);
+            self.replace_into(f.slot, &text[s..e], &mut out);
+            last = e;
+            stats.hit(self.label(f.slot));
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+
+    /// The reference scan, for differential tests: no prefilter, the whole
+    /// haystack, and each lower-priority pattern tried alone after a
+    /// rejected candidate.
     #[cfg(test)]
     pub(crate) fn find_all_unfiltered(&self, hay: &[u8]) -> Vec<Found> {
         let mut out = Vec::new();
-        if let Some(re) = &self.inner.regex {
-            self.find_in(re, hay, 0, hay.len(), &mut |f| out.push(f));
+        let Some(re) = &self.inner.regex else {
+            return out;
+        };
+        let mut at = 0;
+        while at < hay.len() {
+            let Some(m) = re.search(&Input::new(hay).range(at..)) else {
+                break;
+            };
+            let (s, e, pid) = (m.start(), m.end(), m.pattern().as_usize());
+            let mut hit = self.accept(pid, hay, s, e).map(|end| (end, pid));
+            for p in pid + 1..self.inner.singles.len() {
+                if hit.is_some() {
+                    break;
+                }
+                let input = Input::new(hay).range(s..).anchored(Anchored::Yes);
+                if let Some(m2) = self.inner.singles[p].search(&input) {
+                    hit = self.accept(p, hay, s, m2.end()).map(|end| (end, p));
+                }
+            }
+            if let Some((end, slot)) = hit {
+                out.push(Found {
+                    start: s,
+                    end,
+                    slot,
+                });
+                at = end;
+            } else {
+                at = s + 1;
+                while at < hay.len() && (hay[at] & 0xC0) == 0x80 {
+                    at += 1;
+                }
+            }
         }
         out
     }

@@ -239,6 +239,12 @@ impl Prefilter {
             if t >= n {
                 return;
             }
+            // A lone `:` (JSON's `"key":"value"`) is never a candidate.
+            if hay[t] == b':' && (t == 0 || !joined(hay, t)) && (t + 1 == n || !joined(hay, t + 1))
+            {
+                pos = t + 1;
+                continue;
+            }
             let mut start = t;
             while start > pos && joined(hay, start) {
                 start -= 1;
@@ -263,12 +269,14 @@ impl Prefilter {
 /// one run of phone / card characters (every numeric pattern lies inside
 /// such a run); the other counts are over the whole segment, which only
 /// over-approximates what each pattern needs.
+#[inline]
 fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
     let n = hay.len();
     let mut cp = class(hay[start]);
     let mut seen = cp;
     let mut run = u32::from(cp & DIG != 0);
     let (mut digits, mut dots) = (run, u32::from(cp & F_DOT != 0));
+    let mut colons = u32::from(cp & F_COLON != 0);
     let mut i = start + 1;
     while i < n {
         let c = class(hay[i]);
@@ -283,6 +291,7 @@ fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
         };
         digits = digits.max(run);
         dots += u32::from(c & F_DOT != 0);
+        colons += u32::from(c & F_COLON != 0);
         cp = c;
         i += 1;
     }
@@ -291,7 +300,7 @@ fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
         || digits >= 9
         || (digits >= 8 && seen & F_PLUS != 0)
         || (digits >= 4 && dots >= 3)
-        || (seen & F_COLON != 0 && ipv6_shape(seg))
+        || (colons >= 2 && ipv6_shape(seg, colons))
         || (seen & F_UPPER != 0 && iban_pan_shape(seg))
         || (seg.len() >= MIN_TOKEN
             && seen & (F_TOKEN | F_UPPER) != 0
@@ -300,8 +309,8 @@ fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
 }
 
 /// `::` or 7 colons: what every valid IPv6 address without dots has.
-fn ipv6_shape(seg: &[u8]) -> bool {
-    memchr::memmem::find(seg, b"::").is_some() || memchr::memchr_iter(b':', seg).count() >= 7
+fn ipv6_shape(seg: &[u8], colons: u32) -> bool {
+    colons >= 7 || seg.windows(2).any(|w| w == b"::")
 }
 
 /// Two capitals, then two digits (IBAN `DE89`, PAN `ABCDE1234F`).
