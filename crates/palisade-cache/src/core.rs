@@ -53,7 +53,13 @@ impl Clock {
     /// Unix milliseconds.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
-        let elapsed = Instant::now().saturating_duration_since(self.base);
+        self.ms_at(Instant::now())
+    }
+
+    /// Unix milliseconds at `at`.
+    #[inline]
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.base);
         self.base_ms
             .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
@@ -231,8 +237,14 @@ impl<V: Value> Core<V> {
     /// The L1 value at `key`, if present and younger than the L1 TTL.
     #[inline]
     pub(crate) fn l1_get(&self, key: &str) -> Option<V> {
+        self.l1_get_at(key, Instant::now())
+    }
+
+    /// [`l1_get`](Self::l1_get) judged at `now` (one clock read per request).
+    #[inline]
+    pub(crate) fn l1_get_at(&self, key: &str, now: Instant) -> Option<V> {
         let slot = self.l1.get(key)?;
-        if slot.stored_at.elapsed() >= self.l1_ttl {
+        if now.saturating_duration_since(slot.stored_at) >= self.l1_ttl {
             // Too old for L1 (judged on tokio's clock). Left in place: a
             // refill replaces it, and moka's own TTL drops it otherwise.
             return None;

@@ -173,8 +173,13 @@ impl Shared {
     /// L1 lookup of the primary key in `buf` (a Vary marker leads on to the
     /// variant, whose key is then left in `buf`).
     #[inline]
-    fn l1_lookup(&self, buf: &mut String, headers: &HeaderMap) -> Option<Arc<Stored>> {
-        match self.core.l1_get(buf)? {
+    fn l1_lookup(
+        &self,
+        buf: &mut String,
+        headers: &HeaderMap,
+        now: tokio::time::Instant,
+    ) -> Option<Arc<Stored>> {
+        match self.core.l1_get_at(buf, now)? {
             HttpValue::Response(s) => Some(s),
             HttpValue::Vary(m) => {
                 write_variant(
@@ -183,7 +188,7 @@ impl Shared {
                     m.names.iter().map(String::as_str),
                     headers,
                 );
-                match self.core.l1_get(buf)? {
+                match self.core.l1_get_at(buf, now)? {
                     HttpValue::Response(s) => Some(s),
                     HttpValue::Vary(_) => None,
                 }
@@ -243,18 +248,27 @@ impl Shared {
             && (req.contains_key(header::IF_NONE_MATCH)
                 || req.contains_key(header::IF_MODIFIED_SINCE))
             && policy::client_not_modified(req, &s.headers);
-        let mut headers = if not_modified {
-            policy::not_modified_headers(&s.headers)
+        let age = age_value(s.age(now) / 1000);
+        let headers = if outcome == Outcome::Hit && self.x_cache && !not_modified {
+            // Hot path: a prepared map, one value replaced in place.
+            let mut headers = s.hit_headers.clone();
+            headers.insert(header::AGE, age);
+            headers
         } else {
-            s.headers.clone()
+            let mut headers = if not_modified {
+                policy::not_modified_headers(&s.headers)
+            } else {
+                s.headers.clone()
+            };
+            headers.insert(header::AGE, age);
+            if s.flags & policy::SURROGATE != 0 {
+                headers.remove("surrogate-control");
+            }
+            if self.x_cache {
+                headers.insert(X_CACHE, outcome.value());
+            }
+            headers
         };
-        headers.insert(header::AGE, HeaderValue::from(s.age(now) / 1000));
-        if s.flags & policy::SURROGATE != 0 {
-            headers.remove("surrogate-control");
-        }
-        if self.x_cache {
-            headers.insert(X_CACHE, outcome.value());
-        }
         let body = if not_modified || head {
             CacheBody::full(Bytes::new())
         } else {
@@ -308,6 +322,17 @@ impl Shared {
             .await;
         self.core.put(Arc::from(variant), value).await;
     }
+}
+
+/// `Age` values: the first 1024 seconds prepared once (cheap clones).
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Box<[HeaderValue]>> =
+        std::sync::LazyLock::new(|| (0..1024u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| AGES.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 fn random_u64() -> u64 {
@@ -654,7 +679,8 @@ where
         };
         let req_cc = CacheControl::parse(req.headers());
         let has_auth = req.headers().contains_key(header::AUTHORIZATION);
-        let now = shared.core.clock.now_ms();
+        let now_instant = tokio::time::Instant::now();
+        let now = shared.core.clock.ms_at(now_instant);
 
         // Fast path: L1, no allocation for the key.
         enum Fast<B> {
@@ -665,7 +691,7 @@ where
         let fast = with_buf(|buf| {
             write_primary(buf, req.uri(), req.headers(), &custom);
             let primary_len = buf.len();
-            let found = shared.l1_lookup(buf, req.headers());
+            let found = shared.l1_lookup(buf, req.headers(), now_instant);
             let mut blocked = false;
             if let Some(s) = &found {
                 match s.decide(&req_cc, has_auth, now) {
@@ -886,7 +912,7 @@ where
                     let found = with_buf(|buf| {
                         buf.push_str(&ctx.primary);
                         shared
-                            .l1_lookup(buf, req.headers())
+                            .l1_lookup(buf, req.headers(), tokio::time::Instant::now())
                             .map(|s| (s, Arc::<str>::from(buf.as_str())))
                     });
                     if let Some((s, key)) = found {

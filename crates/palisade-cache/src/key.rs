@@ -48,8 +48,12 @@ pub(crate) fn write_primary(
             Some("https") => a.strip_suffix(":443").unwrap_or(a),
             _ => a,
         };
-        for c in a.chars() {
-            buf.push(c.to_ascii_lowercase());
+        if a.bytes().any(|b| b.is_ascii_uppercase()) {
+            for c in a.chars() {
+                buf.push(c.to_ascii_lowercase());
+            }
+        } else {
+            buf.push_str(a);
         }
     }
     let path = uri.path();

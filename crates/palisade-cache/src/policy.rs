@@ -166,6 +166,10 @@ pub(crate) struct Stored {
     pub(crate) swr: u64,
     pub(crate) sie: u64,
     pub(crate) flags: u8,
+    /// `headers` as served on a hit: with `X-Cache: HIT` and an `Age`
+    /// slot, without `Surrogate-Control`; cloning it and setting `Age`
+    /// never grows the map.
+    pub(crate) hit_headers: HeaderMap,
 }
 
 /// What a stored response can do for a request.
@@ -206,6 +210,7 @@ impl Stored {
             swr: 0,
             sie: 0,
             flags: 0,
+            hit_headers: HeaderMap::new(),
         };
         s.recompute(res_cc, request_time, rules);
         s
@@ -300,6 +305,7 @@ impl Stored {
         self.swr = res_cc.stale_while_revalidate.map_or(0, secs_ms);
         self.sie = res_cc.stale_if_error.map_or(0, secs_ms);
         self.flags = flags;
+        self.rebuild_hit_headers();
     }
 
     /// The current age (ms) at `now` (unix ms).
@@ -427,6 +433,7 @@ impl Stored {
             swr: 0,
             sie: 0,
             flags: 0,
+            hit_headers: HeaderMap::new(),
         };
         if !res.contains_key(header::DATE) {
             s.headers.remove(header::DATE);
@@ -438,6 +445,18 @@ impl Stored {
         s
     }
 
+    fn rebuild_hit_headers(&mut self) {
+        let mut h = HeaderMap::with_capacity(self.headers.len() + 2);
+        for (k, v) in &self.headers {
+            if k != "surrogate-control" {
+                h.append(k.clone(), v.clone());
+            }
+        }
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+        h.insert(crate::X_CACHE, HeaderValue::from_static("HIT"));
+        self.hit_headers = h;
+    }
+
     /// Approximate memory / wire size.
     pub(crate) fn weight(&self) -> usize {
         let headers: usize = self
@@ -445,7 +464,7 @@ impl Stored {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 8)
             .sum();
-        self.body.len() + headers + 64
+        self.body.len() + 2 * headers + 64
     }
 
     /// Encodes it for L2.
@@ -497,7 +516,7 @@ impl Stored {
             let v = HeaderValue::from_maybe_shared(b.split_to(vl)).ok()?;
             headers.append(k, v);
         }
-        Some(Self {
+        let mut s = Self {
             status,
             headers,
             body: b,
@@ -507,7 +526,10 @@ impl Stored {
             swr,
             sie,
             flags,
-        })
+            hit_headers: HeaderMap::new(),
+        };
+        s.rebuild_hit_headers();
+        Some(s)
     }
 }
 
