@@ -10,7 +10,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, LazyLock},
+    sync::LazyLock,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -423,11 +423,4 @@ impl From<RateLimiter> for RateLimitLayer {
     fn from(limiter: RateLimiter) -> Self {
         Self::new(limiter)
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<RateLimitLayer>();
-    send_sync::<Arc<RateLimiter>>();
 }

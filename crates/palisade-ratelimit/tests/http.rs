@@ -414,3 +414,64 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(statuses, [200, 200, 429, 429], "one key: 127.0.0.1");
     server.abort();
 }
+
+/// On a store, a refused key is remembered in-process until its
+/// retry-after, and not a moment longer.
+#[tokio::test(start_paused = true)]
+async fn store_memo_refuses_until_retry_after_then_lets_through() {
+    let limiter = RateLimiter::builder()
+        .limit(Limit::new("g", ConstKey("all"), Quota::per_minute(2)))
+        .store(palisade_store::Store::in_memory())
+        .build()
+        .unwrap();
+    let svc = service(limiter);
+    for _ in 0..2 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(Body::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Body::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "retry-after"), "30");
+    // Answered from the memo: same refusal, shrinking wait.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Body::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "retry-after"), "10");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Body::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "0");
+    let res = svc.oneshot(Request::new(Body::new())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[test]
+fn traits() {
+    fn send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<RateLimitLayer>();
+    send_sync::<RateLimiter>();
+    send_sync::<
+        palisade_ratelimit::RateLimit<
+            tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+        >,
+    >();
+    let limiter = RateLimiter::builder().build().unwrap();
+    send(&limiter.check_key("ip", &"1.2.3.4", 1));
+}
