@@ -237,7 +237,6 @@ impl Config {
         metrics: Option<&RateLimitMetrics>,
     ) -> Result<RateLimiter, RateLimitError> {
         let bad = RateLimitError::InvalidConfig;
-        let mut tiers: Option<Tiers> = None;
         let default_tier = Tier::new(self.tiers.default.as_str());
         let tier_quota = |name: &str, v: &TierLimit| match v {
             TierLimit::Limit(n) => Ok(Some(
@@ -268,16 +267,12 @@ impl Config {
         for (name, v) in &limits {
             table = table.tier(Tier::new(name.as_str()), tier_quota(name, v)?);
         }
-        tiers.get_or_insert(table);
-
         let mut b = RateLimiter::builder()
             .mode(self.mode)
             .on_store_error(self.on_store_error)
             .max_keys(self.max_keys)
-            .clock(self.clock);
-        if let Some(t) = tiers {
-            b = b.tiers(t);
-        }
+            .clock(self.clock)
+            .tiers(table);
         for (i, l) in self.limits.iter().enumerate() {
             let name = l.name.clone().unwrap_or_else(|| l.key.name().to_owned());
             let quota = Quota::new(l.limit.unwrap_or(l.key.default_limit()), l.period)
