@@ -5,6 +5,10 @@
 //! - L2 hit on a real redis-server: palisade (L1 always missing) vs a bare
 //!   Redis GET of the same bytes.
 //!
+//! - Miss, uncacheable response (`200 text/plain "ok"`, no Cache-Control,
+//!   Expires, Last-Modified or ETag — a health check): every cache vs the
+//!   bare upstream, L1 only and (palisade) with L2 on redis-server.
+//!
 //! Run: `cargo bench -p palisade-cache --bench cache`
 
 use bytes::Bytes;
@@ -29,6 +33,22 @@ fn upstream()
                 .header("content-type", "application/json")
                 .header("etag", "\"v1\"")
                 .body(Full::new(Bytes::from_static(BODY)))
+                .unwrap(),
+        )
+    })
+}
+
+/// A health-check-like upstream: nothing a cache could store or revalidate.
+fn uncacheable()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from_static(b"ok")))
                 .unwrap(),
         )
     })
@@ -111,9 +131,50 @@ fn bench(c: &mut Criterion) {
         t[0].as_secs_f64() / t[1].min(t[2]).as_secs_f64()
     );
 
+    let health: Uri = "http://bench.local/health".parse().unwrap();
+    let mut g = c.benchmark_group("miss_uncacheable");
+    let bare = uncacheable();
+    g.bench_function("no cache (bare upstream)", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&bare, &health).await) })
+    });
+    let palisade = CacheLayer::new().layer(uncacheable());
+    g.bench_function("palisade", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&palisade, &health).await) })
+    });
+    let hct = http_cache_tower::HttpCacheLayer::new(http_cache::MokaManager::default())
+        .layer(uncacheable());
+    g.bench_function("http-cache-tower (moka)", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&hct, &health).await) })
+    });
+    let thc = tower_http_cache::CacheLayer::new_in_memory(10_000)
+        .with_ttl(Duration::from_secs(3600))
+        .layer(uncacheable());
+    g.bench_function("tower-http-cache (in-memory)", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&thc, &health).await) })
+    });
+    g.finish();
+
     let Some(redis) = palisade_testkit::RedisServer::start() else {
         return;
     };
+    let mut g = c.benchmark_group("miss_uncacheable_l2");
+    let store = rt
+        .block_on(palisade_store::Store::connect(&redis.url()))
+        .unwrap();
+    let palisade_l2 = CacheLayer::builder()
+        .store(store)
+        .build()
+        .layer(uncacheable());
+    g.bench_function("palisade L1+L2 (redis)", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(one(&palisade_l2, &health).await) })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("l2_hit");
     let store = rt
         .block_on(palisade_store::Store::connect(&redis.url()))
