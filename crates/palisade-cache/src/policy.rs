@@ -124,12 +124,27 @@ pub(crate) fn storable(
     if vary_star(res) {
         return false;
     }
-    surrogate.is_some_and(|sc| sc.max_age.is_some())
+    // Explicit freshness (§4.2.1).
+    if surrogate.is_some_and(|sc| sc.max_age.is_some())
         || res.contains_key(header::EXPIRES)
         || res_cc.max_age.is_some()
         || res_cc.s_maxage.is_some()
-        || res_cc.public
-        || heuristically_cacheable(status)
+    {
+        return true;
+    }
+    if !(res_cc.public || heuristically_cacheable(status)) {
+        return false;
+    }
+    // Allowed, but only worth keeping when it can be reused: heuristic
+    // freshness (the configured default TTL, or Last-Modified, §4.2.2), a
+    // validator to revalidate with (§4.3.1), or a stale-* window. A bare
+    // `200 ok` (a health check) would be stale at once with nothing to
+    // revalidate: storing it only costs.
+    rules.default_ttl.is_some()
+        || res.contains_key(header::LAST_MODIFIED)
+        || res.contains_key(header::ETAG)
+        || res_cc.stale_while_revalidate.is_some()
+        || res_cc.stale_if_error.is_some()
 }
 
 fn auth_ok(res_cc: &CacheControl) -> bool {
@@ -655,8 +670,41 @@ mod tests {
             200,
             &[("cache-control", "max-age=5")]
         ));
-        assert!(check(Method::GET, &[], 200, &[]));
-        assert!(!check(Method::GET, &[], 302, &[]));
+        // Heuristically cacheable, but only kept when it can be reused.
+        assert!(!check(Method::GET, &[], 200, &[]));
+        assert!(!check(
+            Method::GET,
+            &[],
+            200,
+            &[("cache-control", "public")]
+        ));
+        assert!(check(Method::GET, &[], 200, &[("etag", "\"1\"")]));
+        assert!(check(
+            Method::GET,
+            &[],
+            200,
+            &[("last-modified", "Mon, 23 Nov 2026 07:00:00 GMT")]
+        ));
+        assert!(check(
+            Method::GET,
+            &[],
+            200,
+            &[("cache-control", "stale-if-error=60")]
+        ));
+        let with_ttl = Rules {
+            default_ttl: Some(Duration::from_secs(5)),
+            ..rules()
+        };
+        assert!(storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            &CacheControl::default(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            &CacheControl::default(),
+            &with_ttl,
+        ));
+        assert!(!check(Method::GET, &[], 302, &[("etag", "\"1\"")]));
         assert!(check(
             Method::GET,
             &[],
@@ -685,7 +733,7 @@ mod tests {
             Method::GET,
             &[("cache-control", "no-store")],
             200,
-            &[]
+            &[("cache-control", "max-age=5")]
         ));
         assert!(!check(
             Method::GET,
@@ -752,7 +800,7 @@ mod tests {
             Method::GET,
             &[],
             200,
-            &[("cache-control", "no-store, must-understand")]
+            &[("cache-control", "no-store, must-understand, max-age=5")]
         ));
     }
 
