@@ -97,9 +97,10 @@ pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: H
         headers.insert(HeaderName::from_static("x-ratelimit-reset"), number(reset));
     }
     if style.ietf {
-        if let Some(p) = &policy.policy {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), p.clone());
-        }
+        headers.insert(
+            HeaderName::from_static("ratelimit-policy"),
+            policy.policy.clone(),
+        );
         if let Ok(v) = HeaderValue::try_from(format!("{};r={remaining};t={reset}", policy.sf_name))
         {
             headers.insert(HeaderName::from_static("ratelimit"), v);

@@ -13,10 +13,13 @@ use http::Request;
 use palisade_store::{GcraRule, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::{
+    collections::HashMap,
     fmt::{self, Display},
     future::Future,
     hash::{BuildHasher, Hasher, RandomState},
-    sync::Arc,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -103,7 +106,7 @@ pub enum Outcome {
 pub struct Verdict {
     pub(crate) outcome: Outcome,
     pub(crate) decision: Decision,
-    pub(crate) policy: Option<Arc<Policy>>,
+    pub(crate) policy: Option<&'static Policy>,
     pub(crate) shadow_rejected: bool,
     pub(crate) store_error: Option<Box<StoreError>>,
 }
@@ -156,7 +159,7 @@ impl Verdict {
 
     /// The name of the limit that decided, when one did.
     pub fn limit_name(&self) -> Option<&str> {
-        self.policy.as_ref().map(|p| &*p.name)
+        self.policy.map(|p| &*p.name)
     }
 
     /// Whether a shadow limit would have refused the request.
@@ -211,37 +214,56 @@ impl Memo {
 }
 
 /// What the headers say about one (limit, tier), rendered once.
+///
+/// Policies are interned for the life of the process, one per distinct
+/// (name, limit, window): a verdict points at its policy without touching a
+/// shared reference count per request, and the header values are static
+/// bytes (cloning them is a copy, not an atomic increment). Rebuilding a
+/// limiter with the same configuration reuses the same policies.
 #[derive(Debug)]
 pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
     /// `"<name>"` as a structured-field string.
-    pub(crate) sf_name: String,
+    pub(crate) sf_name: &'static str,
     /// `X-RateLimit-Limit`.
     pub(crate) limit: http::HeaderValue,
     /// `RateLimit-Policy`.
-    pub(crate) policy: Option<http::HeaderValue>,
+    pub(crate) policy: http::HeaderValue,
 }
 
+type PolicyKey = (Arc<str>, u32, u64);
+
 impl Policy {
-    fn new(name: &Arc<str>, quota: Quota) -> Self {
-        let sf_name = crate::layer::sf_string(name);
+    fn intern(name: &Arc<str>, quota: Quota) -> &'static Policy {
+        static POLICIES: Mutex<Option<HashMap<PolicyKey, &'static Policy>>> = Mutex::new(None);
         let window = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
-        Self {
+        let key = (name.clone(), quota.limit(), window);
+        let mut all = POLICIES.lock().unwrap_or_else(PoisonError::into_inner);
+        let all = all.get_or_insert_with(HashMap::new);
+        if let Some(p) = all.get(&key) {
+            return p;
+        }
+        // Only visible ASCII: `sf_string` escapes everything else, the rest
+        // is digits and `;=`, so `from_static` cannot panic.
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let sf_name = leak(crate::layer::sf_string(name));
+        let policy: &'static Policy = Box::leak(Box::new(Self {
             name: name.clone(),
-            limit: http::HeaderValue::from(quota.limit()),
-            policy: http::HeaderValue::try_from(format!(
+            limit: http::HeaderValue::from_static(leak(quota.limit().to_string())),
+            policy: http::HeaderValue::from_static(leak(format!(
                 "{sf_name};q={};w={window}",
                 quota.limit()
-            ))
-            .ok(),
+            ))),
             sf_name,
-        }
+        }));
+        all.insert(key, policy);
+        policy
     }
 }
 
 pub(crate) struct Slot {
     quota: Option<Quota>,
-    policy: Option<Arc<Policy>>,
+    policy: Option<&'static Policy>,
     local: Option<LocalLimiter>,
     memo: Option<Memo>,
     counters: Option<SlotCounters>,
@@ -494,7 +516,7 @@ impl RateLimiterBuilder {
                     .map(|m| m.slot(&limit.name, tier.map_or("none", Tier::as_str)));
                 slots.push(Slot {
                     quota,
-                    policy: quota.map(|q| Arc::new(Policy::new(&limit.name, q))),
+                    policy: quota.map(|q| Policy::intern(&limit.name, q)),
                     local,
                     memo,
                     counters,
@@ -580,7 +602,7 @@ impl Tally {
 
     #[inline]
     fn verdict(self, shared: &Shared) -> Verdict {
-        let policy = |entry: usize, slot: usize| shared.entries[entry].slots[slot].policy.clone();
+        let policy = |entry: usize, slot: usize| shared.entries[entry].slots[slot].policy;
         match (self.rejected, self.head) {
             (Some((d, e, s)), _) => Verdict {
                 outcome: Outcome::Rejected,
@@ -612,6 +634,25 @@ pub(crate) struct Planned {
     hash: u64,
     cost: u32,
     shadow: bool,
+}
+
+/// The future of [`RateLimiter::check_keys`]: complete at once in-process
+/// (no shared state cloned, nothing allocated), boxed on the store path.
+enum Check {
+    Ready(Option<Result<Verdict, RateLimitError>>),
+    Store(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+}
+
+impl Future for Check {
+    type Output = Result<Verdict, RateLimitError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Check::Ready(r) => Poll::Ready(r.take().expect("polled after completion")),
+            Check::Store(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
 }
 
 /// A decision still to be made: at once (in-process) or on the store.
@@ -665,13 +706,12 @@ impl RateLimiter {
         tier: Option<&Tier>,
         cost: u32,
     ) -> impl Future<Output = Result<Verdict, RateLimitError>> + Send + 'static + use<> {
-        let shared = self.shared.clone();
-        let pending = self.plan_keys(keys, tier, cost);
-        async move {
-            match pending? {
-                Pending::Ready(v) => Ok(v),
-                Pending::Store(plan) => Ok(decide_store(shared, plan).await),
+        match self.plan_keys(keys, tier, cost) {
+            Ok(Pending::Store(plan)) => {
+                Check::Store(Box::pin(decide_store(self.shared.clone(), plan)))
             }
+            Ok(Pending::Ready(v)) => Check::Ready(Some(Ok(v))),
+            Err(e) => Check::Ready(Some(Err(e))),
         }
     }
 
