@@ -13,8 +13,10 @@
 //!    around it) therefore finds exactly what the whole-haystack search
 //!    finds there.
 //! 2. **Triggers.** Every accepted match contains an ASCII digit, an upper
-//!    case letter, `@`, `:`, `_` or `-` — except a bearer token spelled in
-//!    lower case, found with `memmem("bearer")`. A word-at-a-time (SWAR)
+//!    case letter, `@`, `_` or `-` — except a bearer token spelled in lower
+//!    case, found with `memmem("bearer")`, and an IPv6 address of lower-case
+//!    hex letters only, which holds `::` or a `:` between two of them
+//!    (`memchr(':')` and a look at its neighbours). A word-at-a-time (SWAR)
 //!    scan skips everything else.
 //! 3. **Necessary conditions.** A segment holding a trigger is searched
 //!    only when it could hold an accepted match of some pattern: a run of
@@ -47,6 +49,10 @@ const F_UPPER: u16 = 1 << 11;
 /// `_`, `-`, `J`, `b`, `B`: API keys, JWTs and bearer tokens, which are
 /// all at least [`MIN_TOKEN`] bytes long.
 const F_TOKEN: u16 = 1 << 12;
+const F_LOWER: u16 = 1 << 13;
+/// `A` (`AKIA`, `AIza`) and `B` (`BEARER`): token starts without a lower
+/// case letter.
+const F_AB: u16 = 1 << 14;
 /// Two neighbours sharing one of these bits may stand side by side in a
 /// match (besides bearer white space).
 const JOIN: u16 = TOK | PHN | SPU | WSP;
@@ -101,6 +107,12 @@ const fn classes() -> [u16; 256] {
         }
         if upper {
             k |= F_UPPER;
+        }
+        if c.is_ascii_lowercase() {
+            k |= F_LOWER;
+        }
+        if c == b'A' || c == b'B' {
+            k |= F_AB;
         }
         k |= match c {
             b'@' => F_AT,
@@ -161,7 +173,7 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// One bit (the high bit of the byte) per byte of `w` that is a trigger
-/// candidate: `-`, `0`..=`Z` (digits, `:`, `@`, capitals and a few
+/// candidate: `-`, `0`..=`Z` but `:` (digits, `@`, capitals and a few
 /// harmless extras) or `_`. Exact per byte (no carries between bytes).
 #[inline]
 fn trigger_bits(w: u64) -> u64 {
@@ -169,17 +181,33 @@ fn trigger_bits(w: u64) -> u64 {
     let ge_30 = x + ONES * (0x80 - 0x30);
     let le_5a = !(x + ONES * (0x7F - 0x5A));
     let eq = |v: u64| !((x ^ (ONES * v)) + ONES * 0x7F);
-    ((ge_30 & le_5a) | eq(0x2D) | eq(0x5F)) & !w & HIGH
+    ((ge_30 & le_5a & !eq(0x3A)) | eq(0x2D) | eq(0x5F)) & !w & HIGH
 }
 
 #[inline]
 fn is_trigger(b: u8) -> bool {
-    matches!(b, b'-' | b'0'..=b'Z' | b'_')
+    b != b':' && matches!(b, b'-' | b'0'..=b'Z' | b'_')
+}
+
+/// Whether a 32-byte block holds a trigger candidate; written without
+/// branches or table lookups so that it compiles to SIMD compares.
+#[inline(always)]
+fn block_has_trigger(block: &[u8; 32]) -> bool {
+    block.iter().fold(false, |acc, &b| {
+        acc | ((b.wrapping_sub(b'0') < 43) & (b != b':')) | (b == b'-') | (b == b'_')
+    })
 }
 
 /// The first trigger candidate at or after `i`.
 #[inline]
 fn next_trigger(hay: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(block) = hay.get(i..i + 32) {
+        let block: &[u8; 32] = block.try_into().ok()?;
+        if block_has_trigger(block) {
+            break;
+        }
+        i += 32;
+    }
     while i + 16 <= hay.len() {
         let a = u64::from_le_bytes(hay[i..i + 8].try_into().unwrap_or([0; 8]));
         let b = u64::from_le_bytes(hay[i + 8..i + 16].try_into().unwrap_or([0; 8]));
@@ -193,6 +221,23 @@ fn next_trigger(hay: &[u8], mut i: usize) -> Option<usize> {
         i += 16;
     }
     hay[i..].iter().position(|&b| is_trigger(b)).map(|p| p + i)
+}
+
+/// The next `:` at or after `from` that may belong to an IPv6 address with
+/// neither a digit nor a capital in it (those have their own trigger): the
+/// first of `::`, or one between two lower-case hex letters (`a:b:c:d:e:f:a:b`).
+fn next_colon(hay: &[u8], mut from: usize) -> usize {
+    let lower_hex = |b: Option<&u8>| b.is_some_and(|b| matches!(b, b'a'..=b'f'));
+    while let Some(p) = memchr::memchr(b':', &hay[from..]) {
+        let c = from + p;
+        if hay.get(c + 1) == Some(&b':')
+            || (c > 0 && lower_hex(hay.get(c - 1)) && lower_hex(hay.get(c + 1)))
+        {
+            return c;
+        }
+        from = c + 1;
+    }
+    usize::MAX
 }
 
 /// Whether the API key alternatives' fixed part ends at the `_` / `-` at
@@ -231,25 +276,49 @@ impl Prefilter {
         let n = hay.len();
         let mut pos = 0;
         let mut bearer = self.find_bearer(hay, 0);
+        let mut colon = next_colon(hay, 0);
         while pos < n {
             if bearer < pos {
                 bearer = self.find_bearer(hay, pos);
             }
-            let t = next_trigger(hay, pos).unwrap_or(n).min(bearer);
+            if colon < pos {
+                colon = next_colon(hay, pos);
+            }
+            let t = next_trigger(hay, pos).unwrap_or(n).min(bearer).min(colon);
             if t >= n {
                 return;
             }
-            // A lone `:` (JSON's `"key":"value"`) is never a candidate.
-            if hay[t] == b':' && (t == 0 || !joined(hay, t)) && (t + 1 == n || !joined(hay, t + 1))
-            {
-                pos = t + 1;
-                continue;
+            // Fast path for the commonest trigger: a short run of phone /
+            // card characters (an order number, a date) standing alone.
+            // Such a segment is a candidate only through its digits.
+            if class(hay[t]) & DIG != 0 {
+                let mut a = t;
+                while a > pos && class(hay[a - 1]) & PHN != 0 {
+                    a -= 1;
+                }
+                let (mut e, mut d, mut dots, mut plus) = (a, 0u32, 0u32, false);
+                while e < n && class(hay[e]) & PHN != 0 {
+                    let b = hay[e];
+                    d += u32::from(b.is_ascii_digit());
+                    dots += u32::from(b == b'.');
+                    plus |= b == b'+';
+                    e += 1;
+                }
+                // The digit conditions of `scan_segment`, for one run.
+                if !(d >= 9 || (d >= 8 && plus) || (d >= 4 && dots >= 3))
+                    && (a == pos || !joined(hay, a))
+                    && (e == n || !joined(hay, e))
+                {
+                    pos = e;
+                    continue;
+                }
             }
             let mut start = t;
             while start > pos && joined(hay, start) {
                 start -= 1;
             }
             let (end, candidate) = scan_segment(hay, start);
+
             if candidate {
                 on(start, end);
             }
@@ -275,8 +344,7 @@ fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
     let mut cp = class(hay[start]);
     let mut seen = cp;
     let mut run = u32::from(cp & DIG != 0);
-    let (mut digits, mut dots) = (run, u32::from(cp & F_DOT != 0));
-    let mut colons = u32::from(cp & F_COLON != 0);
+    let mut digits = run;
     let mut i = start + 1;
     while i < n {
         let c = class(hay[i]);
@@ -284,33 +352,32 @@ fn scan_segment(hay: &[u8], start: usize) -> (usize, bool) {
             break;
         }
         seen |= c;
-        run = if c & PHN != 0 {
-            run + u32::from(c & DIG != 0)
-        } else {
-            0
-        };
+        // Branch-free: count digits, back to 0 outside phone characters.
+        let keep = 0u32.wrapping_sub(u32::from(c & PHN != 0));
+        run = (run + u32::from(c & DIG != 0)) & keep;
         digits = digits.max(run);
-        dots += u32::from(c & F_DOT != 0);
-        colons += u32::from(c & F_COLON != 0);
         cp = c;
         i += 1;
     }
     let seg = &hay[start..i];
+    let count = |b: u8| seg.iter().filter(|&&x| x == b).count();
     let candidate = seen & F_AT != 0
         || digits >= 9
         || (digits >= 8 && seen & F_PLUS != 0)
-        || (digits >= 4 && dots >= 3)
-        || (colons >= 2 && ipv6_shape(seg, colons))
+        || (digits >= 4 && seen & F_DOT != 0 && count(b'.') >= 3)
+        || (seen & F_COLON != 0 && ipv6_shape(seg, count(b':')))
         || (seen & F_UPPER != 0 && iban_pan_shape(seg))
+        // Every API key stem, `eyJ` and `bearer` has a lower-case letter
+        // and one of `_-JbB`, or is `AKIA`, `AIza` or `BEARER`.
         || (seg.len() >= MIN_TOKEN
-            && seen & (F_TOKEN | F_UPPER) != 0
+            && ((seen & F_LOWER != 0 && seen & F_TOKEN != 0) || seen & F_AB != 0)
             && token_shape(hay, start, i));
     (i, candidate)
 }
 
 /// `::` or 7 colons: what every valid IPv6 address without dots has.
-fn ipv6_shape(seg: &[u8], colons: u32) -> bool {
-    colons >= 7 || seg.windows(2).any(|w| w == b"::")
+fn ipv6_shape(seg: &[u8], colons: usize) -> bool {
+    colons >= 7 || (colons >= 2 && seg.windows(2).any(|w| w == b"::"))
 }
 
 /// Two capitals, then two digits (IBAN `DE89`, PAN `ABCDE1234F`).
@@ -393,6 +460,13 @@ mod tests {
             vec!["IBAN DE89 3704 0044 0532 0130 00 "]
         );
         assert_eq!(segments("é4111111111111111é"), vec!["4111111111111111"]);
+        // The `+` before the first trigger digit counts (8 digits after a
+        // `+` may be a phone number).
+        assert_eq!(segments("+2024-05-13#12345"), vec!["+2024-05-13"]);
+        assert!(segments("2024-05-13#12345").is_empty());
+        // Lower-case-only IPv6 has no trigger byte but its colons.
+        assert_eq!(segments("x a:b:c:d:e:f:a:b y"), vec!["a:b:c:d:e:f:a:b"]);
+        assert_eq!(segments("x ::ab y"), vec!["::ab"]);
     }
 
     /// Real values, near misses and the bytes around them.
