@@ -2,6 +2,7 @@
 
 use crate::limiter::{Outcome, Pending, RateLimiter, Verdict, decide_store};
 use crate::quota::Decision;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use palisade_core::{PalisadeBody, is_grpc_request};
 use pin_project_lite::pin_project;
@@ -59,9 +60,31 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Small numbers, rendered once (cloning shares the bytes).
-static NUMBERS: LazyLock<Vec<HeaderValue>> =
-    LazyLock::new(|| (0..=1024u32).map(HeaderValue::from).collect());
+/// Small numbers, rendered once into static bytes (cloning one is a copy:
+/// no allocation, no reference count).
+static NUMBERS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    let mut all = String::new();
+    let mut ends = Vec::with_capacity(1025);
+    for n in 0..=1024u32 {
+        all.push_str(itoa::Buffer::new().format(n));
+        ends.push(all.len());
+    }
+    let all: &'static str = Box::leak(all.into_boxed_str());
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let v = HeaderValue::from_static(&all[start..end]);
+            start = end;
+            v
+        })
+        .collect()
+});
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 fn number(n: u64) -> HeaderValue {
     match NUMBERS.get(usize::try_from(n).unwrap_or(usize::MAX)) {
@@ -86,24 +109,25 @@ pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: H
     }
     headers.reserve(5);
     if style.x_ratelimit {
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-limit"),
-            policy.limit.clone(),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining"),
-            number(u64::from(remaining)),
-        );
-        headers.insert(HeaderName::from_static("x-ratelimit-reset"), number(reset));
+        headers.insert(X_RATELIMIT_LIMIT, policy.limit.clone());
+        headers.insert(X_RATELIMIT_REMAINING, number(u64::from(remaining)));
+        headers.insert(X_RATELIMIT_RESET, number(reset));
     }
     if style.ietf {
-        headers.insert(
-            HeaderName::from_static("ratelimit-policy"),
-            policy.policy.clone(),
-        );
-        if let Ok(v) = HeaderValue::try_from(format!("{};r={remaining};t={reset}", policy.sf_name))
-        {
-            headers.insert(HeaderName::from_static("ratelimit"), v);
+        headers.insert(RATELIMIT_POLICY, policy.policy.clone());
+        // `"<name>";r=<remaining>;t=<reset>`, in one exact-size allocation.
+        let mut r = itoa::Buffer::new();
+        let r = r.format(remaining);
+        let mut t = itoa::Buffer::new();
+        let t = t.format(reset);
+        let mut v = Vec::with_capacity(policy.sf_name.len() + 6 + r.len() + t.len());
+        v.extend_from_slice(policy.sf_name.as_bytes());
+        v.extend_from_slice(b";r=");
+        v.extend_from_slice(r.as_bytes());
+        v.extend_from_slice(b";t=");
+        v.extend_from_slice(t.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+            headers.insert(RATELIMIT, v);
         }
     }
 }
