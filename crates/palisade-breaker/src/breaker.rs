@@ -814,6 +814,7 @@ impl Breaker {
         }
     }
 
+    #[inline]
     pub(crate) fn cancel(&self, ticket: Ticket) {
         if ticket.kind() == TicketKind::Trial && self.inner.state.load(Acquire) == ticket.state {
             self.inner.half_permits.fetch_add(1, AcqRel);
@@ -1223,6 +1224,7 @@ impl Guard<'_> {
 }
 
 impl Drop for Guard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.cancel(ticket);
@@ -1274,6 +1276,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.cancel(ticket);
