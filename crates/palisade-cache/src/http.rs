@@ -9,6 +9,7 @@ use crate::{
     policy::{self, Decision, Rules, Stored},
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use palisade_core::{BoxError, key::KeyExtractor};
@@ -129,9 +130,37 @@ pub(crate) struct Shared {
     rules: Rules,
     max_body: usize,
     x_cache: bool,
+    /// Primary keys whose last response could not be stored, with the
+    /// unix ms until which that is remembered (see [`MEMO_MS`]).
+    uncacheable: DashMap<Box<str>, u64>,
 }
 
+/// How long a key whose response could not be stored skips the cache's
+/// miss-path work (L2 lookup, coalescing, the cross-replica lock).
+const MEMO_MS: u64 = 2_000;
+/// At most this many keys are remembered as uncacheable.
+const MEMO_MAX: usize = 16_384;
+
 impl Shared {
+    /// Whether `primary`'s last response could not be stored (recently).
+    #[inline]
+    fn memo_hit(&self, primary: &str, now: u64) -> bool {
+        self.uncacheable
+            .get(primary)
+            .is_some_and(|until| *until > now)
+    }
+
+    /// Remembers that `primary`'s response could not be stored.
+    fn memo_insert(&self, primary: &str, now: u64) {
+        if self.uncacheable.len() >= MEMO_MAX {
+            self.uncacheable.retain(|_, until| *until > now);
+            if self.uncacheable.len() >= MEMO_MAX {
+                return;
+            }
+        }
+        self.uncacheable.insert(Box::from(primary), now + MEMO_MS);
+    }
+
     fn count(&self, o: Outcome) {
         let c = &self.core.counters;
         let m = self.core.metrics.as_ref();
@@ -248,7 +277,8 @@ impl Shared {
             && (req.contains_key(header::IF_NONE_MATCH)
                 || req.contains_key(header::IF_MODIFIED_SINCE))
             && policy::client_not_modified(req, &s.headers);
-        let age = age_value(s.age(now) / 1000);
+        let secs = s.age(now) / 1000;
+        let age = age_value(secs);
         let headers = if outcome == Outcome::Hit && self.x_cache && !not_modified {
             // Hot path: a prepared map, one value replaced in place.
             let mut headers = s.hit_headers.clone();
@@ -260,7 +290,11 @@ impl Shared {
             } else {
                 s.headers.clone()
             };
-            headers.insert(header::AGE, age);
+            // A response straight from the origin carries no Age of ours
+            // unless it arrived aged (RFC 9111 §5.1).
+            if outcome != Outcome::Miss || secs > 0 {
+                headers.insert(header::AGE, age);
+            }
             if s.flags & policy::SURROGATE != 0 {
                 headers.remove("surrogate-control");
             }
@@ -421,6 +455,7 @@ impl CacheBuilder {
                 },
                 max_body: cfg.max_body_bytes,
                 x_cache: cfg.x_cache_header,
+                uncacheable: DashMap::new(),
             }),
             key: NoKey,
         }
@@ -617,6 +652,8 @@ struct Ctx {
     head: bool,
     /// A stored response exists but cannot answer this (Authorization).
     blocked: bool,
+    /// The key's last response could not be stored: go straight upstream.
+    memo: bool,
 }
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S, K>
@@ -686,7 +723,7 @@ where
         enum Fast<B> {
             Served(Response<CacheBody<B>>),
             Swr(Response<CacheBody<B>>, Arc<str>, Arc<Stored>, Arc<str>),
-            Slow(Arc<str>, Option<(Arc<Stored>, Arc<str>)>, bool),
+            Slow(Arc<str>, Option<(Arc<Stored>, Arc<str>)>, bool, bool),
         }
         let fast = with_buf(|buf| {
             write_primary(buf, req.uri(), req.headers(), &custom);
@@ -725,7 +762,8 @@ where
             let candidate = found
                 .filter(|_| !blocked)
                 .map(|s| (s, Arc::from(buf.as_str())));
-            Fast::Slow(Arc::from(&buf[..primary_len]), candidate, blocked)
+            let memo = candidate.is_none() && !blocked && shared.memo_hit(&buf[..primary_len], now);
+            Fast::Slow(Arc::from(&buf[..primary_len]), candidate, blocked, memo)
         });
         match fast {
             Fast::Served(res) => ResponseFuture::ready(res),
@@ -736,7 +774,7 @@ where
                 }
                 ResponseFuture::ready(res)
             }
-            Fast::Slow(primary, candidate, blocked) => {
+            Fast::Slow(primary, candidate, blocked, memo) => {
                 let inner = take_ready(&mut self.inner);
                 let ctx = Ctx {
                     primary,
@@ -744,6 +782,7 @@ where
                     req_cc,
                     head,
                     blocked,
+                    memo,
                 };
                 ResponseFuture::boxed(Box::pin(slow(shared.clone(), inner, req, ctx)))
             }
@@ -797,6 +836,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
             true,
             &client,
             false,
+            Mode::default(),
         )
         .await;
         if let Ok(res) = fetched {
@@ -862,6 +902,7 @@ where
     // L2
     if ctx.candidate.is_none()
         && !ctx.blocked
+        && !ctx.memo
         && let Some((s, key)) = shared.l2_lookup(&ctx.primary, req.headers()).await
     {
         let now = core.clock.now_ms();
@@ -903,7 +944,7 @@ where
     let mut store_allowed = !ctx.req_cc.no_store;
     let mut flight = None;
     let mut lock = None;
-    if core.coalesce && !ctx.blocked && !ctx.req_cc.no_cache {
+    if core.coalesce && !ctx.blocked && !ctx.memo && !ctx.req_cc.no_cache {
         match core.join(&ctx.primary) {
             Join::Leader(f) => flight = Some(f),
             Join::Follower(rx) => {
@@ -981,7 +1022,20 @@ where
             }
         }
     }
-    let client = req.headers().clone();
+    // The client's fields are needed after the call only to store the
+    // response (Vary) and to answer its own conditionals. A key known to be
+    // uncacheable skips the copy when the request has neither conditionals
+    // nor credentials; should the response turn out storable without Vary,
+    // an empty map serves just as well.
+    let light = ctx.memo
+        && !req.headers().contains_key(header::IF_NONE_MATCH)
+        && !req.headers().contains_key(header::IF_MODIFIED_SINCE)
+        && !req.headers().contains_key(header::AUTHORIZATION);
+    let client = if light {
+        HeaderMap::new()
+    } else {
+        req.headers().clone()
+    };
     let primary = ctx.primary.clone();
     let result = fetch(
         &shared,
@@ -993,6 +1047,10 @@ where
         store_allowed,
         &client,
         ctx.blocked,
+        Mode {
+            memo: ctx.memo,
+            light,
+        },
     )
     .await;
     if let Some(k) = lock {
@@ -1009,6 +1067,15 @@ fn with_x_cache<B>(shared: &Shared, mut res: Response<B>, o: Outcome) -> Respons
     res
 }
 
+/// How [`fetch`] was reached.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    /// The key was remembered as uncacheable.
+    memo: bool,
+    /// `client` is empty (not a copy of the request's fields).
+    light: bool,
+}
+
 /// Sends the request upstream (conditionally when a stored response with
 /// validators exists), stores what may be stored, and answers.
 #[allow(clippy::too_many_arguments)]
@@ -1022,6 +1089,7 @@ async fn fetch<S, ReqBody, ResBody>(
     store_allowed: bool,
     client: &HeaderMap,
     blocked: bool,
+    mode: Mode,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -1108,7 +1176,18 @@ where
             &shared.rules,
         )
         && content_length(&parts.headers).is_none_or(|l| l <= shared.max_body as u64);
+    // Without the client's fields a varying response cannot be keyed.
+    let unkeyable = mode.light && policy::vary_names(&parts.headers).next().is_some();
+    if mode.memo && (storable || unkeyable) {
+        // Cacheable again: the next request takes the full path.
+        shared.uncacheable.remove(&**primary);
+    }
+    let storable = storable && !unkeyable;
     if !storable {
+        if !mode.memo && store_allowed && !blocked && !client.contains_key(header::AUTHORIZATION) {
+            // The response itself is the reason: remember it for a while.
+            shared.memo_insert(primary, now);
+        }
         if let Some((_, key)) = &candidate
             && parts.status.as_u16() < 500
             && !req_cc.no_store

@@ -444,3 +444,70 @@ async fn custom_key_parts_separate_tenants_and_keyless_requests_bypass() {
     assert_eq!(call(&mut svc, t(None)).await.0, "");
     assert_eq!(up.hits("fresh"), 4);
 }
+
+#[tokio::test]
+async fn uncacheable_responses_are_not_stored_and_never_block_caching() {
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let layer = CacheLayer::new();
+    let handle = layer.handle();
+    let svc = cached_client(&layer);
+
+    // No freshness, no validator: passed through, never stored, no Age.
+    for n in 1..=3 {
+        let res = svc.clone().oneshot(get(addr, "/plain/1")).await.unwrap();
+        assert!(!res.headers().contains_key("age"), "request {n}");
+        assert_eq!(text(res).await.0, "MISS");
+        let res = svc
+            .clone()
+            .oneshot(get(addr, "/plainvary/1"))
+            .await
+            .unwrap();
+        assert_eq!(text(res).await.0, "MISS");
+    }
+    assert_eq!((up.hits("plain"), up.hits("plainvary")), (3, 3));
+    handle.run_pending_tasks();
+    assert_eq!(handle.stats().entries, 0);
+
+    // The origin starts sending max-age: the key, remembered as
+    // uncacheable, is stored by the very next response...
+    up.version.store(2, std::sync::atomic::Ordering::SeqCst);
+    let (x, body) = text(svc.clone().oneshot(get(addr, "/plain/1")).await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "plain/1 v2"));
+    let (x, _) = text(svc.clone().oneshot(get(addr, "/plain/1")).await.unwrap()).await;
+    assert_eq!(x, "HIT");
+    assert_eq!(up.hits("plain"), 4);
+    // ...and a varying one, keyed on request fields the memo path did not
+    // keep, by the one after (never under the wrong variant).
+    let mut fr = get(addr, "/plainvary/1");
+    fr.headers_mut()
+        .insert("accept-language", "fr".parse().unwrap());
+    let (x, body) = text(svc.clone().oneshot(fr).await.unwrap()).await;
+    assert_eq!(
+        (x.as_str(), body.as_str()),
+        ("MISS", "plainvary/1 v2 in fr")
+    );
+    let (x, body) = text(
+        svc.clone()
+            .oneshot(get(addr, "/plainvary/1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (x.as_str(), body.as_str()),
+        ("MISS", "plainvary/1 v2 in none")
+    );
+    let (x, body) = text(
+        svc.clone()
+            .oneshot(get(addr, "/plainvary/1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (x.as_str(), body.as_str()),
+        ("HIT", "plainvary/1 v2 in none")
+    );
+    assert_eq!(up.hits("plainvary"), 5);
+}

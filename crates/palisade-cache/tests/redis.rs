@@ -302,3 +302,67 @@ async fn generic_service_cache_shares_l2_and_coalesces() {
         .unwrap();
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// Calls of `cmd` (e.g. "set") so far, from `INFO commandstats`.
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn uncacheable_keys_skip_the_l2_lookup_and_the_fill_lock() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let svc = ServiceBuilder::new()
+        .layer(layer(&store, "memo"))
+        .service(client());
+
+    let counts = async |conn: &mut redis::aio::MultiplexedConnection| {
+        (
+            calls(conn, "get").await,
+            calls(conn, "set").await,
+            calls(conn, "del").await,
+        )
+    };
+    // The first miss looks in L2 and takes the fill lock...
+    let before = counts(&mut conn).await;
+    let (x, _) = text(svc.clone().oneshot(get(addr, "/plain/1")).await.unwrap()).await;
+    assert_eq!(x, "MISS");
+    let first = counts(&mut conn).await;
+    assert!(
+        first.0 > before.0 && first.1 > before.1,
+        "{before:?} {first:?}"
+    );
+    // ...the response is not storable: the next misses go straight upstream.
+    for _ in 0..5 {
+        let (x, _) = text(svc.clone().oneshot(get(addr, "/plain/1")).await.unwrap()).await;
+        assert_eq!(x, "MISS");
+    }
+    assert_eq!(counts(&mut conn).await, first);
+    assert_eq!(up.hits("plain"), 6);
+    // A cacheable key still takes the whole path.
+    let (x, _) = text(svc.clone().oneshot(get(addr, "/fresh/1")).await.unwrap()).await;
+    assert_eq!(x, "MISS");
+    let after = counts(&mut conn).await;
+    assert!(
+        after.0 > first.0 && after.1 > first.1,
+        "{first:?} {after:?}"
+    );
+}

@@ -177,6 +177,25 @@ async fn handle(
         "big" => r
             .header("cache-control", "max-age=60")
             .body(Body::from(vec![b'x'; 4096])),
+        // A health check: nothing to store or revalidate with, until the
+        // version is bumped to 2 (then fresh for a minute).
+        "plain" if v < 2 => r
+            .header("content-type", "text/plain")
+            .body(Body::from(body)),
+        "plain" => r
+            .header("cache-control", "max-age=60")
+            .body(Body::from(body)),
+        "plainvary" if v < 2 => r.body(Body::from(body)),
+        "plainvary" => {
+            let lang = headers
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            r.header("cache-control", "max-age=60")
+                .header("vary", "Accept-Language")
+                .body(Body::from(format!("{body} in {lang}")))
+        }
         _ => r.status(404).body(Body::from("no such kind")),
     }
     .unwrap()
