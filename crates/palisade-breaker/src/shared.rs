@@ -319,6 +319,12 @@ impl Task {
         let pending = mem::take(&mut *lock(&link.pending));
         let mut retry = Vec::new();
         for (weak, manual) in pending {
+            // After one failure the store is down for this round: keep the
+            // rest for the next one rather than wait out a timeout each.
+            if !ok {
+                retry.push((weak, manual));
+                continue;
+            }
             let Some(b) = weak.upgrade() else { continue };
             if let Err(e) = self.publish(&b, manual).await {
                 self.failed(&b, &e);
@@ -335,7 +341,11 @@ impl Task {
         } else {
             fresh.iter().filter_map(WeakBreaker::upgrade).collect()
         };
-        if !read.is_empty()
+        if !ok {
+            if !full {
+                lock(&link.fresh).extend(fresh);
+            }
+        } else if !read.is_empty()
             && let Err(e) = self.poll(&read, full).await
         {
             self.failed(&read[0], &e);
