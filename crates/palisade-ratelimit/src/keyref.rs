@@ -69,6 +69,25 @@ impl KeyRef<'_> {
     }
 }
 
+impl KeyRef<'_> {
+    /// Calls `f` with the bytes of the key's display form (no UTF-8 check:
+    /// for hashing).
+    #[inline]
+    pub(crate) fn with_bytes<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self {
+            KeyRef::Str(s) => f(s.as_bytes()),
+            KeyRef::Display(d) => {
+                let mut buf = StackBuf::new();
+                if write!(buf, "{d}").is_ok() {
+                    f(&buf.buf[..buf.len])
+                } else {
+                    f(d.to_string().as_bytes())
+                }
+            }
+        }
+    }
+}
+
 /// Calls `f` with a typed key as a [`KeyRef`], formatting IPv4 addresses by
 /// hand and passing string-like keys through as they are.
 #[inline]
@@ -126,8 +145,13 @@ mod tests {
 
     fn shown<K: Display + 'static>(k: K) -> String {
         let mut out = String::new();
-        visit_key(&k, &mut |r| r.with_str(|s| out = s.to_owned()));
+        let mut bytes = Vec::new();
+        visit_key(&k, &mut |r| {
+            r.with_str(|s| out = s.to_owned());
+            r.with_bytes(|b| bytes = b.to_vec());
+        });
         assert_eq!(out, k.to_string(), "the identity is the display form");
+        assert_eq!(bytes, out.as_bytes(), "hashed bytes are the display form");
         out
     }
 

@@ -16,7 +16,7 @@ use std::{
     collections::HashMap,
     fmt::{self, Display},
     future::Future,
-    hash::{BuildHasher, Hasher, RandomState},
+    hash::{BuildHasher, Hasher},
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -284,7 +284,7 @@ pub(crate) struct Shared {
     store: Option<Store>,
     fail: FailPolicy,
     time: TimeSource,
-    hasher: RandomState,
+    hasher: foldhash::quality::RandomState,
     metrics: Option<RateLimitMetrics>,
 }
 
@@ -538,7 +538,7 @@ impl RateLimiterBuilder {
                 store: self.store,
                 fail: self.fail,
                 time: TimeSource::new(self.clock),
-                hasher: RandomState::new(),
+                hasher: foldhash::quality::RandomState::default(),
                 metrics: self.metrics,
             }),
         })
@@ -799,8 +799,12 @@ impl RateLimiter {
             let mut plan = Vec::new();
             items(&mut |entry, slot, key, cost, shadow| {
                 let name = &shared.entries[entry].limit.name;
-                let (hash, key) =
-                    key.with_str(|k| (shared.hash_str(k), store.key("ratelimit", name, k, "v1")));
+                let (hash, key) = key.with_str(|k| {
+                    (
+                        shared.hash_bytes(k.as_bytes()),
+                        store.key("ratelimit", name, k, "v1"),
+                    )
+                });
                 plan.push(Planned {
                     entry,
                     slot,
@@ -821,7 +825,7 @@ impl RateLimiter {
             let (Some(local), Some(q)) = (&s.local, s.quota) else {
                 return true;
             };
-            let hash = key.with_str(|k| local.hash_str(k));
+            let hash = key.with_bytes(|k| local.hash_bytes(k));
             let d = local.check_hashed(hash, q.limit(), cost);
             if d.allowed && n < MAX_LIMITS {
                 taken[n] = (entry as u8, slot as u8, hash, cost);
@@ -843,9 +847,9 @@ impl RateLimiter {
 }
 
 impl Shared {
-    fn hash_str(&self, key: &str) -> u64 {
+    fn hash_bytes(&self, key: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        h.write(key.as_bytes());
+        h.write(key);
         h.finish()
     }
 

@@ -4,7 +4,7 @@ use crate::quota::{Algorithm, Decision, Quota};
 use dashmap::DashMap;
 use std::{
     fmt,
-    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     time::Duration,
 };
@@ -76,7 +76,7 @@ impl TimeSource {
 /// Default bound on the number of keys one limiter tracks.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// Keys are already uniformly hashed (keyed SipHash): the map uses them as is.
+/// Keys are already uniformly hashed (keyed foldhash): the map uses them as is.
 #[derive(Default)]
 pub(crate) struct PassThrough(u64);
 
@@ -104,8 +104,9 @@ type Cells = DashMap<u64, AtomicU64, BuildHasherDefault<PassThrough>>;
 /// Each key's whole state is one `AtomicU64` (GCRA: the theoretical arrival
 /// time; windows: the window index and its counters), updated with a
 /// compare-and-swap loop under a shard's read lock: no global mutex, no
-/// allocation once a key exists. Keys are stored as a keyed 64-bit SipHash of
-/// the key (random per limiter, so clients cannot aim for collisions).
+/// allocation once a key exists. Keys are stored as a 64-bit `foldhash` of
+/// the key, seeded at random per limiter (clients cannot aim for collisions
+/// without the seed).
 ///
 /// The key space is bounded ([`DEFAULT_MAX_KEYS`] by default). When it is
 /// full, keys whose state has expired (nothing to remember) are evicted; if
@@ -134,7 +135,7 @@ pub struct LocalLimiter {
     inv_t: f64,
     time: TimeSource,
     cells: Cells,
-    hasher: RandomState,
+    hasher: foldhash::quality::RandomState,
     len: AtomicUsize,
     max_keys: usize,
     overflow: AtomicU64,
@@ -179,7 +180,7 @@ impl LocalLimiter {
             inv_t: 1.0 / (period / u64::from(quota.limit())) as f64,
             time: TimeSource::new(Clock::Tokio),
             cells: DashMap::with_hasher(BuildHasherDefault::default()),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             len: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             overflow: AtomicU64::new(0),
@@ -238,9 +239,9 @@ impl LocalLimiter {
 
     /// Hashes a key's display form (the identity keys have on every backend).
     #[inline]
-    pub(crate) fn hash_str(&self, key: &str) -> u64 {
+    pub(crate) fn hash_bytes(&self, key: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        h.write(key.as_bytes());
+        h.write(key);
         h.finish()
     }
 
