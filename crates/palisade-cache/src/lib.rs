@@ -22,6 +22,9 @@
 //!   Never stores `private` / `no-store` or (by default) `Set-Cookie`
 //!   responses, and never answers a request carrying `Authorization` with a
 //!   stored response unless it is `public`, `s-maxage` or `must-revalidate`.
+//!   A response that could never be reused — no explicit freshness, no
+//!   default TTL, no `ETag` / `Last-Modified`, no `stale-*` window (a bare
+//!   `200 ok` health check) — is passed through, not stored.
 //! - **Revalidation**: stale entries are revalidated with `If-None-Match` /
 //!   `If-Modified-Since`; a 304 updates the stored headers and is answered
 //!   from the cache (`X-Cache: REVALIDATED`). Clients' own conditional
@@ -53,7 +56,10 @@
 //! make one upstream call; the others wait (up to
 //! [`Config::coalesce_timeout`], then go upstream themselves without
 //! caching). With Redis, a short-lived lock (`SET NX PX`) extends this
-//! across replicas: followers poll L2. A failing store is bypassed
+//! across replicas: followers poll L2. A key whose response could not be
+//! stored is remembered for 2 s (at most 16 384 keys): its misses go
+//! straight upstream — no L2 lookup, no coalescing, no Redis lock — and the
+//! first storable response ends that. A failing store is bypassed
 //! (counted, logged, skipped for a second) — never an error to the client.
 //!
 //! Note: L1 of other replicas is not told about invalidations; they see
