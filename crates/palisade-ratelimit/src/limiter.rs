@@ -460,6 +460,7 @@ impl RateLimiterBuilder {
                 limits.len()
             )));
         }
+        let time = TimeSource::new(self.clock);
         let mut entries = Vec::with_capacity(limits.len());
         for (i, limit) in limits.iter().enumerate() {
             if limits[..i].iter().any(|l| l.name == limit.name) {
@@ -502,7 +503,7 @@ impl RateLimiterBuilder {
                 }
                 let local = match (quota, &self.store) {
                     (Some(q), None) => {
-                        Some(LocalLimiter::with_max_keys(q, self.max_keys)?.with_clock(self.clock))
+                        Some(LocalLimiter::with_max_keys(q, self.max_keys)?.with_time(time.clone()))
                     }
                     _ => None,
                 };
@@ -537,7 +538,7 @@ impl RateLimiterBuilder {
                 mode: self.mode,
                 store: self.store,
                 fail: self.fail,
-                time: TimeSource::new(self.clock),
+                time,
                 hasher: foldhash::quality::RandomState::default(),
                 metrics: self.metrics,
             }),
@@ -820,13 +821,16 @@ impl RateLimiter {
         let mut tally = Tally::default();
         let mut taken = [(0u8, 0u8, 0u64, 0u32); MAX_LIMITS];
         let mut n = 0;
+        let mut now = None;
         items(&mut |entry, slot, key, cost, shadow| {
             let s = &shared.entries[entry].slots[slot];
             let (Some(local), Some(q)) = (&s.local, s.quota) else {
                 return true;
             };
             let hash = key.with_bytes(|k| local.hash_bytes(k));
-            let d = local.check_hashed(hash, q.limit(), cost);
+            // One clock reading per request, shared by its limits.
+            let now = *now.get_or_insert_with(|| shared.now());
+            let d = local.check_hashed(hash, q.limit(), cost, now);
             if d.allowed && n < MAX_LIMITS {
                 taken[n] = (entry as u8, slot as u8, hash, cost);
                 n += 1;
@@ -838,7 +842,7 @@ impl RateLimiter {
             for &(entry, slot, hash, cost) in &taken[..n] {
                 let s = &shared.entries[usize::from(entry)].slots[usize::from(slot)];
                 if let (Some(local), Some(q)) = (&s.local, s.quota) {
-                    local.refund(hash, q.limit(), cost);
+                    local.refund(hash, q.limit(), cost, now.unwrap_or_default());
                 }
             }
         }

@@ -35,7 +35,9 @@ pub enum Clock {
     Tsc,
 }
 
-/// Nanoseconds since a start, from the chosen clock.
+/// Nanoseconds since a start, from the chosen clock (clones share the
+/// start, so their readings compare).
+#[derive(Clone)]
 pub(crate) struct TimeSource {
     start: Instant,
     tsc: Option<(quanta::Clock, u64)>,
@@ -195,6 +197,13 @@ impl LocalLimiter {
         self
     }
 
+    /// Reads the time from `time` (the engine shares one source between
+    /// its limits, so one reading serves a whole request).
+    pub(crate) fn with_time(mut self, time: TimeSource) -> Self {
+        self.time = time;
+        self
+    }
+
     /// The clock this limiter reads.
     pub fn clock(&self) -> Clock {
         self.time.clock()
@@ -227,7 +236,7 @@ impl LocalLimiter {
     #[inline]
     pub fn check_n<K: Hash + ?Sized>(&self, key: &K, cost: u32) -> Decision {
         let hash = self.hasher.hash_one(key);
-        self.check_hashed(hash, self.quota.limit(), cost)
+        self.check_hashed(hash, self.quota.limit(), cost, self.now())
     }
 
     /// Removes every key whose state has expired; returns how many were
@@ -263,8 +272,8 @@ impl LocalLimiter {
     }
 
     /// Checks against `limit` per period (a tier may override the quota's).
-    pub(crate) fn check_hashed(&self, hash: u64, limit: u32, cost: u32) -> Decision {
-        let now = self.now();
+    /// `now` comes from this limiter's time source.
+    pub(crate) fn check_hashed(&self, hash: u64, limit: u32, cost: u32, now: u64) -> Decision {
         if cost > limit {
             return Decision {
                 allowed: false,
@@ -286,11 +295,10 @@ impl LocalLimiter {
 
     /// Gives back what an allowed check of `cost` took (when another limit
     /// of the same request refused it).
-    pub(crate) fn refund(&self, hash: u64, limit: u32, cost: u32) {
+    pub(crate) fn refund(&self, hash: u64, limit: u32, cost: u32, now: u64) {
         if cost == 0 {
             return;
         }
-        let now = self.now();
         let cost = u64::from(cost);
         let take = |cell: &AtomicU64| {
             let _ = cell.fetch_update(Relaxed, Relaxed, |s| match self.quota.algorithm() {
@@ -617,7 +625,7 @@ mod tests {
         let over = l.check_n(&1, 11);
         assert!(!over.allowed && over.retry_after.is_none());
         let h = l.hasher.hash_one(1);
-        l.refund(h, 10, 7);
+        l.refund(h, 10, 7, l.now());
         assert!(l.check_n(&1, 10).allowed);
         assert_eq!(l.check_n(&1, 0).remaining, 0, "cost 0 peeks");
     }
