@@ -1184,8 +1184,14 @@ where
     }
     let storable = storable && !unkeyable;
     if !storable {
-        if !mode.memo && store_allowed && !blocked && !client.contains_key(header::AUTHORIZATION) {
-            // The response itself is the reason: remember it for a while.
+        if !mode.memo
+            && store_allowed
+            && !blocked
+            && parts.status.as_u16() < 500
+            && !client.contains_key(header::AUTHORIZATION)
+        {
+            // The response itself is the reason (and not a passing upstream
+            // error, whose retries should stay coalesced): remember it.
             shared.memo_insert(primary, now);
         }
         if let Some((_, key)) = &candidate

@@ -365,4 +365,15 @@ async fn uncacheable_keys_skip_the_l2_lookup_and_the_fill_lock() {
         after.0 > first.0 && after.1 > first.1,
         "{first:?} {after:?}"
     );
+    // An upstream error is not remembered: retries keep the whole path.
+    up.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (x, body) = text(svc.clone().oneshot(get(addr, "/sie/1")).await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "down"));
+    let error = counts(&mut conn).await;
+    let _ = text(svc.clone().oneshot(get(addr, "/sie/1")).await.unwrap()).await;
+    let retry = counts(&mut conn).await;
+    assert!(
+        retry.0 > error.0 && retry.1 > error.1,
+        "{error:?} {retry:?}"
+    );
 }
