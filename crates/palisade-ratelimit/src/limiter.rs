@@ -278,7 +278,8 @@ pub(crate) struct Entry {
 pub(crate) struct Shared {
     entries: Box<[Entry]>,
     tiers: Tiers,
-    resolve: TierFn,
+    /// `None`: the default, a [`Tier`] extension (read without cloning it).
+    resolve: Option<TierFn>,
     any_tiered: bool,
     mode: Mode,
     store: Option<Store>,
@@ -346,7 +347,7 @@ impl fmt::Debug for RateLimiter {
 pub struct RateLimiterBuilder {
     limits: Vec<Limit>,
     tiers: Tiers,
-    resolve: TierFn,
+    resolve: Option<TierFn>,
     mode: Mode,
     store: Option<Store>,
     fail: FailPolicy,
@@ -369,7 +370,7 @@ impl Default for RateLimiterBuilder {
         Self {
             limits: Vec::new(),
             tiers: Tiers::default(),
-            resolve: Arc::new(|req: &Request<()>| req.extensions().get::<Tier>().cloned()),
+            resolve: None,
             mode: Mode::Enforce,
             store: None,
             fail: FailPolicy::Open,
@@ -399,7 +400,7 @@ impl RateLimiterBuilder {
         mut self,
         f: impl Fn(&Request<()>) -> Option<Tier> + Send + Sync + 'static,
     ) -> Self {
-        self.resolve = Arc::new(f);
+        self.resolve = Some(Arc::new(f));
         self
     }
 
@@ -763,8 +764,10 @@ impl RateLimiter {
     pub(crate) fn begin(&self, req: &Request<()>) -> Pending {
         let shared = &self.shared;
         let tier = if shared.any_tiered {
-            let t = (shared.resolve)(req);
-            shared.tiers.index(t.as_ref())
+            match &shared.resolve {
+                Some(resolve) => shared.tiers.index(resolve(req).as_ref()),
+                None => shared.tiers.index(req.extensions().get::<Tier>()),
+            }
         } else {
             0
         };
