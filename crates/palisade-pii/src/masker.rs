@@ -240,10 +240,15 @@ struct Inner {
     hmac: Option<Hmac<Sha256>>,
 }
 
-/// The masking engine: finds every pattern in **one** scan of the input
-/// (a multi-pattern `regex-automata` meta regex, linear time, with its
-/// literal prefilters), validates check digits, and rewrites matches with
-/// each pattern's [`Operator`]. Cheap to clone; `Send + Sync`.
+/// The masking engine: finds every pattern in **one** scan of the input,
+/// validates check digits, and rewrites matches with each pattern's
+/// [`Operator`]. Cheap to clone; `Send + Sync`.
+///
+/// The scan is a byte-class prefilter (word-at-a-time skip to the bytes a
+/// value must contain, then a walk of the surrounding segment that no match
+/// can straddle) that hands only the segments able to hold an accepted value
+/// to a multi-pattern `regex-automata` meta regex (linear time). With custom
+/// patterns, which may match anything, the regex scans the whole input.
 ///
 /// ```
 /// use palisade_pii::PiiMasker;
