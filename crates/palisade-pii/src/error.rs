@@ -23,9 +23,13 @@ pub enum PiiError {
     /// The body is compressed (`Content-Encoding`), so it cannot be scanned.
     #[error("body with content-encoding `{0}` cannot be scanned for PII")]
     Encoded(String),
-    /// The body failed while being read.
+    /// The request body failed while being read (the client's side).
     #[error("body failed while being read for PII masking")]
     Body(#[source] palisade_core::BoxError),
+    /// The upstream's response body failed while being read (for example it
+    /// broke off before its `Content-Length`): the upstream's fault, 502.
+    #[error("upstream body failed while being read for PII masking")]
+    UpstreamBody(#[source] palisade_core::BoxError),
 }
 
 impl PiiError {
@@ -51,6 +55,7 @@ impl From<PiiError> for CoreError {
                 "compressed body cannot be masked",
             ),
             PiiError::Body(_) => (ErrorKind::BadRequest, "body could not be read"),
+            PiiError::UpstreamBody(_) => (ErrorKind::Upstream, "upstream body could not be read"),
         };
         CoreError::new(kind, msg)
             .with_problem_type("palisade:pii")

@@ -382,7 +382,7 @@ fn refused<B>(
     let reason = match &e {
         PiiError::TooLarge { .. } => "too_large",
         PiiError::Encoded(_) => "encoded",
-        PiiError::Body(_) => "body_error",
+        PiiError::Body(_) | PiiError::UpstreamBody(_) => "body_error",
     };
     tracing::warn!(direction, reason, error = %e, "pii: body refused");
     if let Some(m) = &shared.metrics {
@@ -403,6 +403,8 @@ where
     let (mut parts, body) = res.into_parts();
     match process(shared, &mut parts.headers, body, "response").await {
         Ok(b) => Response::from_parts(parts, PalisadeBody::inner(b)),
+        // A response body that breaks off is the upstream's fault: 502.
+        Err(PiiError::Body(e)) => refused(shared, PiiError::UpstreamBody(e), "response", grpc),
         Err(e) => refused(shared, e, "response", grpc),
     }
 }
