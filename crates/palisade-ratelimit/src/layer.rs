@@ -306,7 +306,6 @@ where
         if self.limiter.mode() == crate::Mode::Disabled {
             return ResponseFuture::call(self.inner.call(req), None, style);
         }
-        let grpc = is_grpc_request(req.headers());
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
         let pending = self.limiter.begin(&head);
@@ -315,7 +314,9 @@ where
             Pending::Ready(verdict) if !verdict.is_allowed() => ResponseFuture {
                 state: State::Refuse {
                     verdict: Some(verdict),
-                    grpc,
+                    // Only a refusal needs to know (allowed requests skip
+                    // the header lookup).
+                    grpc: is_grpc_request(req.headers()),
                     style,
                 },
             },
@@ -323,6 +324,7 @@ where
                 ResponseFuture::call(self.inner.call(req), Some(verdict), style)
             }
             Pending::Store(plan) => {
+                let grpc = is_grpc_request(req.headers());
                 // The inner service is ready; keep it for after the check.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
