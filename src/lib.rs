@@ -9,7 +9,7 @@
 
 pub mod admin;
 pub mod batch;
-mod builder;
+pub mod builder;
 pub mod config;
 pub mod dlq;
 
