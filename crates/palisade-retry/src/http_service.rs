@@ -406,11 +406,8 @@ where
     ResBody: Send + 'static,
 {
     let retries = policy.max_attempts > 1;
-    if retries && !replayable {
-        if let Some(m) = &policy.metrics {
-            m.not_replayable.inc();
-        }
-        tracing::debug!(name = %policy.name, "request body over the replay limit; sent once");
+    if !replayable {
+        note_sent_once(&policy);
     }
     let hedged = policy.hedge.is_some()
         && retries
@@ -451,6 +448,17 @@ where
     )
 }
 
+/// Counts and logs a request that could have been retried but whose body is
+/// over the replay limit, so it is sent once.
+fn note_sent_once(policy: &Policy) {
+    if policy.max_attempts > 1 {
+        if let Some(m) = &policy.metrics {
+            m.not_replayable.inc();
+        }
+        tracing::debug!(name = %policy.name, "request body over the replay limit; sent once");
+    }
+}
+
 /// Starts a request whose body is too large to replay: sent once, whole.
 #[allow(clippy::too_many_arguments)]
 fn streamed<S, B, ResBody>(
@@ -471,12 +479,7 @@ where
     B::Error: Send + Sync + 'static,
     ResBody: Send + 'static,
 {
-    if policy.max_attempts > 1 {
-        if let Some(m) = &policy.metrics {
-            m.not_replayable.inc();
-        }
-        tracing::debug!(name = %policy.name, "request body over the replay limit; sent once");
-    }
+    note_sent_once(&policy);
     let fut = svc.call(Request::from_parts(
         parts,
         ReplayBody::streamed(prefix, rest, error),
