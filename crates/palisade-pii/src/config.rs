@@ -2,6 +2,7 @@
 
 use crate::masker::MaskingConfig;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// Which bodies the layer masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,6 +68,21 @@ pub struct PiiConfig {
     pub oversize: Oversize,
     /// Overlap kept between chunks when streaming (default 256 bytes).
     pub stream_window: usize,
+    /// A text stream (chunked text other than SSE / NDJSON) that pauses this
+    /// long has what is held masked and sent, so a slow trickle is never
+    /// stuck (default 50 ms; `0s`: only when the window is full or at the
+    /// end). A value split across such a pause is masked in parts.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_flush: Duration,
+    /// The largest server-sent event or NDJSON line held to be masked whole
+    /// (default 64 KiB); a larger one is masked as text with the overlap
+    /// window, never sent unmasked.
+    pub max_event_bytes: usize,
+    /// Answer a compressed body (decoded to be masked) in the same coding
+    /// when the client accepts it (default on); off, or for a client that
+    /// does not accept it, the answer is identity. Off when a compression
+    /// layer outside encodes answers anyway (the gateway does).
+    pub reencode: bool,
     /// What is masked and how.
     pub masking: MaskingConfig,
 }
@@ -78,6 +94,9 @@ impl Default for PiiConfig {
             max_body_bytes: 1 << 20,
             oversize: Oversize::Refuse,
             stream_window: 256,
+            stream_idle_flush: Duration::from_millis(50),
+            max_event_bytes: 64 * 1024,
+            reencode: true,
             masking: MaskingConfig::default(),
         }
     }

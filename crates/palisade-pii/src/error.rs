@@ -20,9 +20,13 @@ pub enum PiiError {
         /// The configured limit.
         limit: usize,
     },
-    /// The body is compressed (`Content-Encoding`), so it cannot be scanned.
+    /// The body has a `Content-Encoding` palisade cannot decode (not gzip,
+    /// deflate, br or zstd, or several stacked), so it cannot be scanned.
     #[error("body with content-encoding `{0}` cannot be scanned for PII")]
     Encoded(String),
+    /// A compressed body that does not decode (corrupt, or truncated).
+    #[error("compressed body cannot be decoded for PII masking")]
+    Undecodable(#[source] palisade_core::BoxError),
     /// The request body failed while being read (the client's side).
     #[error("body failed while being read for PII masking")]
     Body(#[source] palisade_core::BoxError),
@@ -52,7 +56,11 @@ impl From<PiiError> for CoreError {
             PiiError::TooLarge { .. } => (ErrorKind::PayloadTooLarge, "body too large to mask"),
             PiiError::Encoded(_) => (
                 ErrorKind::UnsupportedMediaType,
-                "compressed body cannot be masked",
+                "body with an unsupported content-encoding cannot be masked",
+            ),
+            PiiError::Undecodable(_) => (
+                ErrorKind::Upstream,
+                "compressed body could not be decoded",
             ),
             PiiError::Body(_) => (ErrorKind::BadRequest, "body could not be read"),
             PiiError::UpstreamBody(_) => (ErrorKind::Upstream, "upstream body could not be read"),

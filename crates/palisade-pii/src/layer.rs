@@ -1,15 +1,19 @@
 //! [`PiiMaskLayer`], [`PiiMask`] and their [`ResponseFuture`].
 
-use crate::body::MaskingBody;
+use crate::body::{MaskStream, Mode, Source};
 use crate::config::{Direction, Oversize, PiiConfig};
 use crate::error::PiiError;
 use crate::masker::{BuildError, MaskStats, PiiMasker};
 use crate::metrics::PiiMetrics;
 use crate::stream::StreamMasker;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::BodyExt;
+use palisade_core::body::codec::{Accepted, Coding, DecodedBody, StreamEncoder, content_coding};
+use palisade_core::body::collect::{Collected, Read, read_bounded};
+use palisade_core::body::framing::{Framing, Splitter};
+use palisade_core::body::media::{MediaKind, content_length};
 use palisade_core::{BoxError, PalisadeBody};
 use pin_project_lite::pin_project;
 use std::fmt;
@@ -17,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -27,6 +32,9 @@ struct Shared {
     limit: usize,
     oversize: Oversize,
     window: usize,
+    idle_flush: Duration,
+    max_event: usize,
+    reencode: bool,
     metrics: Option<PiiMetrics>,
 }
 
@@ -35,11 +43,20 @@ struct Shared {
 /// - JSON (`application/json`, `*+json`) is masked structurally; JSON that
 ///   does not parse, `text/*` and any other non-binary type are masked as
 ///   text; images, audio, video, fonts, `application/octet-stream`, PDF,
-///   archives, protobuf and gRPC pass untouched. `text/event-stream` is
-///   always masked as a stream. Content-Length is fixed up.
+///   archives, protobuf and gRPC pass untouched, frame for frame.
+///   Content-Length is fixed up.
+/// - Streams stay streams. Server-sent events are masked event by event and
+///   each is sent as soon as it is complete (a `data:` line holding JSON is
+///   masked structurally); NDJSON line by line; other text without a
+///   `Content-Length` as a text stream with an overlap window that is
+///   flushed when the upstream pauses (`stream_idle_flush`).
 /// - A body over `max_body_bytes` is refused (413) or streamed, never passed
-///   through unmasked. A compressed body (`Content-Encoding` other than
-///   `identity`) is refused with 415: put compression outside this layer.
+///   through unmasked.
+/// - A compressed body (`gzip`, `deflate`, `br`, `zstd`) is decoded once,
+///   bounded, masked, and answered in the same coding when the client
+///   accepts it (`reencode`), identity otherwise, with `Vary:
+///   Accept-Encoding`. A body that does not decode is refused (502 for a
+///   response), never passed on; any other coding is refused (415 / 502).
 /// - A refused request never reaches the inner service; a refused response is
 ///   replaced by the error answer. gRPC requests get a gRPC status.
 ///
@@ -106,6 +123,9 @@ impl PiiMaskLayer {
                 limit: d.max_body_bytes,
                 oversize: d.oversize,
                 window: d.stream_window,
+                idle_flush: d.stream_idle_flush,
+                max_event: d.max_event_bytes,
+                reencode: d.reencode,
                 metrics: None,
             }),
         }
@@ -122,7 +142,10 @@ impl PiiMaskLayer {
             .direction(config.direction)
             .max_body_bytes(config.max_body_bytes)
             .oversize(config.oversize)
-            .stream_window(config.stream_window))
+            .stream_window(config.stream_window)
+            .stream_idle_flush(config.stream_idle_flush)
+            .max_event_bytes(config.max_event_bytes)
+            .reencode(config.reencode))
     }
 
     fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
@@ -152,6 +175,26 @@ impl PiiMaskLayer {
     #[must_use]
     pub fn stream_window(self, window: usize) -> Self {
         self.update(|s| s.window = window)
+    }
+
+    /// How long a text stream may pause before what is held is masked and
+    /// sent (zero: never).
+    #[must_use]
+    pub fn stream_idle_flush(self, gap: Duration) -> Self {
+        self.update(|s| s.idle_flush = gap)
+    }
+
+    /// The largest SSE event or NDJSON line held to be masked whole.
+    #[must_use]
+    pub fn max_event_bytes(self, max: usize) -> Self {
+        self.update(|s| s.max_event = max)
+    }
+
+    /// Whether a decoded body is answered in its coding when the client
+    /// accepts it (otherwise identity).
+    #[must_use]
+    pub fn reencode(self, reencode: bool) -> Self {
+        self.update(|s| s.reencode = reencode)
     }
 
     /// Counts into these metrics.
@@ -218,133 +261,165 @@ impl<S> PiiMask<S> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Json,
-    Text,
-    EventStream,
-    Binary,
+/// What the answer to a message is encoded in.
+#[derive(Debug, Clone, Copy)]
+struct Encoding {
+    /// The body's coding, if any.
+    coding: Option<Coding>,
+    /// Re-encode the answer in it.
+    reencode: bool,
 }
 
-fn classify(headers: &HeaderMap) -> Class {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        // Unknown: scan it, never leak.
-        return Class::Text;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let (top, sub) = essence.split_once('/').unwrap_or((essence.as_str(), ""));
-    match top {
-        "image" | "audio" | "video" | "font" => return Class::Binary,
-        "text" if sub == "event-stream" => return Class::EventStream,
-        _ => {}
-    }
-    if sub == "json" || sub.ends_with("+json") {
-        return Class::Json;
-    }
-    let binary = matches!(
-        sub,
-        "octet-stream"
-            | "pdf"
-            | "zip"
-            | "gzip"
-            | "x-gzip"
-            | "x-tar"
-            | "zstd"
-            | "wasm"
-            | "protobuf"
-            | "x-protobuf"
-            | "vnd.google.protobuf"
-            | "msgpack"
-            | "x-msgpack"
-            | "cbor"
-    ) || sub.starts_with("grpc");
-    if binary { Class::Binary } else { Class::Text }
-}
-
-fn encoded(headers: &HeaderMap) -> Option<String> {
-    let v = headers
-        .get(header::CONTENT_ENCODING)?
-        .to_str()
-        .unwrap_or("?");
-    let v = v.trim();
-    (!v.is_empty() && !v.eq_ignore_ascii_case("identity")).then(|| v.to_owned())
-}
-
-/// Masks one message body according to its headers.
+/// Masks one message body according to its headers. `accepted`: the codings
+/// the client accepts, for a response (`None` for a request, whose body is
+/// sent on as identity).
 async fn process<B>(
     shared: &Shared,
     headers: &mut HeaderMap,
     body: B,
     direction: &'static str,
-) -> Result<MaskingBody<B>, PiiError>
+    accepted: Option<Accepted>,
+) -> Result<PalisadeBody<B>, PiiError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let class = classify(headers);
-    if class == Class::Binary {
-        return Ok(MaskingBody::passthrough(body));
+    let kind = MediaKind::of(headers);
+    if kind == MediaKind::Binary {
+        return Ok(PalisadeBody::inner(body));
     }
-    if let Some(enc) = encoded(headers) {
-        return Err(PiiError::Encoded(enc));
+    let coding = content_coding(headers).map_err(|e| PiiError::Encoded(e.0))?;
+    let Some(coding) = coding else {
+        return mask_identity(shared, headers, body, kind, direction).await;
+    };
+    // Decoded once; answered in the same coding if the client takes it.
+    let reencode = shared.reencode && accepted.is_some_and(|a| a.contains(coding));
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove("content-md5");
+    if accepted.is_some() {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    let streamer = || StreamMasker::new(shared.masker.clone(), shared.window, shared.limit);
-    if class == Class::EventStream {
-        headers.remove(header::CONTENT_LENGTH);
-        return Ok(MaskingBody::stream(
-            Bytes::new(),
-            Box::pin(body),
-            streamer(),
-        ));
+    if reencode {
+        headers.insert(header::CONTENT_ENCODING, coding.header_value());
     }
-    let limit = shared.limit;
-    let hint = body.size_hint().lower();
-    let mut body = Box::pin(body);
-    let mut buf = BytesMut::new();
-    let mut trailers = None;
-    let mut over = hint > limit as u64;
-    while !over {
-        match body.frame().await {
-            None => break,
-            Some(Err(e)) => return Err(PiiError::Body(e.into())),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    buf.extend_from_slice(&data);
-                    over = buf.len() > limit;
-                }
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        trailers = Some(t);
-                    }
-                }
-            },
+    let encoding = Encoding {
+        coding: Some(coding),
+        reencode,
+    };
+    if kind.is_framed_stream() {
+        let source: Source = Box::pin(DecodedBody::new(body, coding, None).map_err(BoxError::from));
+        return Ok(stream(shared, source, kind, encoding, direction));
+    }
+    // Decoded size is unknown: read it with the bound, so a bomb stops at
+    // the limit.
+    let limit = shared.limit as u64;
+    let decoded = DecodedBody::new(body, coding, Some(limit));
+    match read_bounded(decoded, shared.limit).await {
+        Read::Complete(c) => {
+            let (data, trailers) = mask_whole(shared, kind, c, direction);
+            let data = match encoding.reencode {
+                true => palisade_core::body::codec::encode_all(&data, coding)
+                    .map_err(|e| PiiError::Body(e.into()))?,
+                false => data,
+            };
+            if !reencode {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+            }
+            Ok(PalisadeBody::full_with_trailers(data, trailers))
         }
+        Read::Failed { error, .. } => Err(decode_failure(error, shared.limit)),
+        Read::Over { prefix, rest } => match shared.oversize {
+            Oversize::Refuse => Err(PiiError::too_large(prefix.len() as u64, shared.limit)),
+            Oversize::Stream => {
+                let source: Source = Box::pin(PalisadeBody::resumed_pinned(prefix, rest));
+                Ok(stream(shared, source, MediaKind::Text, encoding, direction))
+            }
+        },
     }
-    if over {
-        return match shared.oversize {
-            Oversize::Refuse => Err(PiiError::too_large((buf.len() as u64).max(hint), limit)),
+}
+
+/// A decoding failure: over the limit (413) or a body that does not decode.
+fn decode_failure(error: BoxError, limit: usize) -> PiiError {
+    match error.downcast::<palisade_core::body::codec::DecodeError>() {
+        Ok(e) => match *e {
+            palisade_core::body::codec::DecodeError::TooLarge { limit: l, .. } => {
+                PiiError::too_large(l + 1, limit)
+            }
+            palisade_core::body::codec::DecodeError::Body(inner) => PiiError::Body(inner),
+            other => PiiError::Undecodable(Box::new(other)),
+        },
+        Err(other) => PiiError::Body(other),
+    }
+}
+
+/// An identity body: streamed when it is a stream, read whole otherwise.
+async fn mask_identity<B>(
+    shared: &Shared,
+    headers: &mut HeaderMap,
+    body: B,
+    kind: MediaKind,
+    direction: &'static str,
+) -> Result<PalisadeBody<B>, PiiError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let identity = Encoding {
+        coding: None,
+        reencode: false,
+    };
+    let declared = content_length(headers);
+    // A stream: SSE, NDJSON, or text of unknown length (chunked), which may
+    // trickle. Masked as it flows.
+    let text_stream = matches!(kind, MediaKind::Text | MediaKind::Unknown)
+        && declared.is_none()
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none();
+    if kind.is_framed_stream() || text_stream {
+        headers.remove(header::CONTENT_LENGTH);
+        let source: Source = Box::pin(body.map_err(Into::into));
+        return Ok(stream(shared, source, kind, identity, direction));
+    }
+    match read_bounded(body, shared.limit).await {
+        Read::Complete(c) => {
+            let (data, trailers) = mask_whole(shared, kind, c, direction);
+            if declared.is_some() || headers.contains_key(header::CONTENT_LENGTH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+            }
+            Ok(PalisadeBody::full_with_trailers(data, trailers))
+        }
+        Read::Failed { error, .. } => Err(PiiError::Body(error)),
+        Read::Over { prefix, rest } => match shared.oversize {
+            Oversize::Refuse => Err(PiiError::too_large(
+                (prefix.len() as u64).max(declared.unwrap_or(0)),
+                shared.limit,
+            )),
             Oversize::Stream => {
                 headers.remove(header::CONTENT_LENGTH);
                 tracing::debug!(
                     direction,
-                    limit,
+                    limit = shared.limit,
                     "pii: body over the limit, masking as a stream"
                 );
-                Ok(MaskingBody::stream(buf.freeze(), body, streamer()))
+                let source: Source = Box::pin(PalisadeBody::resumed_pinned(prefix, rest));
+                Ok(stream(shared, source, MediaKind::Text, identity, direction))
             }
-        };
+        },
     }
+}
+
+/// Masks a whole body: structurally when it is JSON, as text otherwise.
+fn mask_whole(
+    shared: &Shared,
+    kind: MediaKind,
+    c: Collected,
+    direction: &'static str,
+) -> (Bytes, Option<HeaderMap>) {
+    let buf = c.data;
     let mut stats = MaskStats::default();
     let masked: Option<Vec<u8>> = {
-        let json = if class == Class::Json {
+        let json = if kind == MediaKind::Json {
             shared.masker.mask_json_bytes(&buf, &mut stats).ok()
         } else {
             None
@@ -359,10 +434,8 @@ where
         }
     };
     let data = match masked {
-        None => buf.freeze(),
+        None => buf,
         Some(v) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(v.len()));
-            headers.remove("content-md5");
             tracing::debug!(direction, masked = stats.total(), "pii: masked body");
             Bytes::from(v)
         }
@@ -370,7 +443,45 @@ where
     if let Some(m) = &shared.metrics {
         m.record(direction, &stats);
     }
-    Ok(MaskingBody::buffered(data, trailers))
+    (data, c.trailers)
+}
+
+/// A body masked as it streams.
+fn stream<B>(
+    shared: &Shared,
+    source: Source,
+    kind: MediaKind,
+    encoding: Encoding,
+    direction: &'static str,
+) -> PalisadeBody<B> {
+    let mode = match kind {
+        MediaKind::EventStream => Mode::Units {
+            splitter: Splitter::new(Framing::Events),
+            max_unit: shared.max_event,
+            oversize: false,
+        },
+        MediaKind::NdJson => Mode::Units {
+            splitter: Splitter::new(Framing::Lines),
+            max_unit: shared.max_event,
+            oversize: false,
+        },
+        _ => Mode::Text {
+            idle: shared.idle_flush,
+        },
+    };
+    let text = StreamMasker::new(shared.masker.clone(), shared.window, shared.limit);
+    let encoder = encoding
+        .coding
+        .filter(|_| encoding.reencode)
+        .map(StreamEncoder::new);
+    PalisadeBody::stream(MaskStream::new(
+        source,
+        mode,
+        shared.masker.clone(),
+        text,
+        encoder,
+        shared.metrics.clone().map(|m| (m, direction)),
+    ))
 }
 
 fn refused<B>(
@@ -378,10 +489,11 @@ fn refused<B>(
     e: PiiError,
     direction: &'static str,
     grpc: bool,
-) -> Response<PalisadeBody<MaskingBody<B>>> {
+) -> Response<PalisadeBody<B>> {
     let reason = match &e {
         PiiError::TooLarge { .. } => "too_large",
         PiiError::Encoded(_) => "encoded",
+        PiiError::Undecodable(_) => "undecodable",
         PiiError::Body(_) | PiiError::UpstreamBody(_) => "body_error",
     };
     tracing::warn!(direction, reason, error = %e, "pii: body refused");
@@ -395,14 +507,22 @@ async fn mask_response<B>(
     shared: &Shared,
     res: Response<B>,
     grpc: bool,
-) -> Response<PalisadeBody<MaskingBody<B>>>
+    accepted: Accepted,
+) -> Response<PalisadeBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = res.into_parts();
-    match process(shared, &mut parts.headers, body, "response").await {
-        Ok(b) => Response::from_parts(parts, PalisadeBody::inner(b)),
+    match process(shared, &mut parts.headers, body, "response", Some(accepted)).await {
+        Ok(b) => Response::from_parts(parts, b),
+        // A coding that cannot be decoded is the upstream's fault too: 502.
+        Err(PiiError::Encoded(coding)) => refused(
+            shared,
+            PiiError::Undecodable(format!("unsupported content-encoding `{coding}`").into()),
+            "response",
+            grpc,
+        ),
         // A response body that breaks off is the upstream's fault: 502.
         Err(PiiError::Body(e)) => refused(shared, PiiError::UpstreamBody(e), "response", grpc),
         Err(e) => refused(shared, e, "response", grpc),
@@ -427,7 +547,7 @@ pin_project! {
     #[project = FutProj]
     enum FutKind<F, B, E> {
         Direct { #[pin] fut: F },
-        Boxed { fut: BoxFuture<Result<Response<PalisadeBody<MaskingBody<B>>>, E>> },
+        Boxed { fut: BoxFuture<Result<Response<PalisadeBody<B>>, E>> },
     }
 }
 
@@ -441,15 +561,13 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<PalisadeBody<MaskingBody<B>>>, E>;
+    type Output = Result<Response<PalisadeBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             FutProj::Direct { fut } => {
                 let res = ready!(fut.poll(cx))?;
-                Poll::Ready(Ok(
-                    res.map(|b| PalisadeBody::inner(MaskingBody::passthrough(b)))
-                ))
+                Poll::Ready(Ok(res.map(PalisadeBody::inner)))
             }
             FutProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
@@ -458,7 +576,7 @@ where
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for PiiMask<S>
 where
-    S: Service<Request<MaskingBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S: Service<Request<PalisadeBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqB: Body<Data = Bytes> + Send + 'static,
@@ -466,7 +584,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = Response<PalisadeBody<MaskingBody<ResB>>>;
+    type Response = Response<PalisadeBody<ResB>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResB, S::Error>;
 
@@ -478,13 +596,19 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = self.shared.clone();
         let grpc = palisade_core::is_grpc_request(req.headers());
-        let mask_req = shared.direction.requests() && classify(req.headers()) != Class::Binary;
+        let mask_req =
+            shared.direction.requests() && MediaKind::of(req.headers()) != MediaKind::Binary;
         let mask_res = shared.direction.responses();
+        let accepted = if mask_res {
+            Accepted::from_headers(req.headers())
+        } else {
+            Accepted::default()
+        };
         if !mask_req {
             let (parts, body) = req.into_parts();
             let fut = self
                 .inner
-                .call(Request::from_parts(parts, MaskingBody::passthrough(body)));
+                .call(Request::from_parts(parts, PalisadeBody::inner(body)));
             if !mask_res {
                 return ResponseFuture {
                     kind: FutKind::Direct { fut },
@@ -494,7 +618,7 @@ where
                 kind: FutKind::Boxed {
                     fut: Box::pin(async move {
                         let res = fut.await?;
-                        Ok(mask_response(&shared, res, grpc).await)
+                        Ok(mask_response(&shared, res, grpc, accepted).await)
                     }),
                 },
             };
@@ -506,15 +630,21 @@ where
             kind: FutKind::Boxed {
                 fut: Box::pin(async move {
                     let (mut parts, body) = req.into_parts();
-                    let body = match process(&shared, &mut parts.headers, body, "request").await {
+                    let body = match process(&shared, &mut parts.headers, body, "request", None)
+                        .await
+                    {
                         Ok(b) => b,
+                        // A body that does not decode is the client's fault.
+                        Err(PiiError::Undecodable(e)) => {
+                            return Ok(refused(&shared, PiiError::Body(e), "request", grpc));
+                        }
                         Err(e) => return Ok(refused(&shared, e, "request", grpc)),
                     };
                     let res = inner.call(Request::from_parts(parts, body)).await?;
                     if mask_res {
-                        Ok(mask_response(&shared, res, grpc).await)
+                        Ok(mask_response(&shared, res, grpc, accepted).await)
                     } else {
-                        Ok(res.map(|b| PalisadeBody::inner(MaskingBody::passthrough(b))))
+                        Ok(res.map(PalisadeBody::inner))
                     }
                 }),
             },
@@ -522,26 +652,3 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(ct: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
-        m
-    }
-
-    #[test]
-    fn classes() {
-        assert_eq!(classify(&h("application/json; charset=utf-8")), Class::Json);
-        assert_eq!(classify(&h("application/problem+json")), Class::Json);
-        assert_eq!(classify(&h("text/plain")), Class::Text);
-        assert_eq!(classify(&h("text/event-stream")), Class::EventStream);
-        assert_eq!(classify(&h("application/xml")), Class::Text);
-        assert_eq!(classify(&h("image/png")), Class::Binary);
-        assert_eq!(classify(&h("application/grpc+proto")), Class::Binary);
-        assert_eq!(classify(&h("application/octet-stream")), Class::Binary);
-        assert_eq!(classify(&HeaderMap::new()), Class::Text);
-    }
-}

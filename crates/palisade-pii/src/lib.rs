@@ -53,7 +53,6 @@ mod pattern;
 mod prefilter;
 mod stream;
 
-pub use body::MaskingBody;
 pub use config::{Direction, Oversize, PiiConfig};
 pub use error::PiiError;
 pub use layer::{PiiMask, PiiMaskLayer, ResponseFuture};

@@ -79,6 +79,12 @@ impl StreamMasker {
         }
     }
 
+    /// Bytes held, waiting for more input or the end.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.carry.len()
+    }
+
     /// What was masked so far.
     #[must_use]
     pub fn stats(&self) -> &MaskStats {

@@ -7,7 +7,8 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use palisade_pii::{Direction, MaskingBody, Oversize, PiiMaskLayer, PiiMetrics};
+use palisade_core::PalisadeBody;
+use palisade_pii::{Direction, Oversize, PiiMaskLayer, PiiMetrics};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tower::ServiceBuilder;
@@ -208,7 +209,7 @@ async fn client_side_masks_outgoing_requests_and_incoming_responses() {
 
     let client = ServiceBuilder::new()
         .layer(PiiMaskLayer::default().direction(Direction::Both))
-        .service(Client::builder(TokioExecutor::new()).build_http::<MaskingBody<Full<Bytes>>>());
+        .service(Client::builder(TokioExecutor::new()).build_http::<PalisadeBody<Full<Bytes>>>());
     let req = Request::builder()
         .method("POST")
         .uri(format!("http://{addr}/echo"))
@@ -223,42 +224,150 @@ async fn client_side_masks_outgoing_requests_and_incoming_responses() {
     assert_eq!(body, "prompt: my card is 4111********1111");
 }
 
+/// A service answering `body` with these headers, counting its calls.
+fn answering(
+    called: Arc<Mutex<u32>>,
+    headers: &'static [(&'static str, &'static str)],
+    body: Bytes,
+) -> impl tower::Service<
+    Request<PalisadeBody<Full<Bytes>>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: Request<PalisadeBody<Full<Bytes>>>| {
+        *called.lock().unwrap() += 1;
+        let mut res = http::Response::builder();
+        for (k, v) in headers {
+            res = res.header(*k, *v);
+        }
+        let res = res.body(Full::new(body.clone())).unwrap();
+        async move { Ok::<_, std::convert::Infallible>(res) }
+    })
+}
+
 #[tokio::test]
-async fn compressed_bodies_are_refused_not_leaked() {
+async fn undecodable_bodies_are_refused_not_leaked() {
+    use palisade_core::body::codec::{Coding, encode_all};
     let called = Arc::new(Mutex::new(0));
-    let c2 = called.clone();
     let svc = ServiceBuilder::new()
         .layer(PiiMaskLayer::default().direction(Direction::Both))
-        .service_fn(move |_req: Request<MaskingBody<Full<Bytes>>>| {
-            *c2.lock().unwrap() += 1;
-            async {
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .header(header::CONTENT_TYPE, "text/plain")
-                        .header(header::CONTENT_ENCODING, "gzip")
-                        .body(Full::new(Bytes::from_static(b"\x1f\x8b...")))
-                        .unwrap(),
-                )
-            }
-        });
+        .service(answering(
+            called.clone(),
+            &[("content-type", "text/plain"), ("content-encoding", "gzip")],
+            Bytes::from_static(b"\x1f\x8b not really gzip: user@example.com"),
+        ));
+    // A coding nobody can decode: 415, and the service is never called.
     let req = Request::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CONTENT_ENCODING, "br")
+        .header(header::CONTENT_ENCODING, "compress")
         .body(Full::new(Bytes::from_static(b"...")))
         .unwrap();
     let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A br request body that does not decode: the client's fault, 400.
+    let req = Request::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "br")
+        .body(Full::new(Bytes::from_static(b"garbage")))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         *called.lock().unwrap(),
         0,
         "a refused request never reaches the service"
     );
-
+    // A gzip response that does not decode: the upstream's fault, 502, and
+    // nothing of it reaches the client.
     let req = Request::builder()
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from_static(b"hi")))
         .unwrap();
     let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("user@example.com"));
     assert_eq!(*called.lock().unwrap(), 1);
+
+    // A request body in gzip is decoded, masked and sent on as identity.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(PiiMaskLayer::default().direction(Direction::Request))
+        .service_fn(move |req: Request<PalisadeBody<Full<Bytes>>>| {
+            let seen = seen2.clone();
+            async move {
+                assert!(req.headers().get(header::CONTENT_ENCODING).is_none());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                seen.lock().unwrap().push(body);
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+            }
+        });
+    let req = Request::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Full::new(encode_all(USER_JSON.as_bytes(), Coding::Gzip).unwrap()))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let sent = seen.lock().unwrap().pop().unwrap();
+    assert!(String::from_utf8_lossy(&sent).contains("us***@example.com"));
+}
+
+#[tokio::test]
+async fn compressed_responses_are_masked_and_answered_in_an_accepted_coding() {
+    use palisade_core::body::codec::{Coding, DecodedBody, encode_all};
+    for (coding, name) in [
+        (Coding::Gzip, "gzip"),
+        (Coding::Deflate, "deflate"),
+        (Coding::Brotli, "br"),
+        (Coding::Zstd, "zstd"),
+    ] {
+        let headers: &'static [(&str, &str)] = match name {
+            "gzip" => &[("content-type", "application/json"), ("content-encoding", "gzip")],
+            "deflate" => &[("content-type", "application/json"), ("content-encoding", "deflate")],
+            "br" => &[("content-type", "application/json"), ("content-encoding", "br")],
+            _ => &[("content-type", "application/json"), ("content-encoding", "zstd")],
+        };
+        let body = encode_all(USER_JSON.as_bytes(), coding).unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(PiiMaskLayer::default())
+            .service(answering(Arc::default(), headers, body));
+        // A client that accepts the coding gets it back, masked.
+        let req = Request::builder()
+            .header(header::ACCEPT_ENCODING, "gzip, deflate, br, zstd")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{name}");
+        assert_eq!(res.headers()[header::CONTENT_ENCODING], name);
+        assert_eq!(res.headers()[header::VARY], "accept-encoding");
+        let encoded = res.into_body().collect().await.unwrap().to_bytes();
+        let decoded = DecodedBody::new(Full::new(encoded), coding, None)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8(decoded.to_vec()).unwrap();
+        assert!(text.contains(r#""email":"us***@example.com""#), "{name}: {text}");
+        assert!(text.contains(r#""password":"***REDACTED***""#), "{name}: {text}");
+        // A client that does not gets identity, with its length.
+        let req = Request::builder().body(Full::new(Bytes::new())).unwrap();
+        let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{name}");
+        assert!(res.headers().get(header::CONTENT_ENCODING).is_none(), "{name}");
+        let len: usize = res.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), len);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains(r#""phone":"98******10""#), "{name}: {text}");
+        assert!(!text.contains("user@example.com"), "{name}");
+    }
 }

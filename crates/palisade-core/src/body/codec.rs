@@ -7,7 +7,7 @@
 //! - [`DecodedBody`] decodes a body as it streams, in bounded frames: memory
 //!   stays bounded whatever the body expands to, and past the limit it fails
 //!   with [`DecodeError::TooLarge`].
-//! - [`accepts`] reads a request's `Accept-Encoding`; [`encode_all`] and
+//! - [`Accepted`] reads a request's `Accept-Encoding`; [`encode_all`] and
 //!   [`StreamEncoder`] re-encode (a stream is flushed after every unit, so
 //!   events are not held back by the compressor).
 
@@ -123,45 +123,91 @@ pub fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, Unsupported
     Ok(found)
 }
 
-/// Whether a request's `Accept-Encoding` accepts `coding` (listed, or `*`,
-/// with a non-zero q-value).
+/// The codings a request's `Accept-Encoding` accepts (listed, or `*`, with
+/// a non-zero q-value), read once when the request comes in so the answer
+/// can be encoded for it later without keeping the request's headers.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::ACCEPT_ENCODING};
+/// use palisade_core::body::codec::{Accepted, Coding};
+///
+/// let mut h = HeaderMap::new();
+/// assert!(!Accepted::from_headers(&h).contains(Coding::Gzip));
+/// h.insert(ACCEPT_ENCODING, HeaderValue::from_static("br;q=0.9, gzip;q=0"));
+/// let accepted = Accepted::from_headers(&h);
+/// assert!(accepted.contains(Coding::Brotli));
+/// assert!(!accepted.contains(Coding::Gzip));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Accepted(u8);
+
+impl Accepted {
+    fn bit(coding: Coding) -> u8 {
+        match coding {
+            Coding::Gzip => 1,
+            Coding::Deflate => 2,
+            Coding::Brotli => 4,
+            Coding::Zstd => 8,
+        }
+    }
+
+    /// Reads `Accept-Encoding` from a request's headers.
+    #[must_use]
+    pub fn from_headers(request_headers: &HeaderMap) -> Self {
+        let mut listed = 0u8;
+        let mut accepted = 0u8;
+        let mut star = None;
+        for value in request_headers.get_all(header::ACCEPT_ENCODING) {
+            let Ok(text) = value.to_str() else { continue };
+            for item in text.split(',') {
+                let mut parts = item.split(';');
+                let token = parts.next().unwrap_or("").trim();
+                let q = parts
+                    .filter_map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        k.trim()
+                            .eq_ignore_ascii_case("q")
+                            .then(|| v.trim().parse::<f32>().ok())
+                            .flatten()
+                    })
+                    .next()
+                    .unwrap_or(1.0);
+                if token == "*" {
+                    star = Some(q > 0.0);
+                } else if let Some(c) = Coding::parse(token) {
+                    listed |= Self::bit(c);
+                    if q > 0.0 {
+                        accepted |= Self::bit(c);
+                    }
+                }
+            }
+        }
+        if star == Some(true) {
+            accepted |= !listed & 0x0f;
+        }
+        Self(accepted)
+    }
+
+    /// Whether `coding` is accepted.
+    #[must_use]
+    pub fn contains(self, coding: Coding) -> bool {
+        self.0 & Self::bit(coding) != 0
+    }
+}
+
+/// Whether a request's `Accept-Encoding` accepts `coding`; see [`Accepted`].
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, header::ACCEPT_ENCODING};
 /// use palisade_core::body::codec::{Coding, accepts};
-///
 /// let mut h = HeaderMap::new();
-/// assert!(!accepts(&h, Coding::Gzip));
-/// h.insert(ACCEPT_ENCODING, HeaderValue::from_static("br;q=0.9, gzip;q=0"));
-/// assert!(accepts(&h, Coding::Brotli));
-/// assert!(!accepts(&h, Coding::Gzip));
+/// h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate"));
+/// assert!(accepts(&h, Coding::Gzip));
+/// assert!(!accepts(&h, Coding::Zstd));
 /// ```
 #[must_use]
 pub fn accepts(request_headers: &HeaderMap, coding: Coding) -> bool {
-    let mut star = None;
-    for value in request_headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(text) = value.to_str() else { continue };
-        for item in text.split(',') {
-            let mut parts = item.split(';');
-            let token = parts.next().unwrap_or("").trim();
-            let q = parts
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("q")
-                        .then(|| v.trim().parse::<f32>().ok())
-                        .flatten()
-                })
-                .next()
-                .unwrap_or(1.0);
-            if token == "*" {
-                star = Some(q > 0.0);
-            } else if Coding::parse(token) == Some(coding) {
-                return q > 0.0;
-            }
-        }
-    }
-    star.unwrap_or(false)
+    Accepted::from_headers(request_headers).contains(coding)
 }
 
 /// Why a [`DecodedBody`] failed.
@@ -613,5 +659,11 @@ mod tests {
             HeaderValue::from_static("gzip, deflate, br, zstd"),
         );
         assert!(ALL.iter().all(|c| accepts(&a, *c)));
+        a.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip;q=0, *;q=0.5"),
+        );
+        assert!(!accepts(&a, Coding::Gzip));
+        assert!(accepts(&a, Coding::Brotli));
     }
 }
