@@ -153,6 +153,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .route("/_batch", post(batch::handle))
         .fallback_service(stack)
         .with_state(state)
+        // Answers compressed for clients that accept it; the layers inside
+        // see (and PII masking decodes) what the upstream sent. Server-sent
+        // events, gRPC and images are left as they are.
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn_with_state(latency, observe));
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

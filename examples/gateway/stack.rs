@@ -77,8 +77,11 @@ pub fn full(
     let cache: CacheLayer = cache.build();
     let cache_handle = cache.handle();
 
+    // Decoded bodies are answered as identity here: the gateway's
+    // compression layer encodes answers for the client (once, outermost).
     let pii = PiiMaskLayer::from_config(&cfg.pii)
         .map_err(|e| format!("pii: {e}"))?
+        .reencode(false)
         .metrics(PiiMetrics::register(registry)?);
     let masker = pii.masker().clone();
 

@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     parts.headers.remove(header::HOST);
                     let req = Request::from_parts(parts, body.boxed());
                     let res = match cached.oneshot(req).await {
-                        Ok(res) => res.map(|b| b.boxed()),
+                        Ok(res) => res.map(|b| b.boxed_unsync()),
                         Err(e) => {
                             eprintln!("upstream error: {e}");
                             http::Response::builder()
@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                                 .body(
                                     http_body_util::Full::new(Bytes::from_static(b"bad gateway"))
                                         .map_err(|never| match never {})
-                                        .boxed(),
+                                        .boxed_unsync(),
                                 )
                                 .expect("valid response")
                         }

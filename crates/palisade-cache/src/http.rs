@@ -1,8 +1,7 @@
 //! The HTTP cache: [`CacheLayer`] and [`Cache`].
 
 use crate::{
-    CacheBody, CacheBuilder, CacheError, CacheHandle, Config,
-    body::{Collected, collect_limited},
+    CacheBuilder, CacheError, CacheHandle, Config,
     core::{Core, Join, Lock, Value},
     directives::CacheControl,
     key::{same_origin_target, with_buf, write_primary, write_variant},
@@ -12,7 +11,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
-use palisade_core::{BoxError, key::KeyExtractor};
+use palisade_core::body::collect::{Read, read_bounded};
+use palisade_core::body::media::MediaKind;
+use palisade_core::body::tee::TeeBody;
+use palisade_core::{BoxError, PalisadeBody, key::KeyExtractor};
 use pin_project_lite::pin_project;
 use std::{
     fmt,
@@ -258,7 +260,7 @@ impl Shared {
         req: &HeaderMap,
         head: bool,
         now: u64,
-    ) -> Response<CacheBody<B>> {
+    ) -> Response<PalisadeBody<B>> {
         self.count(outcome);
         self.build(s, outcome, req, head, now)
     }
@@ -272,7 +274,7 @@ impl Shared {
         req: &HeaderMap,
         head: bool,
         now: u64,
-    ) -> Response<CacheBody<B>> {
+    ) -> Response<PalisadeBody<B>> {
         let not_modified = s.status == StatusCode::OK
             && (req.contains_key(header::IF_NONE_MATCH)
                 || req.contains_key(header::IF_MODIFIED_SINCE))
@@ -304,9 +306,9 @@ impl Shared {
             headers
         };
         let body = if not_modified || head {
-            CacheBody::full(Bytes::new())
+            PalisadeBody::full(Bytes::new())
         } else {
-            CacheBody::full(s.body.clone())
+            PalisadeBody::full(s.body.clone())
         };
         let mut res = Response::new(body);
         *res.status_mut() = if not_modified {
@@ -565,7 +567,7 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for Cache<S, K> {
     }
 }
 
-type BoxResFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+type BoxResFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<PalisadeBody<B>>, E>> + Send>>;
 
 pin_project! {
     /// Response future of [`Cache`]: ready at once for cache hits, the
@@ -594,7 +596,7 @@ pin_project! {
 pin_project! {
     #[project = FutProj]
     enum FutKind<F, B, E> {
-        Ready { res: Option<Response<CacheBody<B>>> },
+        Ready { res: Option<Response<PalisadeBody<B>>> },
         Pass { #[pin] fut: F },
         Boxed { fut: BoxResFuture<B, E> },
     }
@@ -615,19 +617,19 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<CacheBody<B>>, E>;
+    type Output = Result<Response<PalisadeBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             FutProj::Ready { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
-            FutProj::Pass { fut } => fut.poll(cx).map_ok(|r| r.map(CacheBody::inner)),
+            FutProj::Pass { fut } => fut.poll(cx).map_ok(|r| r.map(PalisadeBody::inner)),
             FutProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    fn ready(res: Response<CacheBody<B>>) -> Self {
+    fn ready(res: Response<PalisadeBody<B>>) -> Self {
         Self {
             kind: FutKind::Ready { res: Some(res) },
         }
@@ -663,11 +665,10 @@ where
     S::Error: Send + 'static,
     K: KeyExtractor<Request<ReqBody>>,
     ReqBody: Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Buf + Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<CacheBody<ResBody>>;
+    type Response = Response<PalisadeBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -721,8 +722,8 @@ where
 
         // Fast path: L1, no allocation for the key.
         enum Fast<B> {
-            Served(Response<CacheBody<B>>),
-            Swr(Response<CacheBody<B>>, Arc<str>, Arc<Stored>, Arc<str>),
+            Served(Response<PalisadeBody<B>>),
+            Swr(Response<PalisadeBody<B>>, Arc<str>, Arc<Stored>, Arc<str>),
             Slow(Arc<str>, Option<(Arc<Stored>, Arc<str>)>, bool, bool),
         }
         let fast = with_buf(|buf| {
@@ -812,8 +813,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Buf + Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -851,7 +851,7 @@ async fn invalidate_after<S, ReqBody, ResBody>(
     mut inner: S,
     req: Request<ReqBody>,
     custom: String,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<PalisadeBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
@@ -879,7 +879,7 @@ where
             }
         }
     }
-    Ok(res.map(CacheBody::inner))
+    Ok(res.map(PalisadeBody::inner))
 }
 
 async fn slow<S, ReqBody, ResBody>(
@@ -887,14 +887,13 @@ async fn slow<S, ReqBody, ResBody>(
     mut inner: S,
     req: Request<ReqBody>,
     mut ctx: Ctx,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<PalisadeBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Buf + Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let core = &shared.core;
@@ -926,7 +925,7 @@ where
     }
     if ctx.req_cc.only_if_cached {
         shared.count(Outcome::Miss);
-        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        let mut res = Response::new(PalisadeBody::full(Bytes::new()));
         *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         return Ok(res);
     }
@@ -935,7 +934,7 @@ where
         let res = inner.call(req).await?;
         return Ok(with_x_cache(
             &shared,
-            res.map(CacheBody::inner),
+            res.map(PalisadeBody::inner),
             Outcome::Miss,
         ));
     }
@@ -1090,11 +1089,10 @@ async fn fetch<S, ReqBody, ResBody>(
     client: &HeaderMap,
     blocked: bool,
     mode: Mode,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> Result<Response<PalisadeBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body,
-    ResBody::Data: Buf,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let core = &shared.core;
@@ -1203,17 +1201,60 @@ where
         core.counters.uncacheable.fetch_add(1, Relaxed);
         return Ok(with_x_cache(
             shared,
-            Response::from_parts(parts, CacheBody::inner(body)),
+            Response::from_parts(parts, PalisadeBody::inner(body)),
             Outcome::Miss,
         ));
     }
-    match collect_limited(body, shared.max_body).await {
-        Collected::Complete(bytes) => {
+    // A stream (no length: SSE, NDJSON, a chunked answer) is forwarded as it
+    // arrives and stored on the side once complete within the limit.
+    if content_length(&parts.headers).is_none()
+        && (MediaKind::of(&parts.headers).is_framed_stream()
+            || body.size_hint().exact().is_none())
+    {
+        let (x_shared, max_body) = (&**shared, shared.max_body);
+        let shared = shared.clone();
+        let primary = primary.clone();
+        let client = client.clone();
+        let head = (parts.status, parts.headers.clone());
+        let on_complete = move |c: palisade_core::body::Collected| {
+            if c.trailers.is_some() {
+                return;
+            }
+            let stored = Stored::new(
+                head.0,
+                &head.1,
+                &res_cc,
+                c.data,
+                request_time,
+                now,
+                &shared.rules,
+            );
+            // Stored in L1 at once (so the next request finds it); what
+            // waits on L2 goes on in a task.
+            let mut store =
+                Box::pin(async move { shared.store(&primary, None, &client, stored).await });
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if store.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(store);
+            }
+        };
+        if let Some((_, key)) = &candidate {
+            let _ = core.remove(key).await;
+        }
+        let tee = TeeBody::new(body, max_body, on_complete);
+        return Ok(with_x_cache(
+            x_shared,
+            Response::from_parts(parts, PalisadeBody::stream(tee)),
+            Outcome::Miss,
+        ));
+    }
+    match read_bounded(body, shared.max_body).await {
+        Read::Complete(c) if c.trailers.is_none() => {
             let stored = Stored::new(
                 parts.status,
                 &parts.headers,
                 &res_cc,
-                bytes,
+                c.data,
                 request_time,
                 now,
                 &shared.rules,
@@ -1223,10 +1264,15 @@ where
             shared.store(primary, None, client, stored).await;
             Ok(res)
         }
-        Collected::Partial(body) => {
+        other => {
             if let Some((_, key)) = &candidate {
                 let _ = core.remove(key).await;
             }
+            let body = match other {
+                Read::Complete(c) => PalisadeBody::from(c),
+                Read::Over { prefix, rest } => PalisadeBody::resumed_pinned(prefix, rest),
+                Read::Failed { prefix, error } => PalisadeBody::failed(prefix, error),
+            };
             Ok(with_x_cache(
                 shared,
                 Response::from_parts(parts, body),

@@ -93,7 +93,6 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
 mod config;
 mod core;
 mod directives;
@@ -105,7 +104,6 @@ mod policy;
 mod service;
 
 pub use crate::core::CacheStats;
-pub use body::CacheBody;
 pub use config::{CacheBuilder, Config};
 pub use error::CacheError;
 pub use http::{Cache, CacheLayer, NoKey, ResponseFuture, X_CACHE};

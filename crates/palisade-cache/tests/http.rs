@@ -224,7 +224,7 @@ async fn call<S>(svc: &mut S, r: http::Request<Body>) -> (String, String)
 where
     S: Service<
             http::Request<Body>,
-            Response = http::Response<palisade_cache::CacheBody<Body>>,
+            Response = http::Response<palisade_core::PalisadeBody<Body>>,
             Error = std::convert::Infallible,
         >,
 {
@@ -510,4 +510,64 @@ async fn uncacheable_responses_are_not_stored_and_never_block_caching() {
         ("HIT", "plainvary/1 v2 in none")
     );
     assert_eq!(up.hits("plainvary"), 5);
+}
+
+/// A cacheable stream (server-sent events, no length) reaches the client
+/// event by event, in lock-step with the upstream, and is stored once it
+/// has ended: the next request is a hit with the whole stream.
+#[tokio::test]
+async fn a_cacheable_stream_is_forwarded_as_it_arrives_and_stored_on_the_side() {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
+
+    type Tx = mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>;
+    let senders: Arc<Mutex<Vec<Tx>>> = Arc::default();
+    let s2 = senders.clone();
+    let upstream = tower::service_fn(move |_req: http::Request<Body>| {
+        let (tx, mut rx) = mpsc::channel(1);
+        s2.lock().unwrap().push(tx);
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .header("cache-control", "public, max-age=60")
+                    .body(Body::new(body))
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new())
+        .service(upstream);
+    let res = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(req("/events")))
+        .await
+        .expect("the head comes before the stream ends")
+        .unwrap();
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    let tx = senders.lock().unwrap().pop().unwrap();
+    let mut body = res.into_body();
+    for i in 0..3 {
+        let event = format!("data: {i}\n\n");
+        tx.send(Ok(Frame::data(Bytes::from(event.clone()))))
+            .await
+            .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("event {i} held back by the cache"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), event);
+    }
+    drop(tx);
+    assert!(body.frame().await.is_none());
+
+    let hit = svc.oneshot(req("/events")).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    let all = hit.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(all, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+    assert_eq!(senders.lock().unwrap().len(), 0, "one upstream call");
 }
