@@ -87,6 +87,15 @@ fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `text` cut to a length that reads well in a failure message.
+fn snippet(text: &str) -> String {
+    const MAX: usize = 400;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
+}
+
 /// Raw PII of this file found in `text`, if any.
 fn raw_pii(text: &str) -> Vec<&'static str> {
     [EMAIL, PHONE, PASSWORD]
@@ -181,9 +190,10 @@ impl StreamReader {
         headers: &[(&str, &str)],
         kind: &'static str,
     ) -> (http::response::Parts, StreamReader) {
-        let res = match tokio::time::timeout(STEP, client().request(request(url, headers))).await
-        {
-            Ok(res) => res.unwrap_or_else(|e| panic!("{kind}: request to the gateway failed: {e:?}")),
+        let res = match tokio::time::timeout(STEP, client().request(request(url, headers))).await {
+            Ok(res) => {
+                res.unwrap_or_else(|e| panic!("{kind}: request to the gateway failed: {e:?}"))
+            }
             Err(_) => panic!(
                 "{kind}: no response head within {STEP:?} although the upstream answered and sent \
                  {} of {} piece(s) (it sends the next only once the client has received the \
@@ -331,7 +341,10 @@ impl SsePiece {
                 let json: serde_json::Value = serde_json::from_str(data.trim())
                     .unwrap_or_else(|e| panic!("SSE piece {k}: data is not JSON ({e}): {block:?}"));
                 assert_eq!(json["email"], EMAIL_MASKED, "SSE piece {k}: {block:?}");
-                assert_eq!(json["n"], n, "SSE piece {k}: events out of order: {block:?}");
+                assert_eq!(
+                    json["n"], n,
+                    "SSE piece {k}: events out of order: {block:?}"
+                );
             }
             SsePiece::Phone => assert!(
                 block.starts_with("data:") && block.contains(&format!("call {PHONE_MASKED} now")),
@@ -450,7 +463,10 @@ async fn ndjson_lines_are_masked_and_delivered_one_by_one() {
             .unwrap_or_else(|e| panic!("NDJSON line {n} is not JSON ({e}): {line:?}"));
         assert_eq!(json["email"], EMAIL_MASKED, "NDJSON line {n}: {line:?}");
         assert_eq!(json["password"], REDACTED, "NDJSON line {n}: {line:?}");
-        assert_eq!(json["n"], n, "NDJSON line {n}: lines out of order: {line:?}");
+        assert_eq!(
+            json["n"], n,
+            "NDJSON line {n}: lines out of order: {line:?}"
+        );
         upstream.acks.send(()).expect("upstream still streaming");
     }
     let all = reader.end().await;
@@ -467,7 +483,10 @@ async fn plain_text_trickle_is_flushed_while_the_upstream_is_idle() {
         ("hello ".to_owned(), "hello ".to_owned()),
         ("world ".to_owned(), "world ".to_owned()),
         (format!("mail {EMAIL} "), format!("mail {EMAIL_MASKED} ")),
-        (format!("or call {PHONE} "), format!("or call {PHONE_MASKED} ")),
+        (
+            format!("or call {PHONE} "),
+            format!("or call {PHONE_MASKED} "),
+        ),
         ("bye\n".to_owned(), "bye\n".to_owned()),
     ];
     let upstream = lock_step_upstream(
@@ -576,7 +595,8 @@ async fn fetch(url: &str, accept: Option<&str>) -> Decoded {
                     .layer(DecompressionLayer::new())
                     .map_response(|res: Response<Incoming>| {
                         let (mut parts, body) = res.into_parts();
-                        let sent = SentEncoding(parts.headers.get(header::CONTENT_ENCODING).cloned());
+                        let sent =
+                            SentEncoding(parts.headers.get(header::CONTENT_ENCODING).cloned());
                         parts.extensions.insert(sent);
                         Response::from_parts(parts, body)
                     })
@@ -623,9 +643,9 @@ async fn fetch(url: &str, accept: Option<&str>) -> Decoded {
             }
         }
     };
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("GET {url} (accept-encoding {accept:?}): no answer within {STEP:?}"))
+    tokio::time::timeout(STEP, fut).await.unwrap_or_else(|_| {
+        panic!("GET {url} (accept-encoding {accept:?}): no answer within {STEP:?}")
+    })
 }
 
 /// Asserts a 200 whose body (decoded) is the masked user, in an encoding
@@ -635,9 +655,15 @@ fn assert_masked_user(res: &Decoded, case: &str, accepted: &[&str]) {
     assert_ne!(
         res.status,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "{case}: the gateway refused a compressed upstream body with 415: {text}"
+        "{case}: the gateway refused a compressed upstream body with 415: {}",
+        snippet(&text)
     );
-    assert_eq!(res.status, StatusCode::OK, "{case}: status; body: {text}");
+    assert_eq!(
+        res.status,
+        StatusCode::OK,
+        "{case}: status; body: {}",
+        snippet(&text)
+    );
     if let Some(enc) = header_str(&res.headers, "content-encoding") {
         assert!(
             enc.eq_ignore_ascii_case("identity")
@@ -648,11 +674,12 @@ fn assert_masked_user(res: &Decoded, case: &str, accepted: &[&str]) {
     }
     assert!(
         raw_pii(&text).is_empty(),
-        "{case}: raw PII {:?} in the answer: {text}",
-        raw_pii(&text)
+        "{case}: raw PII {:?} in the answer: {}",
+        raw_pii(&text),
+        snippet(&text)
     );
     let json: serde_json::Value = serde_json::from_slice(&res.body)
-        .unwrap_or_else(|e| panic!("{case}: the answer is not JSON ({e}): {text:?}"));
+        .unwrap_or_else(|e| panic!("{case}: the answer is not JSON ({e}): {}", snippet(&text)));
     assert_eq!(json["email"], EMAIL_MASKED, "{case}: {json}");
     assert_eq!(json["phone"], PHONE_MASKED, "{case}: {json}");
     assert_eq!(json["password"], REDACTED, "{case}: {json}");
@@ -666,7 +693,11 @@ async fn compressed_upstream_is_masked(encoding: &str) {
     let gw = start_gateway(&upstream);
 
     let case = format!("upstream {encoding}, client accepts {encoding}");
-    let res = fetch(&format!("{}/user?case=accept-{encoding}", gw.url), Some(encoding)).await;
+    let res = fetch(
+        &format!("{}/user?case=accept-{encoding}", gw.url),
+        Some(encoding),
+    )
+    .await;
     assert_masked_user(&res, &case, &[encoding]);
 
     let case = format!("upstream {encoding}-capable, client sends no Accept-Encoding");
@@ -708,7 +739,11 @@ async fn always_gzip_upstream_is_masked_and_served_as_the_client_accepts() {
     assert_masked_user(&res, "always-gzip upstream, client accepts gzip", &["gzip"]);
 
     let case = "always-gzip upstream, client accepts identity only";
-    let res = fetch(&format!("{}/forced?case=identity", gw.url), Some("identity")).await;
+    let res = fetch(
+        &format!("{}/forced?case=identity", gw.url),
+        Some("identity"),
+    )
+    .await;
     assert!(
         header_str(&res.headers, "content-encoding").is_none_or(|e| e == "identity"),
         "{case}: got content-encoding {:?}",
@@ -831,15 +866,21 @@ fn assert_problem(
     let text = String::from_utf8_lossy(body);
     assert!(
         allowed.contains(&status.as_u16()),
-        "{case}: expected status {allowed:?}, got {status}: {text}"
+        "{case}: expected status {allowed:?}, got {status}: {}",
+        snippet(&text)
     );
     let ct = header_str(headers, "content-type").unwrap_or("");
     assert!(
         ct.starts_with("application/problem+json"),
-        "{case}: expected content-type application/problem+json, got {ct:?}: {text}"
+        "{case}: expected content-type application/problem+json, got {ct:?}: {}",
+        snippet(&text)
     );
-    serde_json::from_slice::<serde_json::Value>(body)
-        .unwrap_or_else(|e| panic!("{case}: the problem document is not JSON ({e}): {text}"));
+    serde_json::from_slice::<serde_json::Value>(body).unwrap_or_else(|e| {
+        panic!(
+            "{case}: the problem document is not JSON ({e}): {}",
+            snippet(&text)
+        )
+    });
 }
 
 async fn bomb_is_refused(content_type: &'static str) {
@@ -851,10 +892,7 @@ async fn bomb_is_refused(content_type: &'static str) {
                 let bomb = bomb.clone();
                 async move {
                     (
-                        [
-                            ("content-type", content_type),
-                            ("content-encoding", "gzip"),
-                        ],
+                        [("content-type", content_type), ("content-encoding", "gzip")],
                         bomb,
                     )
                 }
@@ -882,7 +920,8 @@ async fn bomb_is_refused(content_type: &'static str) {
         .unwrap_or_else(|_| panic!("{case}: no answer within {BOMB_WAIT:?}"))
         .unwrap_or_else(|e| panic!("{case}: request failed: {e:?}"));
     let (parts, body) = res.into_parts();
-    let body = read_capped(body, 1 << 20, deadline, &case).await;
+    let answered = format!("{case}, answered {}", parts.status);
+    let body = read_capped(body, 1 << 20, deadline, &answered).await;
     let elapsed = started.elapsed();
     let (_, hwm_after) = memory_kib(pid);
 
@@ -946,11 +985,13 @@ async fn corrupt_gzip_is_a_502_that_leaks_nothing() {
             .unwrap_or_else(|_| panic!("{case}: no answer within {STEP:?}"))
             .unwrap_or_else(|e| panic!("{case}: request failed: {e:?}"));
         let (parts, body) = res.into_parts();
-        let body = read_capped(body, 1 << 20, deadline, &case).await;
+        let answered = format!("{case}, answered {}", parts.status);
+        let body = read_capped(body, 1 << 20, deadline, &answered).await;
         let text = String::from_utf8_lossy(&body);
         assert!(
             !text.contains(EMAIL),
-            "{case}: the answer carries the address in clear: {text}"
+            "{case}: the answer carries the address in clear: {}",
+            snippet(&text)
         );
         assert_problem(&case, parts.status, &parts.headers, &body, &[502]);
     }

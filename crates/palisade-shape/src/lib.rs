@@ -72,7 +72,6 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
 mod config;
 mod engine;
 mod estimate;
@@ -81,7 +80,6 @@ mod selector;
 mod service;
 mod shaper;
 
-pub use body::ShapeBody;
 pub use config::{RouteConfig, ShapeConfig};
 #[cfg(feature = "tiktoken")]
 pub use estimate::TiktokenEstimator;

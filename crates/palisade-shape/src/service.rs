@@ -13,7 +13,6 @@ use palisade_core::{BoxError, PalisadeBody};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::ShapeBody;
 use crate::layer::{Inner, Outcome, RuleSet, ShapeResponseLayer};
 use crate::selector::{FieldSelector, SelectorError};
 use crate::shaper::{ShapeError, ShapeStats};
@@ -28,7 +27,7 @@ pub const X_TOKENS_SAVED: HeaderName = HeaderName::from_static("x-tokens-saved")
 pub const X_TOKENS_SAVED_PERCENT: HeaderName = HeaderName::from_static("x-tokens-saved-percent");
 
 /// The response type of [`ShapeResponse`].
-pub type ShapedResponse<B> = Response<PalisadeBody<ShapeBody<B>>>;
+pub type ShapedResponse<B> = Response<PalisadeBody<B>>;
 
 /// Middleware shaping JSON responses; see [`ShapeResponseLayer`].
 ///
@@ -293,17 +292,13 @@ where
                                 let (parts, plan) = parts.zip(plan).expect(POLLED_AFTER_DONE);
                                 plan.inner.count(Outcome::TooLarge);
                                 tracing::debug!(max, "JSON body over the limit, passed through");
-                                let body = ShapeBody::resumed(
-                                    std::mem::take(chunks),
-                                    body.take(),
-                                    trailers.take(),
-                                    None,
-                                );
+                                let prefix = concat(std::mem::take(chunks));
+                                let body = match body.take() {
+                                    Some(rest) => PalisadeBody::resumed_pinned(prefix, rest),
+                                    None => PalisadeBody::full_with_trailers(prefix, trailers.take()),
+                                };
                                 state.set(State::Done);
-                                return Poll::Ready(Ok(Response::from_parts(
-                                    parts,
-                                    PalisadeBody::inner(body),
-                                )));
+                                return Poll::Ready(Ok(Response::from_parts(parts, body)));
                             }
                             Err(frame) => {
                                 if let Ok(t) = frame.into_trailers() {
@@ -316,17 +311,10 @@ where
                             let (parts, plan) =
                                 parts.take().zip(plan.take()).expect(POLLED_AFTER_DONE);
                             plan.inner.count(Outcome::BodyError);
-                            let body = ShapeBody::resumed(
-                                std::mem::take(chunks),
-                                None,
-                                trailers.take(),
-                                Some(err.into()),
-                            );
+                            let body =
+                                PalisadeBody::failed(concat(std::mem::take(chunks)), err.into());
                             state.set(State::Done);
-                            return Poll::Ready(Ok(Response::from_parts(
-                                parts,
-                                PalisadeBody::inner(body),
-                            )));
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
                         None => parts.take().zip(plan.take()).expect(POLLED_AFTER_DONE),
                     };
@@ -355,7 +343,7 @@ fn begin<B: Body>(response: Response<B>, plan: Plan) -> Begin<B> {
         tracing::trace!(?outcome, "response passed through unshaped");
         Begin::Done(Response::from_parts(
             parts,
-            PalisadeBody::inner(ShapeBody::new(body)),
+            PalisadeBody::inner(body),
         ))
     };
     let plan = match plan {
@@ -417,15 +405,7 @@ fn finish<B>(
     trailers: Option<HeaderMap>,
     plan: &ShapePlan,
 ) -> ShapedResponse<B> {
-    let bytes = if chunks.len() == 1 {
-        chunks.pop().unwrap_or_default()
-    } else {
-        let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-        for c in &chunks {
-            all.extend_from_slice(c);
-        }
-        all.freeze()
-    };
+    let bytes = concat(std::mem::take(&mut chunks));
     let rules = plan.rules();
     match rules.shaper.shape_bytes_with(plan.fields.as_ref(), &bytes) {
         Ok(shaped) => {
@@ -446,26 +426,32 @@ fn finish<B>(
                     headers.insert(X_TOKENS_SAVED_PERCENT, v);
                 }
             }
-            let body = match trailers {
-                None => PalisadeBody::full(shaped.output),
-                Some(t) => PalisadeBody::inner(ShapeBody::resumed(
-                    vec![shaped.output.into()],
-                    None,
-                    Some(t),
-                    None,
-                )),
-            };
-            Response::from_parts(parts, body)
+            Response::from_parts(
+                parts,
+                PalisadeBody::full_with_trailers(shaped.output, trailers),
+            )
         }
         Err(err) => {
             plan.inner.count(Outcome::InvalidJson);
             tracing::debug!(error = %err, "upstream JSON did not parse, passed through");
             Response::from_parts(
                 parts,
-                PalisadeBody::inner(ShapeBody::resumed(vec![bytes], None, trailers, None)),
+                PalisadeBody::full_with_trailers(bytes, trailers),
             )
         }
     }
+}
+
+/// The chunks read so far, as one buffer (no copy for a single chunk).
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in &chunks {
+        all.extend_from_slice(c);
+    }
+    all.freeze()
 }
 
 fn record(plan: &ShapePlan, stats: &ShapeStats) {
