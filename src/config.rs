@@ -1,7 +1,7 @@
 //! One configuration for every layer: a TOML file, overridden by the
 //! environment, checked at start-up with errors that name the key.
 //!
-//! Sections: `[store]`, `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
+//! Sections: `[store]`, `[upstream]` (time limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
 //! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
 //! defaults are the ones users know). `examples/gateway.toml` is a commented
 //! example.
@@ -13,6 +13,7 @@
 //! | variable | sets |
 //! |---|---|
 //! | `REDIS_URL` | `store.url` |
+//! | `UPSTREAM_TIMEOUT` / `UPSTREAM_IDLE_TIMEOUT` | `upstream.response_timeout` / `upstream.idle_timeout` (seconds, or "30s"; 0 turns it off) |
 //! | `CIRCUIT_BREAKER_FAILURE_THRESHOLD` | `circuit_breaker.failure_threshold` |
 //! | `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` | `circuit_breaker.recovery_timeout` (seconds, or "90s") |
 //! | `CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS` | `circuit_breaker.half_open_max_calls` |
@@ -89,6 +90,41 @@ impl StoreSection {
     }
 }
 
+/// How long the upstream may take (a proxy such as the gateway applies
+/// these; zero turns a limit off).
+///
+/// ```
+/// use palisade::config::UpstreamSection;
+/// use std::time::Duration;
+///
+/// let d = UpstreamSection::default();
+/// assert_eq!(d.response_timeout, Duration::from_secs(30));
+/// assert_eq!(d.idle_timeout, Duration::from_secs(60));
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamSection {
+    /// The most a request waits for the response head, retries included
+    /// (default 30 s): past it the client gets 504 with a problem body (gRPC
+    /// `DEADLINE_EXCEEDED`). A stream that has started is not cut by it.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// A response stream that sends nothing for this long is cut (default
+    /// 60 s); a flowing stream, however long, never is.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Every layer's configuration (see the [module docs](self)).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +132,8 @@ impl StoreSection {
 pub struct PalisadeConfig {
     /// The store.
     pub store: StoreSection,
+    /// Time limits on the upstream.
+    pub upstream: UpstreamSection,
     /// The circuit breaker.
     #[cfg(feature = "breaker")]
     pub circuit_breaker: palisade_breaker::Config,
@@ -167,6 +205,12 @@ enum Kind {
 /// The variables users know, and where they go.
 const KNOWN_VARS: &[(&str, &str, Kind)] = &[
     ("REDIS_URL", "store.url", Kind::Text),
+    (
+        "UPSTREAM_TIMEOUT",
+        "upstream.response_timeout",
+        Kind::Duration,
+    ),
+    ("UPSTREAM_IDLE_TIMEOUT", "upstream.idle_timeout", Kind::Duration),
     (
         "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
         "circuit_breaker.failure_threshold",

@@ -336,3 +336,134 @@ async fn a_5xx_storm_is_capped_by_the_retry_budget_and_the_breaker() {
         format!("{:.3}", with_breaker as f64 / N as f64),
     );
 }
+
+/// With the default `[upstream]` limits only shortened: a hanging upstream
+/// gets the client a 504 problem answer, each hang is a failure for the
+/// breaker, which opens and then answers 503 without calling the upstream;
+/// after the recovery time, a trial that hangs too opens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_upstream_opens_the_breaker_and_a_hanging_trial_reopens_it() {
+    let upstream = RawUpstream::start(Misbehaviour::Hang).await;
+    let gw = gateway(
+        &upstream.url,
+        r#"
+[upstream]
+response_timeout = "1s"
+
+[retry]
+max_attempts = 1
+
+[circuit_breaker]
+initial_mode = "closed"
+failure_threshold = 2
+recovery_timeout = "1s"
+"#,
+    );
+    let url = format!("{}/hang", gw.url);
+    for i in 1..=2 {
+        let res = tokio::time::timeout(Duration::from_secs(20), get(&url))
+            .await
+            .unwrap_or_else(|_| panic!("hang {i}: no answer: the client is left waiting"));
+        assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT, "hang {i}");
+        assert_eq!(
+            res.header("content-type"),
+            Some("application/problem+json"),
+            "hang {i}"
+        );
+        assert_eq!(upstream.requests(), i, "hang {i} reached the upstream");
+    }
+    // Two hangs were two failures: open, answered without the upstream.
+    let res = get(&url).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{}", res.text());
+    let wait: u64 = res
+        .header("retry-after")
+        .expect("Retry-After on the open circuit")
+        .parse()
+        .unwrap();
+    assert_eq!(upstream.requests(), 2, "an open circuit does not call");
+    // After the recovery time the trial reaches the upstream, hangs, and
+    // is cut by the limit: the circuit opens again.
+    tokio::time::sleep(Duration::from_secs(wait.clamp(1, 5))).await;
+    let res = tokio::time::timeout(Duration::from_secs(20), get(&url))
+        .await
+        .expect("the trial is answered");
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(upstream.requests(), 3, "the trial reached the upstream");
+    let res = get(&url).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.requests(), 3, "re-opened: no call");
+    let breakers = get(&format!("{}/breakers", gw.admin)).await.text();
+    assert!(breakers.contains("open"), "{breakers}");
+}
+
+/// A stream that stops sending is cut after `upstream.idle_timeout`; one
+/// that keeps sending, for longer than the limit in all, never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_cut_and_a_flowing_one_is_not() {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let app = Router::new()
+        .route(
+            "/stall",
+            route(|| async {
+                let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                    axum::body::Bytes::from_static(b"data: first\n\n"),
+                )]);
+                let body = axum::body::Body::from_stream(
+                    first.chain(futures_util::stream::pending()),
+                );
+                ([("content-type", "text/event-stream")], body)
+            }),
+        )
+        .route(
+            "/flow",
+            route(|| async {
+                // Ten events 300 ms apart: 3 s in all, never 1 s idle.
+                let events = futures_util::stream::unfold(0u32, |i| async move {
+                    if i == 10 {
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let e = axum::body::Bytes::from(format!("data: {i}\n\n"));
+                    Some((Ok::<_, std::convert::Infallible>(e), i + 1))
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(events),
+                )
+            }),
+        );
+    let (url, _task) = serve(app).await;
+    let gw = gateway(&url, "[upstream]\nidle_timeout = \"1s\"\n");
+    let client = reliability_support::client();
+
+    let res = client
+        .get(format!("{}/stall", gw.url).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: first\n\n");
+    let end = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("an idle stream is cut, not left open");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "nothing more comes from a stalled stream: {end:?}"
+    );
+
+    let res = client
+        .get(format!("{}/flow", gw.url).parse().unwrap())
+        .await
+        .unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(30), res.into_body().collect())
+        .await
+        .expect("the flowing stream ends")
+        .expect("and is never cut")
+        .to_bytes();
+    let events = String::from_utf8_lossy(&all).matches("data: ").count();
+    assert_eq!(events, 10, "{all:?}");
+}

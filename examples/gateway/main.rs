@@ -129,7 +129,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let registry = Registry::new();
-    let proxy = proxy::Proxy::new(&upstream)?;
+    let proxy = proxy::Proxy::new(&upstream, cfg.upstream.idle_timeout)?;
     let (stack, built) = if args.no_layers {
         (stack::bare(proxy), None)
     } else {

@@ -10,12 +10,14 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use palisade::core::body::idle::IdleTimeoutBody;
 use palisade::core::{BoxError, Error, ErrorKind, PalisadeBody};
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -26,10 +28,12 @@ pub struct Proxy {
     client: Client<HttpConnector, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// A response stream idle this long is cut (zero: never).
+    idle_timeout: Duration,
 }
 
 impl Proxy {
-    pub fn new(upstream: &Uri) -> Result<Self, String> {
+    pub fn new(upstream: &Uri, idle_timeout: Duration) -> Result<Self, String> {
         let scheme = upstream
             .scheme()
             .cloned()
@@ -50,6 +54,7 @@ impl Proxy {
             client,
             scheme,
             authority,
+            idle_timeout,
         })
     }
 }
@@ -76,7 +81,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<PalisadeBody<Incoming>>;
+    type Response = Response<PalisadeBody<IdleTimeoutBody<Incoming>>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -97,6 +102,7 @@ where
             .path_and_query(path)
             .build();
         let client = self.client.clone();
+        let idle = self.idle_timeout;
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(Error::new(ErrorKind::BadRequest, "invalid request target")
@@ -110,6 +116,7 @@ where
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    let body = IdleTimeoutBody::new(body, idle);
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }
                 Err(err) => {

@@ -12,6 +12,7 @@ use palisade::core::{BoxError, Error, ErrorKind, PalisadeBody};
 use palisade::dlq::{DeadLetter, DeadLetterQueue};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
+use palisade::retry::timeout::TimeoutLayer;
 use palisade::retry::{RetryError, RetryLayerBuilder, RetryMetrics};
 use palisade::shape::ShapeResponseLayerBuilder;
 use palisade::store::{Backend, Store};
@@ -121,6 +122,9 @@ pub fn full(
                 not_ready: None,
             }
         }))
+        // The response-head limit covers every attempt; a timed-out attempt
+        // is a failure for the breaker.
+        .layer(response_timeout(cfg))
         .retry(retry)
         .circuit_breaker(breaker)
         .service(proxy);
@@ -130,6 +134,17 @@ pub fn full(
         cache: cache_handle,
         limiter,
         dlq,
+    })
+}
+
+/// The response-head limit (`upstream.response_timeout`; zero: none, as a
+/// limit that never comes).
+fn response_timeout(cfg: &PalisadeConfig) -> TimeoutLayer {
+    let limit = cfg.upstream.response_timeout;
+    TimeoutLayer::new(if limit.is_zero() {
+        std::time::Duration::from_secs(365 * 24 * 3600)
+    } else {
+        limit
     })
 }
 

@@ -541,8 +541,10 @@ impl Breaker {
     }
 
     /// Asks to make one call: a [`Permit`] to report its outcome on, or the
-    /// rejection. Dropping the permit unreported counts as a cancelled call
-    /// (a half-open trial permit is given back).
+    /// rejection. Dropping the permit unreported is a cancelled call: a
+    /// failure by default, or, with
+    /// [`cancelled_as_failure`](Config::cancelled_as_failure) off, not
+    /// counted (a half-open trial permit is given back).
     ///
     /// ```
     /// use palisade_breaker::{Breaker, Config};
@@ -818,6 +820,11 @@ impl Breaker {
 
     #[inline]
     pub(crate) fn cancel(&self, ticket: Ticket) {
+        if self.inner.settings.config.cancelled_as_failure {
+            // A hang the caller (or a timeout outside) gave up on.
+            self.record_slow(ticket, Outcome::Failure);
+            return;
+        }
         if ticket.kind() == TicketKind::Trial && self.inner.state.load(Acquire) == ticket.state {
             self.inner.half_permits.fetch_add(1, AcqRel);
         }
@@ -1245,8 +1252,8 @@ impl Drop for ProbeHandle {
 }
 
 /// The right to make one call; report its outcome with
-/// [`record`](Self::record). Dropping it unreported is a cancelled call: not
-/// counted, and a half-open trial permit is given back.
+/// [`record`](Self::record). Dropping it unreported is a cancelled call: a
+/// failure by default (see [`Config::cancelled_as_failure`]).
 pub struct Permit {
     breaker: Breaker,
     ticket: Ticket,

@@ -74,6 +74,12 @@ pub struct Config {
     /// How often a breaker shared through a store polls it (default 1 s).
     #[serde(with = "humantime_serde")]
     pub shared_poll_interval: Duration,
+    /// A call dropped before it reports (timed out by a layer outside, or
+    /// given up by its caller) counts as a failure (default `true`), so an
+    /// upstream that hangs opens the circuit and a hanging half-open trial
+    /// re-opens it. `false`: such a call is not counted and a trial permit
+    /// is given back.
+    pub cancelled_as_failure: bool,
 }
 
 impl Default for Config {
@@ -95,6 +101,7 @@ impl Default for Config {
             max_keys: 10_000,
             key_idle_timeout: Duration::from_secs(600),
             shared_poll_interval: Duration::from_secs(1),
+            cancelled_as_failure: true,
         }
     }
 }

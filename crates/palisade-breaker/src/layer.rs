@@ -140,6 +140,13 @@ impl<C, K, O> Builder<C, K, O> {
         self
     }
 
+    /// Whether a call dropped before it completes (timed out outside, or
+    /// given up by its caller) counts as a failure (default `true`).
+    pub fn cancelled_as_failure(mut self, yes: bool) -> Self {
+        self.config.cancelled_as_failure = yes;
+        self
+    }
+
     /// Consecutive failures that trip the breaker (0: rule off).
     pub fn failure_threshold(mut self, n: u32) -> Self {
         self.config.failure_threshold = n;
@@ -565,8 +572,9 @@ where
 
 pin_project! {
     /// Response future of [`CircuitBreaker`]: the inner call, whose outcome
-    /// is recorded when it completes (and counted as cancelled if the future
-    /// is dropped first), or the answer to an open circuit.
+    /// is recorded when it completes (and as a failure if the future is
+    /// dropped first, unless `cancelled_as_failure` is off), or the answer to
+    /// an open circuit.
     pub struct ResponseFuture<F, R, C, O> {
         #[pin]
         kind: Kind<F, R, C>,

@@ -56,9 +56,10 @@ async fn fallback_answers_an_open_circuit() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_dropped_call_gives_its_trial_permit_back() {
+async fn a_dropped_call_gives_its_trial_permit_back_when_configured() {
     let layer = CircuitBreakerLayer::builder("drop")
         .half_open(1, 1)
+        .cancelled_as_failure(false)
         .build()
         .unwrap();
     let breaker = layer.breaker().unwrap();

@@ -88,6 +88,7 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
         cfg(|c| {
             c.half_open_max_calls = 1;
             c.success_threshold = 1;
+            c.cancelled_as_failure = false;
         }),
     )
     .unwrap();
@@ -101,6 +102,25 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
     assert_eq!(b.state(), State::HalfOpen);
     b.try_acquire().unwrap().success();
     assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_calls_are_failures_by_default() {
+    let b = Breaker::new("t", cfg(|c| c.half_open_max_calls = 1)).unwrap();
+    // Five calls given up on (an upstream that hangs, cut by a timeout
+    // outside) open the circuit …
+    for _ in 0..5 {
+        drop(b.try_acquire().unwrap());
+    }
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.snapshot().failed_calls, 5);
+    // … and a half-open trial that hangs too re-opens it.
+    advance(Duration::from_secs(60)).await;
+    let trial = b.try_acquire().unwrap();
+    assert_eq!(b.state(), State::HalfOpen);
+    drop(trial);
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.times_entered(State::Open), 2);
 }
 
 #[tokio::test(start_paused = true)]

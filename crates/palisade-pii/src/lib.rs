@@ -6,6 +6,10 @@
 //! - [`PiiMaskLayer`]: a Tower layer that masks request and/or response
 //!   bodies (JSON structurally, text as text, binary untouched), refusing
 //!   (413) or streaming ([`StreamMasker`]) bodies over the buffering limit.
+//!   Streams stay streams: server-sent events are masked event by event,
+//!   NDJSON line by line, chunked text with an overlap window flushed when
+//!   the upstream pauses. `gzip` / `deflate` / `br` / `zstd` bodies are
+//!   decoded (bounded), masked and re-encoded for a client that accepts it.
 //! - [`MaskingMakeWriter`]: a `tracing-subscriber` writer wrapper so logs
 //!   and error messages never carry PII.
 //! - [`PiiMetrics`]: Prometheus counters; [`PiiConfig`]: serde configuration.

@@ -11,12 +11,14 @@
 //!   lines) so a layer can inspect each and forward it at once.
 //! - [`codec`]: `Content-Encoding` (gzip, deflate, br, zstd): decoded once,
 //!   bounded, and re-encoded for a client that accepts it.
+//! - [`idle`]: a stream that stops sending is cut after an idle limit.
 //! - [`tee`]: a stream forwarded as it arrives and copied on the side up to
 //!   a limit (a cache stores a streamed response this way).
 
 pub mod codec;
 pub mod collect;
 pub mod framing;
+pub mod idle;
 pub mod media;
 pub mod tee;
 

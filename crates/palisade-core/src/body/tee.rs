@@ -148,8 +148,8 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_the_stream_goes_on_and_nothing_is_kept() {
-        let kept = Arc::new(Mutex::new(Vec::new()));
         for (limit, expect_kept) in [(6, true), (5, false)] {
+            let kept = Arc::new(Mutex::new(Vec::new()));
             let k = kept.clone();
             let tee = TeeBody::new(body(&["abc", "def"]), limit, move |c: Collected| {
                 k.lock().unwrap().push(c.data);
