@@ -210,7 +210,11 @@ const KNOWN_VARS: &[(&str, &str, Kind)] = &[
         "upstream.response_timeout",
         Kind::Duration,
     ),
-    ("UPSTREAM_IDLE_TIMEOUT", "upstream.idle_timeout", Kind::Duration),
+    (
+        "UPSTREAM_IDLE_TIMEOUT",
+        "upstream.idle_timeout",
+        Kind::Duration,
+    ),
     (
         "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
         "circuit_breaker.failure_threshold",
@@ -295,19 +299,57 @@ impl PalisadeConfig {
                 }
             }
         }
-        serde_path_to_error::deserialize(Value::Table(root)).map_err(|err| {
-            let key = err.path().to_string();
-            let origin = origins
+        let origin_of = |key: &str| {
+            origins
                 .iter()
                 .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")))
                 .map(|(_, var)| format!(" (set by {var})"))
-                .unwrap_or_default();
+                .unwrap_or_default()
+        };
+        let cfg: Self = serde_path_to_error::deserialize(Value::Table(root)).map_err(|err| {
+            let key = err.path().to_string();
             ConfigError::Invalid {
+                origin: origin_of(&key),
                 key,
                 message: err.into_inner().to_string(),
-                origin,
             }
-        })
+        })?;
+        // Values of the right kind can still be out of range: each section
+        // checks its own, and the error names the key.
+        cfg.check().map_err(|(key, message)| ConfigError::Invalid {
+            origin: origin_of(&key),
+            key,
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Every section's own range checks: `(dotted key, what is wrong)`.
+    fn check(&self) -> Result<(), (String, String)> {
+        #[cfg(feature = "breaker")]
+        if let Err(e) = self.circuit_breaker.validate() {
+            return Err(match e {
+                palisade_breaker::ConfigError::Invalid { field, reason } => {
+                    (format!("circuit_breaker.{field}"), reason.to_owned())
+                }
+                other => ("circuit_breaker".to_owned(), other.to_string()),
+            });
+        }
+        #[cfg(feature = "retry")]
+        if let Err(e) = self.retry.validate() {
+            return Err((format!("retry.{}", e.field()), e.to_string()));
+        }
+        #[cfg(feature = "cache")]
+        if let Err(e) = self.cache.validate() {
+            return Err(match &e {
+                palisade_cache::CacheError::Invalid(msg) => match msg.split_once(": ") {
+                    Some((field, why)) => (format!("cache.{field}"), why.to_owned()),
+                    None => ("cache".to_owned(), msg.clone()),
+                },
+                other => ("cache".to_owned(), other.to_string()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -415,6 +457,25 @@ mod tests {
         assert_eq!(cfg.cache.l1_max_entries, 1000);
         assert_eq!(cfg.cache.l1_ttl, Duration::from_secs(60));
         assert_eq!(cfg.cache.l2_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_key_and_variable() {
+        for (vars, key) in [
+            (&[("RETRY_MAX_ATTEMPTS", "0")][..], "retry.max_attempts"),
+            (
+                &[("PALISADE__CIRCUIT_BREAKER__MINIMUM_CALLS", "0")][..],
+                "circuit_breaker.minimum_calls",
+            ),
+            (&[("CACHE_L1_TTL", "0")][..], "cache.l1_ttl"),
+        ] {
+            let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(vars[0].0), "{err}");
+        }
+        let err =
+            PalisadeConfig::from_sources(Some("[pii]\nmax_body_byte = 5\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
     }
 
     #[test]

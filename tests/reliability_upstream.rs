@@ -374,7 +374,12 @@ recovery_timeout = "1s"
     }
     // Two hangs were two failures: open, answered without the upstream.
     let res = get(&url).await;
-    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{}", res.text());
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
     let wait: u64 = res
         .header("retry-after")
         .expect("Retry-After on the open circuit")
@@ -409,9 +414,8 @@ async fn an_idle_stream_is_cut_and_a_flowing_one_is_not() {
                 let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
                     axum::body::Bytes::from_static(b"data: first\n\n"),
                 )]);
-                let body = axum::body::Body::from_stream(
-                    first.chain(futures_util::stream::pending()),
-                );
+                let body =
+                    axum::body::Body::from_stream(first.chain(futures_util::stream::pending()));
                 ([("content-type", "text/event-stream")], body)
             }),
         )

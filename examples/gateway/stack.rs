@@ -88,7 +88,8 @@ pub fn full(
 
     let retry = RetryLayerBuilder::from_config(cfg.retry.clone())
         .metrics(&RetryMetrics::register(registry)?, "upstream")
-        .build();
+        .try_build()
+        .map_err(|e| format!("retry: {e}"))?;
 
     let breakers = BreakerRegistry::new();
     breakers.register_metrics(registry)?;

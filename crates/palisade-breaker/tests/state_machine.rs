@@ -106,7 +106,14 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_calls_are_failures_by_default() {
-    let b = Breaker::new("t", cfg(|c| c.half_open_max_calls = 1)).unwrap();
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.half_open_max_calls = 1;
+            c.success_threshold = 1;
+        }),
+    )
+    .unwrap();
     // Five calls given up on (an upstream that hangs, cut by a timeout
     // outside) open the circuit …
     for _ in 0..5 {

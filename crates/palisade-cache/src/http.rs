@@ -567,7 +567,8 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for Cache<S, K> {
     }
 }
 
-type BoxResFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<PalisadeBody<B>>, E>> + Send>>;
+type BoxResFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<PalisadeBody<B>>, E>> + Send>>;
 
 pin_project! {
     /// Response future of [`Cache`]: ready at once for cache hits, the
@@ -1208,8 +1209,7 @@ where
     // A stream (no length: SSE, NDJSON, a chunked answer) is forwarded as it
     // arrives and stored on the side once complete within the limit.
     if content_length(&parts.headers).is_none()
-        && (MediaKind::of(&parts.headers).is_framed_stream()
-            || body.size_hint().exact().is_none())
+        && (MediaKind::of(&parts.headers).is_framed_stream() || body.size_hint().exact().is_none())
     {
         let (x_shared, max_body) = (&**shared, shared.max_body);
         let shared = shared.clone();

@@ -55,9 +55,11 @@ pub enum Oversize {
 /// assert_eq!(c.direction, Direction::Both);
 /// assert_eq!(c.oversize, Oversize::Stream);
 /// assert_eq!(PiiConfig::default().max_body_bytes, 1 << 20);
+/// // A typo is an error, never ignored.
+/// assert!(serde_json::from_str::<PiiConfig>(r#"{"max_body_byte": 1}"#).is_err());
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PiiConfig {
     /// Which bodies are masked (default: responses).

@@ -58,10 +58,9 @@ impl From<PiiError> for CoreError {
                 ErrorKind::UnsupportedMediaType,
                 "body with an unsupported content-encoding cannot be masked",
             ),
-            PiiError::Undecodable(_) => (
-                ErrorKind::Upstream,
-                "compressed body could not be decoded",
-            ),
+            PiiError::Undecodable(_) => {
+                (ErrorKind::Upstream, "compressed body could not be decoded")
+            }
             PiiError::Body(_) => (ErrorKind::BadRequest, "body could not be read"),
             PiiError::UpstreamBody(_) => (ErrorKind::Upstream, "upstream body could not be read"),
         };

@@ -630,16 +630,15 @@ where
             kind: FutKind::Boxed {
                 fut: Box::pin(async move {
                     let (mut parts, body) = req.into_parts();
-                    let body = match process(&shared, &mut parts.headers, body, "request", None)
-                        .await
-                    {
-                        Ok(b) => b,
-                        // A body that does not decode is the client's fault.
-                        Err(PiiError::Undecodable(e)) => {
-                            return Ok(refused(&shared, PiiError::Body(e), "request", grpc));
-                        }
-                        Err(e) => return Ok(refused(&shared, e, "request", grpc)),
-                    };
+                    let body =
+                        match process(&shared, &mut parts.headers, body, "request", None).await {
+                            Ok(b) => b,
+                            // A body that does not decode is the client's fault.
+                            Err(PiiError::Undecodable(e)) => {
+                                return Ok(refused(&shared, PiiError::Body(e), "request", grpc));
+                            }
+                            Err(e) => return Ok(refused(&shared, e, "request", grpc)),
+                        };
                     let res = inner.call(Request::from_parts(parts, body)).await?;
                     if mask_res {
                         Ok(mask_response(&shared, res, grpc, accepted).await)
@@ -651,4 +650,3 @@ where
         }
     }
 }
-

@@ -49,6 +49,7 @@ pub const DEFAULT_SENSITIVE_FIELDS: &[&str] = &[
 /// assert_eq!(masker.mask_str("by EMP-123456"), "by ***REDACTED***");
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CustomPattern {
     /// Name, used in hashes and as the metric label (keep the set small).
@@ -90,7 +91,7 @@ impl CustomPattern {
 /// assert_eq!(masker.mask_str("10.0.0.1 a@bc.io"), "10.0.0.1 ***REDACTED***");
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MaskingConfig {
     /// Built-in patterns switched off.

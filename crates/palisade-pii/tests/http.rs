@@ -309,7 +309,9 @@ async fn undecodable_bodies_are_refused_not_leaked() {
     let req = Request::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_ENCODING, "gzip")
-        .body(Full::new(encode_all(USER_JSON.as_bytes(), Coding::Gzip).unwrap()))
+        .body(Full::new(
+            encode_all(USER_JSON.as_bytes(), Coding::Gzip).unwrap(),
+        ))
         .unwrap();
     let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -327,10 +329,22 @@ async fn compressed_responses_are_masked_and_answered_in_an_accepted_coding() {
         (Coding::Zstd, "zstd"),
     ] {
         let headers: &'static [(&str, &str)] = match name {
-            "gzip" => &[("content-type", "application/json"), ("content-encoding", "gzip")],
-            "deflate" => &[("content-type", "application/json"), ("content-encoding", "deflate")],
-            "br" => &[("content-type", "application/json"), ("content-encoding", "br")],
-            _ => &[("content-type", "application/json"), ("content-encoding", "zstd")],
+            "gzip" => &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            "deflate" => &[
+                ("content-type", "application/json"),
+                ("content-encoding", "deflate"),
+            ],
+            "br" => &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            _ => &[
+                ("content-type", "application/json"),
+                ("content-encoding", "zstd"),
+            ],
         };
         let body = encode_all(USER_JSON.as_bytes(), coding).unwrap();
         let svc = ServiceBuilder::new()
@@ -352,13 +366,22 @@ async fn compressed_responses_are_masked_and_answered_in_an_accepted_coding() {
             .unwrap()
             .to_bytes();
         let text = String::from_utf8(decoded.to_vec()).unwrap();
-        assert!(text.contains(r#""email":"us***@example.com""#), "{name}: {text}");
-        assert!(text.contains(r#""password":"***REDACTED***""#), "{name}: {text}");
+        assert!(
+            text.contains(r#""email":"us***@example.com""#),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(r#""password":"***REDACTED***""#),
+            "{name}: {text}"
+        );
         // A client that does not gets identity, with its length.
         let req = Request::builder().body(Full::new(Bytes::new())).unwrap();
         let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{name}");
-        assert!(res.headers().get(header::CONTENT_ENCODING).is_none(), "{name}");
+        assert!(
+            res.headers().get(header::CONTENT_ENCODING).is_none(),
+            "{name}"
+        );
         let len: usize = res.headers()[header::CONTENT_LENGTH]
             .to_str()
             .unwrap()

@@ -47,21 +47,22 @@ fn masked(content_type: &'static str, text: &[u8], cuts: &[usize]) -> Vec<u8> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let svc = ServiceBuilder::new()
-            .layer(layer().clone())
-            .service_fn(move |_req: Request<_>| {
-                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-                    chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
-                let body = StreamBody::new(futures_util::stream::iter(frames));
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .header("content-type", content_type)
-                            .body(body)
-                            .unwrap(),
-                    )
-                }
-            });
+        let svc =
+            ServiceBuilder::new()
+                .layer(layer().clone())
+                .service_fn(move |_req: Request<_>| {
+                    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                        chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", content_type)
+                                .body(body)
+                                .unwrap(),
+                        )
+                    }
+                });
         let res = svc
             .oneshot(Request::new(Full::new(Bytes::new())))
             .await

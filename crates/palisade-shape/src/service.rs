@@ -295,7 +295,9 @@ where
                                 let prefix = concat(std::mem::take(chunks));
                                 let body = match body.take() {
                                     Some(rest) => PalisadeBody::resumed_pinned(prefix, rest),
-                                    None => PalisadeBody::full_with_trailers(prefix, trailers.take()),
+                                    None => {
+                                        PalisadeBody::full_with_trailers(prefix, trailers.take())
+                                    }
                                 };
                                 state.set(State::Done);
                                 return Poll::Ready(Ok(Response::from_parts(parts, body)));
@@ -341,10 +343,7 @@ fn begin<B: Body>(response: Response<B>, plan: Plan) -> Begin<B> {
             plan.inner.count(outcome);
         }
         tracing::trace!(?outcome, "response passed through unshaped");
-        Begin::Done(Response::from_parts(
-            parts,
-            PalisadeBody::inner(body),
-        ))
+        Begin::Done(Response::from_parts(parts, PalisadeBody::inner(body)))
     };
     let plan = match plan {
         // Counted when the request came in.
@@ -434,10 +433,7 @@ fn finish<B>(
         Err(err) => {
             plan.inner.count(Outcome::InvalidJson);
             tracing::debug!(error = %err, "upstream JSON did not parse, passed through");
-            Response::from_parts(
-                parts,
-                PalisadeBody::full_with_trailers(bytes, trailers),
-            )
+            Response::from_parts(parts, PalisadeBody::full_with_trailers(bytes, trailers))
         }
     }
 }

@@ -41,9 +41,10 @@ const MAX_CLUSTER_PORT: u16 = 55_000;
 /// Attempts at finding a free port and starting a server on it.
 const PORT_ATTEMPTS: usize = 20;
 
-/// Whether the current run is CI (`CI=true`), where missing binaries fail.
-fn is_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+/// Whether the current run is CI (`CI` set to anything but empty, as CI
+/// services set it: `true`, `1`, `yes` …), where missing binaries fail.
+pub fn is_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
 fn binary(env: &str, name: &str) -> Option<PathBuf> {

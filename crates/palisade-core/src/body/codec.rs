@@ -619,7 +619,10 @@ mod tests {
                     None => panic!("{coding}: no error past the limit"),
                 }
             };
-            assert!(matches!(err, DecodeError::TooLarge { .. }), "{coding}: {err}");
+            assert!(
+                matches!(err, DecodeError::TooLarge { .. }),
+                "{coding}: {err}"
+            );
             assert!(seen <= 1 << 20, "{coding}");
         }
     }
@@ -645,9 +648,15 @@ mod tests {
     #[test]
     fn codings_are_read_by_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("compress"));
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("compress"),
+        );
         assert_eq!(content_coding(&h).unwrap_err().0, "compress");
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("identity"));
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         assert_eq!(content_coding(&h).unwrap(), None);
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("X-Gzip"));
         assert_eq!(content_coding(&h).unwrap(), Some(Coding::Gzip));

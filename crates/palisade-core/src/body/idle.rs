@@ -134,7 +134,10 @@ mod tests {
     async fn a_flowing_stream_is_never_cut_an_idle_one_is() {
         let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let mut body = IdleTimeoutBody::new(StreamBody::new(stream), Duration::from_secs(60));
+        let mut body = std::pin::pin!(IdleTimeoutBody::new(
+            StreamBody::new(stream),
+            Duration::from_secs(60)
+        ));
         // Ten minutes of frames 50 s apart: never idle for 60 s.
         for i in 0..12 {
             tokio::time::advance(Duration::from_secs(50)).await;

@@ -33,7 +33,7 @@ pin_project! {
     /// # async fn main() {
     /// let kept = Arc::new(Mutex::new(None));
     /// let k = kept.clone();
-    /// let body = TeeBody::new(Full::new(Bytes::from_static(b"event")), 1024, move |c| {
+    /// let body = TeeBody::new(Full::new(Bytes::from_static(b"event")), 1024, move |c: palisade_core::body::Collected| {
     ///     *k.lock().unwrap() = Some(c.data);
     /// });
     /// assert_eq!(body.collect().await.unwrap().to_bytes(), "event");
