@@ -76,11 +76,11 @@ impl<B> Service<Request<B>> for Upstream {
                 .body(Full::new(self.big.clone()).boxed_unsync()),
             Answer::Events => {
                 // The first event is ready; the stream then stays open.
-                let first: Result<Frame<Bytes>, Infallible> = Ok(Frame::data(
-                    Bytes::from_static(b"data: {\"email\":\"asha.rao@example.com\"}\n\n"),
-                ));
-                let stream = futures_util::stream::iter([first])
-                    .chain(futures_util::stream::pending());
+                let first: Result<Frame<Bytes>, Infallible> = Ok(Frame::data(Bytes::from_static(
+                    b"data: {\"email\":\"asha.rao@example.com\"}\n\n",
+                )));
+                let stream =
+                    futures_util::stream::iter([first]).chain(futures_util::stream::pending());
                 res.header("content-type", "text/event-stream")
                     .body(StreamBody::new(stream).boxed_unsync())
             }

@@ -216,11 +216,11 @@ mod tests {
     use http_body::Frame;
     use http_body_util::StreamBody;
 
-    fn chunks(
-        parts: &[&'static str],
-    ) -> StreamBody<
+    type Chunks = StreamBody<
         futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
-    > {
+    >;
+
+    fn chunks(parts: &[&'static str]) -> Chunks {
         let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))

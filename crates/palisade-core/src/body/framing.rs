@@ -92,10 +92,7 @@ impl Splitter {
                     }
                 }
             }
-            Framing::Events => match self.scan_events() {
-                Some(end) => end,
-                None => return None,
-            },
+            Framing::Events => self.scan_events()?,
         };
         self.scanned = 0;
         Some(self.buf.split_to(end).freeze())
