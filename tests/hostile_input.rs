@@ -68,9 +68,12 @@ async fn malformed_invalid_and_deeply_nested_json_never_crash_or_leak() {
             )
             .await;
             let s = res.status.as_u16();
-            assert!(
-                s == 200 || (400..500).contains(&s) || s == 502,
-                "{name} {path}: pass-through or a clear error, got {s}: {}",
+            // Not JSON, or JSON too deep to shape: masked as text and
+            // passed through, as RELIABILITY.md reports.
+            assert_eq!(
+                s,
+                200,
+                "{name} {path}: pass-through, got {s}: {}",
                 res.text()
             );
             assert!(
@@ -363,10 +366,16 @@ async fn invalid_and_duplicated_headers_are_handled() {
         statuses.push(res.status.as_u16());
         checked += 1;
     }
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Every junk value was counted against the peer (127.0.0.1), which no
+    // earlier request in this test used: 7 of its 1000.
+    let state = get(&format!("{}/ratelimit/ip/127.0.0.1", gw.admin))
+        .await
+        .json();
+    let remaining = state["remaining"].as_u64().expect("remaining");
+    let used = 1000 - junk.len() as u64;
+    // (GCRA refills one every 3.6 s: at most one back while this ran.)
+    assert!((used..=used + 1).contains(&remaining), "{state}");
     assert_eq!(get(&format!("{}/health", gw.admin)).await.status, 200);
     figure(
         "hostile_headers",

@@ -287,6 +287,9 @@ struct Inner {
     calls: AtomicU64,
     window: Window,
     needs_clock: bool,
+    /// Calls carry their start time (for the window, slow calls, or to
+    /// judge a cancelled call).
+    stamp: bool,
     // Counters read by snapshots.
     normal_failed: AtomicU64,
     other_successful: AtomicU64,
@@ -445,6 +448,13 @@ impl Breaker {
             InitialMode::ForcedOpen => FORCED_OPEN,
         };
         let needs_clock = window.needs_clock() || settings.config.slow_call_threshold.is_some();
+        // A start time tells a hang cut by a timeout from a caller that gave
+        // up early.
+        let stamp = needs_clock
+            || settings
+                .config
+                .cancelled_failure_after
+                .is_some_and(|d| !d.is_zero());
         Self {
             inner: Arc::new(Inner {
                 state: AtomicU64::new(pack(0, initial)),
@@ -452,6 +462,7 @@ impl Breaker {
                 calls: AtomicU64::new(0),
                 window,
                 needs_clock,
+                stamp,
                 normal_failed: AtomicU64::new(0),
                 other_successful: AtomicU64::new(0),
                 other_failed: AtomicU64::new(0),
@@ -542,9 +553,10 @@ impl Breaker {
 
     /// Asks to make one call: a [`Permit`] to report its outcome on, or the
     /// rejection. Dropping the permit unreported is a cancelled call: a
-    /// failure by default, or, with
-    /// [`cancelled_as_failure`](Config::cancelled_as_failure) off, not
-    /// counted (a half-open trial permit is given back).
+    /// failure when it ran at least
+    /// [`cancelled_failure_after`](Config::cancelled_failure_after) (1 s by
+    /// default), otherwise not counted (a half-open trial permit is given
+    /// back).
     ///
     /// ```
     /// use palisade_breaker::{Breaker, Config};
@@ -584,7 +596,7 @@ impl Breaker {
     pub(crate) fn acquire(&self) -> Result<Ticket, CircuitOpen> {
         let inner = &*self.inner;
         let word = inner.state.load(Acquire);
-        if matches!(code(word), CLOSED | METRICS_ONLY) && !inner.needs_clock {
+        if matches!(code(word), CLOSED | METRICS_ONLY) && !inner.stamp {
             return Ok(Ticket {
                 state: word,
                 start: NO_START,
@@ -602,11 +614,7 @@ impl Breaker {
                 CLOSED | METRICS_ONLY => {
                     return Ok(Ticket {
                         state: word,
-                        start: if inner.needs_clock {
-                            self.now()
-                        } else {
-                            NO_START
-                        },
+                        start: if inner.stamp { self.now() } else { NO_START },
                     });
                 }
                 DISABLED => {
@@ -649,11 +657,7 @@ impl Breaker {
                         inner.last_activity.store(now, Release);
                         return Ok(Ticket {
                             state: word,
-                            start: if inner.needs_clock {
-                                self.now()
-                            } else {
-                                NO_START
-                            },
+                            start: if inner.stamp { self.now() } else { NO_START },
                         });
                     }
                     return Err(self.reject());
@@ -674,7 +678,13 @@ impl Breaker {
     /// Time until trial calls, while open (no timed transition is run).
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self.shared_view() {
-            (State::Open, left) => left,
+            // Until the trials start (at least a second: a client that
+            // honours it is never early).
+            (State::Open, left) => Some(left.unwrap_or_default().max(Duration::from_secs(1))),
+            // The trials in flight decide soon.
+            (State::HalfOpen, _) => Some(Duration::from_secs(1)),
+            // Until an operator resets it: no sooner than a recovery period.
+            (State::ForcedOpen, _) => Some(self.inner.settings.config.recovery_timeout),
             _ => None,
         }
     }
@@ -691,7 +701,7 @@ impl Breaker {
     pub(crate) fn record(&self, ticket: Ticket, outcome: Outcome) {
         if ticket.kind() == TicketKind::Normal
             && outcome == Outcome::Success
-            && ticket.start == NO_START
+            && !self.inner.needs_clock
         {
             let inner = &*self.inner;
             let seq = inner.calls.fetch_add(1, Relaxed);
@@ -820,8 +830,12 @@ impl Breaker {
 
     #[inline]
     pub(crate) fn cancel(&self, ticket: Ticket) {
-        if self.inner.settings.config.cancelled_as_failure {
-            // A hang the caller (or a timeout outside) gave up on.
+        if let Some(after) = self.inner.settings.config.cancelled_failure_after
+            && (after.is_zero()
+                || (ticket.start != NO_START
+                    && self.now().saturating_sub(ticket.start) >= nanos(after)))
+        {
+            // A hang that a timeout outside (or the caller) gave up on.
             self.record_slow(ticket, Outcome::Failure);
             return;
         }
@@ -1253,7 +1267,7 @@ impl Drop for ProbeHandle {
 
 /// The right to make one call; report its outcome with
 /// [`record`](Self::record). Dropping it unreported is a cancelled call: a
-/// failure by default (see [`Config::cancelled_as_failure`]).
+/// failure once it ran long enough (see [`Config::cancelled_failure_after`]).
 pub struct Permit {
     breaker: Breaker,
     ticket: Ticket,

@@ -74,12 +74,15 @@ pub struct Config {
     /// How often a breaker shared through a store polls it (default 1 s).
     #[serde(with = "humantime_serde")]
     pub shared_poll_interval: Duration,
-    /// A call dropped before it reports (timed out by a layer outside, or
-    /// given up by its caller) counts as a failure (default `true`), so an
-    /// upstream that hangs opens the circuit and a hanging half-open trial
-    /// re-opens it. `false`: such a call is not counted and a trial permit
-    /// is given back.
-    pub cancelled_as_failure: bool,
+    /// A call dropped before it reports (cut by a timeout outside the
+    /// breaker, or given up by its caller) after running at least this long
+    /// counts as a failure (default 1 s), so an upstream that hangs opens
+    /// the circuit and a hanging half-open trial re-opens it, while a client
+    /// that hangs up on a healthy upstream early does not. A call dropped
+    /// sooner is not counted (a trial permit is given back). `0s`: every
+    /// dropped call is a failure; `None`: none is.
+    #[serde(with = "humantime_serde")]
+    pub cancelled_failure_after: Option<Duration>,
 }
 
 impl Default for Config {
@@ -101,7 +104,7 @@ impl Default for Config {
             max_keys: 10_000,
             key_idle_timeout: Duration::from_secs(600),
             shared_poll_interval: Duration::from_secs(1),
-            cancelled_as_failure: true,
+            cancelled_failure_after: Some(Duration::from_secs(1)),
         }
     }
 }

@@ -49,9 +49,11 @@ impl CircuitOpen {
         self.breaker.key()
     }
 
-    /// When trial calls will be admitted, while the breaker is open (not
-    /// for a forced-open or a busy half-open breaker). Read from the
-    /// breaker when asked — normally right after the rejection.
+    /// When to try again: while open, the time until trial calls (at least
+    /// 1 s); half-open with every trial permit taken, 1 s; forced open, the
+    /// recovery timeout. Read from the breaker when asked — normally right
+    /// after the rejection — so every rejection's answer carries
+    /// `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         self.breaker.retry_after()
     }

@@ -140,10 +140,11 @@ impl<C, K, O> Builder<C, K, O> {
         self
     }
 
-    /// Whether a call dropped before it completes (timed out outside, or
-    /// given up by its caller) counts as a failure (default `true`).
-    pub fn cancelled_as_failure(mut self, yes: bool) -> Self {
-        self.config.cancelled_as_failure = yes;
+    /// A call dropped before it completes (timed out outside, or given up
+    /// by its caller) after running this long is a failure (default 1 s;
+    /// `None`: never).
+    pub fn cancelled_failure_after(mut self, after: Option<Duration>) -> Self {
+        self.config.cancelled_failure_after = after;
         self
     }
 
@@ -573,8 +574,8 @@ where
 pin_project! {
     /// Response future of [`CircuitBreaker`]: the inner call, whose outcome
     /// is recorded when it completes (and as a failure if the future is
-    /// dropped first, unless `cancelled_as_failure` is off), or the answer to
-    /// an open circuit.
+    /// dropped after running `cancelled_failure_after`), or the answer to an
+    /// open circuit.
     pub struct ResponseFuture<F, R, C, O> {
         #[pin]
         kind: Kind<F, R, C>,

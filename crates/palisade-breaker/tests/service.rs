@@ -59,7 +59,7 @@ async fn fallback_answers_an_open_circuit() {
 async fn a_dropped_call_gives_its_trial_permit_back_when_configured() {
     let layer = CircuitBreakerLayer::builder("drop")
         .half_open(1, 1)
-        .cancelled_as_failure(false)
+        .cancelled_failure_after(None)
         .build()
         .unwrap();
     let breaker = layer.breaker().unwrap();
@@ -116,9 +116,10 @@ async fn exactly_the_permitted_trials_pass_among_1000_concurrent_calls() {
         .map(|_| tokio::spawn(svc.clone().oneshot(())))
         .collect();
     // Wait until every call was either admitted or rejected.
-    while entered.load(Ordering::SeqCst) + breaker.snapshot().rejected_calls as usize != 1000 {
-        tokio::task::yield_now().await;
-    }
+    palisade_testkit::yield_until("every call admitted or rejected", || {
+        entered.load(Ordering::SeqCst) + breaker.snapshot().rejected_calls as usize == 1000
+    })
+    .await;
     assert_eq!(entered.load(Ordering::SeqCst), 3);
     gate.add_permits(1000);
     let mut ok = 0;

@@ -88,7 +88,7 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
         cfg(|c| {
             c.half_open_max_calls = 1;
             c.success_threshold = 1;
-            c.cancelled_as_failure = false;
+            c.cancelled_failure_after = None;
         }),
     )
     .unwrap();
@@ -105,7 +105,7 @@ async fn cancelled_and_ignored_trials_give_their_permit_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cancelled_calls_are_failures_by_default() {
+async fn cancelled_calls_are_failures_once_they_ran_a_second() {
     let b = Breaker::new(
         "t",
         cfg(|c| {
@@ -114,17 +114,24 @@ async fn cancelled_calls_are_failures_by_default() {
         }),
     )
     .unwrap();
-    // Five calls given up on (an upstream that hangs, cut by a timeout
-    // outside) open the circuit …
-    for _ in 0..5 {
+    // Callers that hang up at once (a healthy upstream) are not counted …
+    for _ in 0..10 {
         drop(b.try_acquire().unwrap());
     }
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().failed_calls, 0);
+    // … five calls cut after a second (an upstream that hangs, cut by a
+    // timeout outside) open the circuit …
+    let hung: Vec<_> = (0..5).map(|_| b.try_acquire().unwrap()).collect();
+    advance(Duration::from_secs(1)).await;
+    drop(hung);
     assert_eq!(b.state(), State::Open);
     assert_eq!(b.snapshot().failed_calls, 5);
     // … and a half-open trial that hangs too re-opens it.
     advance(Duration::from_secs(60)).await;
     let trial = b.try_acquire().unwrap();
     assert_eq!(b.state(), State::HalfOpen);
+    advance(Duration::from_secs(1)).await;
     drop(trial);
     assert_eq!(b.state(), State::Open);
     assert_eq!(b.times_entered(State::Open), 2);
@@ -276,6 +283,7 @@ async fn jitter_stays_within_its_spread() {
         }),
     )
     .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
         b.trip(None);
         let after = b.try_acquire().unwrap_err().retry_after().unwrap();
@@ -283,8 +291,30 @@ async fn jitter_stays_within_its_spread() {
             (Duration::from_secs(80)..=Duration::from_secs(120)).contains(&after),
             "{after:?}"
         );
+        seen.insert(after);
         b.reset();
     }
+    // Jitter that is really there: twenty trips do not all wait alike.
+    assert!(seen.len() > 1, "no jitter: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_half_open_breaker_says_when_to_come_back() {
+    let b = Breaker::new(
+        "t",
+        cfg(|c| {
+            c.half_open_max_calls = 1;
+            c.success_threshold = 1;
+        }),
+    )
+    .unwrap();
+    fail(&b, 5);
+    advance(Duration::from_secs(60)).await;
+    let trial = b.try_acquire().unwrap();
+    let busy = b.try_acquire().unwrap_err();
+    assert_eq!(busy.retry_after(), Some(Duration::from_secs(1)));
+    trial.success();
+    assert_eq!(b.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,7 +349,11 @@ async fn manual_states() {
     advance(Duration::from_secs(3600)).await;
     let open = b.try_acquire().unwrap_err();
     assert!(open.is_forced());
-    assert_eq!(open.retry_after(), None);
+    // Every rejection says when to come back: forced open, a recovery
+    // period.
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(60)));
+    let core = palisade_core::Error::from(open);
+    assert_eq!(core.retry_after(), Some(Duration::from_secs(60)));
 
     b.disable();
     fail(&b, 100);

@@ -147,9 +147,7 @@ async fn concurrent_misses_make_one_upstream_call() {
         .collect();
     // Every task has been polled once (joined the flight) after one yield;
     // wait for the leader to reach the upstream, then let it answer.
-    while up.hits("slow") == 0 {
-        tokio::task::yield_now().await;
-    }
+    palisade_testkit::yield_until("the leader reached the upstream", || up.hits("slow") > 0).await;
     up.open_gate();
     let mut bodies = Vec::new();
     for t in tasks {
@@ -303,9 +301,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         );
     }
     // Let the one background refresh run.
-    while layer.handle().stats().misses < 2 {
-        tokio::task::yield_now().await;
-    }
+    palisade_testkit::yield_until("the refresh ran", || layer.handle().stats().misses >= 2).await;
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }

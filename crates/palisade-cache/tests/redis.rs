@@ -20,10 +20,8 @@ fn layer(store: &Store, name: &str) -> CacheLayer {
         .build()
 }
 
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+async fn wait_until(cond: impl FnMut() -> bool) {
+    palisade_testkit::eventually("condition", Duration::from_secs(20), cond).await;
 }
 
 #[tokio::test]

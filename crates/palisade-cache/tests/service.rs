@@ -109,9 +109,7 @@ async fn concurrent_calls_for_one_key_make_one_call() {
             tokio::spawn(async move { svc.oneshot("tool:weather".to_string()).await.unwrap() })
         })
         .collect();
-    while calls.load(SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    palisade_testkit::yield_until("the leader called", || calls.load(SeqCst) > 0).await;
     tokio::task::yield_now().await;
     gate.send_replace(true);
     for t in tasks {

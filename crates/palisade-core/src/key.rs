@@ -40,8 +40,12 @@ pub trait KeyExtractor<Req>: Clone + Send + Sync + 'static {
 
 /// The address of the directly connected peer, as a request extension.
 ///
-/// hyper servers insert it themselves; under axum, `PeerIp` also reads
-/// `ConnectInfo<SocketAddr>` (feature `axum`).
+/// A plain hyper server knows the address from its accept loop and inserts
+/// it: `req.extensions_mut().insert(PeerAddr(addr))` in the service it
+/// builds per connection. `PeerIp` also reads axum's
+/// `ConnectInfo<SocketAddr>` (feature `axum`; serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`) and tonic's
+/// `TcpConnectInfo` (feature `tonic`), which those servers insert.
 ///
 /// ```
 /// use palisade_core::key::{KeyExtractor, PeerAddr, PeerIp};
@@ -76,12 +80,70 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Clone, Debug, Default)]
 pub struct PeerIp {
     trusted: Arc<[IpNet]>,
+    missing: MissingPeer,
+}
+
+/// What [`PeerIp`] does when the server told it nothing about the peer (no
+/// [`PeerAddr`], axum `ConnectInfo` or tonic connect info on the request):
+/// a setup mistake that must not turn a per-IP limit off without a word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingPeer {
+    /// Every such request shares one key, `0.0.0.0` (the default): the limit
+    /// still holds, for all of them together. Logged once as a warning and
+    /// counted ([`PeerIp::missing_count`]).
+    #[default]
+    SharedKey,
+    /// No key: a limit keyed this way is skipped for the request (logged
+    /// once and counted all the same).
+    Skip,
+}
+
+/// Requests seen without a peer address, process-wide.
+static MISSING_PEERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cold]
+fn missing_peer(policy: MissingPeer) -> Option<IpAddr> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if MISSING_PEERS.fetch_add(1, Relaxed) == 0 {
+        // One line, not one per request: it is a setup mistake.
+        tracing::warn!(
+            fallback = ?policy,
+            "a request carried no peer address: insert `palisade_core::key::PeerAddr`, serve \
+             axum with `into_make_service_with_connect_info::<SocketAddr>()`, or use tonic's \
+             server; per-IP keys fall back meanwhile"
+        );
+    }
+    match policy {
+        MissingPeer::SharedKey => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        MissingPeer::Skip => None,
+    }
 }
 
 impl PeerIp {
     /// Keys by the connected peer; no proxy is trusted.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What to do when no peer address is known (default: one shared key).
+    ///
+    /// ```
+    /// use palisade_core::key::{KeyExtractor, MissingPeer, PeerIp};
+    ///
+    /// let req = http::Request::new(()); // a server that inserted no peer address
+    /// assert_eq!(PeerIp::new().extract(&req).unwrap().to_string(), "0.0.0.0");
+    /// assert!(PeerIp::new().when_missing(MissingPeer::Skip).extract(&req).is_none());
+    /// assert!(PeerIp::missing_count() >= 2);
+    /// ```
+    pub fn when_missing(mut self, policy: MissingPeer) -> Self {
+        self.missing = policy;
+        self
+    }
+
+    /// Requests seen so far, in this process, without a peer address.
+    pub fn missing_count() -> u64 {
+        MISSING_PEERS.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Trusts these networks as proxies.
@@ -167,6 +229,14 @@ fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
     {
         return Some(info.0.ip());
     }
+    #[cfg(feature = "tonic")]
+    if let Some(addr) = req
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
+        return Some(addr.ip());
+    }
     None
 }
 
@@ -174,7 +244,10 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
     type Key = IpAddr;
 
     fn extract(&self, req: &Request<B>) -> Option<IpAddr> {
-        peer_of(req).map(|peer| self.client_ip(peer, req.headers()))
+        match peer_of(req) {
+            Some(peer) => Some(self.client_ip(peer, req.headers())),
+            None => missing_peer(self.missing),
+        }
     }
 }
 
@@ -489,12 +562,18 @@ mod tests {
     }
 
     #[test]
-    fn no_peer_no_key() {
+    fn no_peer_shares_one_key_never_the_forwarded_one() {
         let r = Request::builder()
             .header("x-forwarded-for", "1.1.1.1")
             .body(())
             .unwrap();
-        assert_eq!(trusted().extract(&r), None);
+        // Without a peer nothing is trusted: no header can pick the key.
+        assert_eq!(
+            trusted().extract(&r),
+            Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        );
+        assert_eq!(trusted().when_missing(MissingPeer::Skip).extract(&r), None);
+        assert!(PeerIp::missing_count() >= 2);
     }
 
     #[test]

@@ -139,6 +139,8 @@ mod tests {
         let equal = Backoff::new(2 * S, 2.0, 10 * S, Jitter::Equal);
         let deco = Backoff::new(S, 2.0, 10 * S, Jitter::Decorrelated);
         let mut seen_full = std::collections::HashSet::new();
+        let mut seen_equal = std::collections::HashSet::new();
+        let mut seen_deco = std::collections::HashSet::new();
         let mut prev = Duration::ZERO;
         for _ in 0..1000 {
             let d = full.delay(3, Duration::ZERO);
@@ -146,7 +148,9 @@ mod tests {
             seen_full.insert(d);
             let d = equal.delay(3, Duration::ZERO);
             assert!(d >= 4 * S && d <= 8 * S, "{d:?}");
+            seen_equal.insert(d);
             let d = deco.delay(2, prev);
+            seen_deco.insert(d);
             let upper = if prev.is_zero() {
                 3 * S
             } else {
@@ -155,6 +159,9 @@ mod tests {
             assert!(d >= S && d <= upper, "{d:?} after {prev:?}");
             prev = d;
         }
+        // Each jitter really varies: a constant delay fails here.
         assert!(seen_full.len() > 900, "full jitter is random");
+        assert!(seen_equal.len() > 900, "equal jitter is random");
+        assert!(seen_deco.len() > 900, "decorrelated jitter is random");
     }
 }

@@ -9,8 +9,9 @@
 //! When `redis-server` (or, for a cluster, `redis-cli`) is not on `PATH`,
 //! [`RedisServer::start`] and [`RedisCluster::start`] print
 //! `skipping: redis-server not found` to stderr and return `None`, so the
-//! test can return early. When the environment variable `CI` is `"true"` a
-//! missing binary is a hard failure: they panic instead. Set
+//! test can return early. When the environment variable `CI` is set (to
+//! anything but empty) a missing binary is a hard failure: they panic
+//! instead. Set
 //! `PALISADE_REDIS_SERVER` / `PALISADE_REDIS_CLI` to point at other binaries.
 //!
 //! # Example
@@ -40,6 +41,53 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_CLUSTER_PORT: u16 = 55_000;
 /// Attempts at finding a free port and starting a server on it.
 const PORT_ATTEMPTS: usize = 20;
+
+/// Yields to the runtime until `cond` holds, and panics (naming `what`)
+/// after 100 000 yields instead of hanging. Works on a paused tokio clock,
+/// where a time limit would never fire while tasks are runnable.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// let f = flag.clone();
+/// tokio::spawn(async move { f.store(true, std::sync::atomic::Ordering::SeqCst) });
+/// palisade_testkit::yield_until("the task ran", || flag.load(std::sync::atomic::Ordering::SeqCst)).await;
+/// # }
+/// ```
+pub async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: still not true after 100 000 yields");
+}
+
+/// Checks `cond` every millisecond of wall-clock time until it holds, and
+/// panics (naming `what`) after `limit` instead of hanging.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let start = std::time::Instant::now();
+/// palisade_testkit::eventually("5 ms passed", std::time::Duration::from_secs(5), || {
+///     start.elapsed() >= std::time::Duration::from_millis(5)
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still not true after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
 
 /// Whether the current run is CI (`CI` set to anything but empty, as CI
 /// services set it: `true`, `1`, `yes` …), where missing binaries fail.
