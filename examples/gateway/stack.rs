@@ -8,22 +8,17 @@ use palisade::StackBuilder;
 use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer};
 use palisade::cache::{CacheBuilder, CacheHandle, CacheLayer, CacheMetrics};
 use palisade::config::PalisadeConfig;
-use palisade::core::{BoxError, Error, ErrorKind, PalisadeBody};
-use palisade::dlq::{DeadLetter, DeadLetterQueue};
+use palisade::core::BoxError;
+use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
 use palisade::retry::timeout::TimeoutLayer;
-use palisade::retry::{RetryError, RetryLayerBuilder, RetryMetrics};
+use palisade::retry::{RetryLayerBuilder, RetryMetrics};
 use palisade::shape::ShapeResponseLayerBuilder;
 use palisade::store::{Backend, Store};
 use prometheus::Registry;
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
-use tower::{Service, ServiceBuilder, util::BoxCloneSyncService};
+use std::convert::Infallible;
+use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 /// The stack as the router sees it.
 pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -115,14 +110,7 @@ pub fn full(
         .shape_response(shape)
         .cache(cache)
         .mask_pii(pii)
-        .layer(tower::layer::layer_fn({
-            let dlq = dlq.clone();
-            move |inner| DeadLetters {
-                inner,
-                dlq: dlq.clone(),
-                not_ready: None,
-            }
-        }))
+        .layer(DeadLetterLayer::new(dlq.clone()))
         // The response-head limit covers every attempt; a timed-out attempt
         // is a failure for the breaker.
         .layer(response_timeout(cfg))
@@ -147,81 +135,4 @@ fn response_timeout(cfg: &PalisadeConfig) -> TimeoutLayer {
     } else {
         limit
     })
-}
-
-/// Turns what retry gives up on into an answer, and records every call
-/// that failed for good (5xx after retries, or refused by the breaker) in
-/// the dead-letter queue.
-struct DeadLetters<S> {
-    inner: S,
-    dlq: DeadLetterQueue,
-    /// A readiness failure, answered by the next call.
-    not_ready: Option<Error>,
-}
-
-impl<S: Clone> Clone for DeadLetters<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            dlq: self.dlq.clone(),
-            not_ready: None,
-        }
-    }
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for DeadLetters<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>, Error = RetryError<Infallible>>,
-    S::Future: Send + 'static,
-    ResB: Send + 'static,
-{
-    type Response = Response<PalisadeBody<ResB>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Err(err)) => {
-                self.not_ready = Some(Error::from(err));
-                Poll::Ready(Ok(()))
-            }
-            other => other.map(|_| Ok(())),
-        }
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Cheap clones (no allocation); formatted only when a call failed.
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let dlq = self.dlq.clone();
-        let future = match self.not_ready.take() {
-            Some(err) => Err(err),
-            None => Ok(self.inner.call(req)),
-        };
-        Box::pin(async move {
-            let outcome = match future {
-                Ok(future) => future.await.map_err(Error::from),
-                Err(err) => Err(err),
-            };
-            let res = match outcome {
-                Ok(res) => res.map(PalisadeBody::inner),
-                Err(err) => err.into_http_response(false),
-            };
-            if res.status().is_server_error() {
-                let class = res
-                    .extensions()
-                    .get::<ErrorKind>()
-                    .map_or("upstream_5xx", |k| k.as_str());
-                let letter = DeadLetter::new(method.as_str(), uri.path(), class)
-                    .status(res.status().as_u16());
-                // Recording must never delay or fail the answer.
-                tokio::spawn(async move {
-                    if let Err(err) = dlq.record(letter).await {
-                        tracing::warn!(error = %err, "dead letter not recorded");
-                    }
-                });
-            }
-            Ok(res)
-        })
-    }
 }

@@ -23,7 +23,10 @@
 //! # }
 //! ```
 
+mod layer;
+
 use crate::store::{Store, StoreError, StreamEntry};
+pub use layer::{DeadLetterLayer, DeadLetters, ResponseFuture};
 use prometheus::{IntCounterVec, Registry};
 use serde::Serialize;
 use std::{
