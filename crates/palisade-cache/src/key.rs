@@ -72,6 +72,12 @@ pub(crate) fn write_primary(
 
 /// Appends the Vary part of a variant key: a generation, then each
 /// nominated field with its length-prefixed value (injective).
+/// The start shared by every variant key of `primary` (see
+/// [`write_variant`]).
+pub(crate) fn variant_prefix(primary: &str) -> String {
+    format!("{primary}\u{1e}")
+}
+
 pub(crate) fn write_variant<'a>(
     buf: &mut String,
     generation: u64,

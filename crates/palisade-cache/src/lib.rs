@@ -153,10 +153,14 @@ impl CacheHandle {
         self.ops.stats()
     }
 
-    /// Removes one logical key (with an HTTP response's Vary variants)
-    /// from L1 and L2.
+    /// Removes one logical key from L1 and L2, with every Vary variant of
+    /// an HTTP response stored under it (found with a prefix scan on L2, as
+    /// [`invalidate_prefix`](Self::invalidate_prefix) does). Other replicas'
+    /// L1 copies expire on their `l1_ttl`.
     pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
-        self.ops.remove(key).await
+        self.ops.remove(key).await?;
+        self.ops.prefix(&key::variant_prefix(key)).await?;
+        Ok(())
     }
 
     /// Removes every key starting with `prefix` from L1 and L2; returns the

@@ -375,3 +375,52 @@ async fn uncacheable_keys_skip_the_l2_lookup_and_the_fill_lock() {
         "{error:?} {retry:?}"
     );
 }
+
+/// Invalidating a key removes its Vary variants from Redis too, not only
+/// the index that points at them.
+#[tokio::test]
+async fn invalidating_a_key_removes_its_vary_variants_from_l2() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let layer = layer(&store, "v");
+    let svc = ServiceBuilder::new().layer(layer.clone()).service(client());
+    let lang = |l: &str| {
+        let mut r = get(addr, "/vary/1");
+        r.headers_mut()
+            .insert("accept-language", l.parse().unwrap());
+        r
+    };
+    for l in ["en", "fr"] {
+        assert_eq!(
+            text(svc.clone().oneshot(lang(l)).await.unwrap()).await.0,
+            "MISS"
+        );
+    }
+    let keys = || {
+        palisade_testkit::command(redis.port(), &["DBSIZE"])
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(keys(), 3, "the Vary index and two variants");
+    let uri: http::Uri = format!("http://{addr}/vary/1").parse().unwrap();
+    layer
+        .handle()
+        .invalidate(&palisade_cache::CacheHandle::http_key(&uri, ""))
+        .await
+        .unwrap();
+    assert_eq!(keys(), 0, "every variant is gone from Redis");
+    // A new instance (empty L1) finds nothing on L2 either.
+    let other = ServiceBuilder::new()
+        .layer(self::layer(&store, "v"))
+        .service(client());
+    assert_eq!(
+        text(other.oneshot(lang("fr")).await.unwrap()).await.0,
+        "MISS"
+    );
+}
