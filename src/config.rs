@@ -1,7 +1,8 @@
 //! One configuration for every layer: a TOML file, overridden by the
 //! environment, checked at start-up with errors that name the key.
 //!
-//! Sections: `[store]`, `[upstream]` (time limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
+//! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
+//! limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
 //! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
 //! defaults are the ones users know). `examples/gateway.toml` is a commented
 //! example.
@@ -125,6 +126,42 @@ impl Default for UpstreamSection {
     }
 }
 
+/// The listener's own limits (the gateway applies these to the
+/// connections it accepts).
+///
+/// ```
+/// use palisade::config::ServerSection;
+/// use std::time::Duration;
+///
+/// let d = ServerSection::default();
+/// assert_eq!(d.header_read_timeout, Duration::from_secs(30));
+/// assert_eq!(d.max_connections, 0); // from the descriptor limit
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerSection {
+    /// A client has this long to send a whole request head, on a new
+    /// connection or between keep-alive requests (default 30 s); then the
+    /// connection is closed. A client that sends half a head and stops
+    /// holds nothing longer.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once (default 0: three quarters of the
+    /// process's open-file limit). One more is answered `503` with
+    /// `Retry-After` and closed at once, never queued.
+    pub max_connections: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 0,
+        }
+    }
+}
+
 /// Every layer's configuration (see the [module docs](self)).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -134,6 +171,8 @@ pub struct PalisadeConfig {
     pub store: StoreSection,
     /// Time limits on the upstream.
     pub upstream: UpstreamSection,
+    /// The listener's limits on clients.
+    pub server: ServerSection,
     /// The circuit breaker.
     #[cfg(feature = "breaker")]
     pub circuit_breaker: palisade_breaker::Config,

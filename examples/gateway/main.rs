@@ -10,6 +10,7 @@
 mod batch;
 mod demo;
 mod proxy;
+mod serve;
 mod stack;
 
 use axum::{
@@ -196,12 +197,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl -s http://{admin_addr}/breakers");
         println!("  curl -s http://{admin_addr}/metrics");
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    serve::serve(listener, app, &cfg.server, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

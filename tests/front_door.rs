@@ -1,0 +1,102 @@
+//! The gateway's own listener against clients that misbehave: half request
+//! heads that never end, and more connections than it serves at once.
+
+mod support;
+
+use std::time::Duration;
+use support::{Gateway, get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection (bounded); returns what it
+/// sent.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_request_heads_are_cut_off_after_the_header_read_timeout() {
+    let gw = Gateway::start_with_config(Some("[server]\nheader_read_timeout = \"1s\"\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&to).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Every one of them is closed by the gateway (it may say 408 first);
+    // without the limit they would all still be open when the bound ends.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let got = until_closed(s, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("connection {i} still open 20 s after a half head"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            got.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "connection {i}: {text}"
+        );
+    }
+    // Well-behaved clients are served all along.
+    assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503_at_once_and_are_not_queued() {
+    let gw = Gateway::start_with_config(Some("[server]\nmax_connections = 4\n"), &[], &[]);
+    let to = addr(&gw.url);
+    // Four connections held open: the limit.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&to).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    // The fifth is told at once and closed.
+    let mut extra = TcpStream::connect(&to).await.unwrap();
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut extra, Duration::from_secs(20))
+        .await
+        .expect("the connection over the limit is closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    // Once the held connections go, new ones are served again.
+    drop(held);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = get(&format!("{}/health", gw.url)).await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 200);
+}
