@@ -115,6 +115,15 @@ pub struct UpstreamSection {
     /// 60 s); a flowing stream, however long, never is.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// An `https://` upstream's certificate is checked against the system's
+    /// roots and, when set, the CA certificates in this PEM file (a private
+    /// CA, a self-signed upstream).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate chain (PEM) to present to an `https://`
+    /// upstream that asks for one; needs `client_key_file`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `client_cert_file`.
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for UpstreamSection {
@@ -122,6 +131,9 @@ impl Default for UpstreamSection {
         Self {
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }

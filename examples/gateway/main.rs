@@ -42,7 +42,7 @@ struct Args {
     /// Admin listener (metrics, breakers, cache, rate limits, dead letters).
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
-    /// Upstream to front; without it a demo upstream is started.
+    /// Upstream to front (http:// or https://); without it a demo upstream is started.
     #[arg(long)]
     upstream: Option<http::Uri>,
     /// Configuration file (TOML); the environment overrides it.
@@ -130,7 +130,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let registry = Registry::new();
-    let proxy = proxy::Proxy::new(&upstream, cfg.upstream.idle_timeout)?;
+    let proxy = proxy::Proxy::new(&upstream, &cfg.upstream)?;
     let (stack, built) = if args.no_layers {
         (stack::bare(proxy), None)
     } else {

@@ -1,17 +1,22 @@
 //! The reverse proxy at the bottom of the stack: forwards a request to the
 //! upstream with a pooled hyper client and never fails as a service — a
-//! connection error becomes a 502 answer.
+//! connection error becomes a 502 answer. `http://` and `https://`
+//! upstreams (rustls: the system's roots plus an optional CA file, an
+//! optional client certificate, SNI, HTTP/2 by ALPN).
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, Uri, header};
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use palisade::config::UpstreamSection;
 use palisade::core::body::idle::IdleTimeoutBody;
 use palisade::core::{BoxError, Error, ErrorKind, PalisadeBody};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
     convert::Infallible,
     future::Future,
@@ -25,7 +30,7 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Forwards requests to one upstream.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// A response stream idle this long is cut (zero: never).
@@ -33,13 +38,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(upstream: &Uri, idle_timeout: Duration) -> Result<Self, String> {
+    pub fn new(upstream: &Uri, cfg: &UpstreamSection) -> Result<Self, String> {
         let scheme = upstream
             .scheme()
             .cloned()
-            .ok_or("upstream URL needs a scheme")?;
-        if scheme != http::uri::Scheme::HTTP {
-            return Err("only http:// upstreams are supported by this example".into());
+            .ok_or("upstream URL needs a scheme (http:// or https://)")?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("upstream scheme `{scheme}` is not http or https"));
         }
         let authority = upstream
             .authority()
@@ -47,16 +52,98 @@ impl Proxy {
             .ok_or("upstream URL needs a host")?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(cfg)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(https);
         Ok(Self {
             client,
             scheme,
             authority,
-            idle_timeout,
+            idle_timeout: cfg.idle_timeout,
         })
     }
+}
+
+/// rustls settings for `https://` upstreams: the system's roots, plus the
+/// CA file and the client certificate the configuration names. Errors name
+/// the key.
+fn tls_config(cfg: &UpstreamSection) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &cfg.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "upstream.ca_file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("upstream.client_cert_file {}: {e}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("upstream.client_cert_file {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("upstream.client_key_file {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("upstream.client_cert_file: {e}"))
+        }
+        _ => Err("upstream.client_cert_file and upstream.client_key_file go together".to_owned()),
+    }
+}
+
+/// Why the upstream could not be reached, for the answer: a TLS failure
+/// (an untrusted certificate, a name mismatch) is said as such.
+fn unreachable(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        // rustls' error travels inside `io::Error`s (nested), whose
+        // `source()` skips it: look inside.
+        let mut inner: &(dyn std::error::Error + 'static) = e;
+        while let Some(wrapped) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = wrapped;
+        }
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => {
+                    "upstream TLS certificate rejected (untrusted, expired or for another name)"
+                }
+                _ => "upstream TLS handshake failed",
+            };
+        }
+        source = e.source();
+    }
+    "upstream unreachable"
 }
 
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -120,9 +207,9 @@ where
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "upstream request failed");
-                    Ok(Error::new(ErrorKind::Upstream, "upstream unreachable")
-                        .into_http_response(false))
+                    let why = unreachable(&err);
+                    tracing::warn!(error = %err, why, "upstream request failed");
+                    Ok(Error::new(ErrorKind::Upstream, why).into_http_response(false))
                 }
             }
         })
