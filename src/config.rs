@@ -124,6 +124,10 @@ pub struct UpstreamSection {
     pub client_cert_file: Option<std::path::PathBuf>,
     /// The private key (PEM) of `client_cert_file`.
     pub client_key_file: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 to the upstream for every request (prior knowledge,
+    /// "h2c", on `http://`). gRPC requests always go over HTTP/2; others
+    /// default to what the upstream offers (HTTP/1.1, or HTTP/2 by ALPN).
+    pub http2: bool,
 }
 
 impl Default for UpstreamSection {
@@ -134,6 +138,7 @@ impl Default for UpstreamSection {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            http2: false,
         }
     }
 }

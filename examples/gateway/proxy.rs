@@ -31,6 +31,11 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// HTTP/2 only (prior knowledge on `http://`): gRPC requests, and
+    /// every request when `upstream.http2` is set.
+    h2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// Send every request over `h2`.
+    all_h2: bool,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// A response stream idle this long is cut (zero: never).
@@ -53,17 +58,28 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.enforce_http(false);
+        let tls = tls_config(cfg)?;
         let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(cfg)?)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(connector);
+            .wrap_connector(connector.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(https);
+        let https_h2 = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(connector);
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(https_h2);
         Ok(Self {
             client,
+            h2,
+            all_h2: cfg.http2,
             scheme,
             authority,
             idle_timeout: cfg.idle_timeout,
@@ -188,28 +204,55 @@ where
             .authority(self.authority.clone())
             .path_and_query(path)
             .build();
-        let client = self.client.clone();
+        // gRPC needs HTTP/2 end to end (and its trailers); anything else
+        // goes in whatever the upstream speaks (HTTP/2 by ALPN on TLS).
+        let grpc = palisade::core::is_grpc_request(&parts.headers);
+        let h2 = grpc || self.all_h2;
+        let client = if h2 {
+            self.h2.clone()
+        } else {
+            self.client.clone()
+        };
         let idle = self.idle_timeout;
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(Error::new(ErrorKind::BadRequest, "invalid request target")
-                    .into_http_response(false));
+                    .into_http_response(grpc));
             };
             parts.uri = uri;
+            // `te: trailers` is the one TE value HTTP/2 allows, and gRPC
+            // servers ask for it.
+            let te_trailers = parts
+                .headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.remove(header::HOST);
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(header::TE, http::HeaderValue::from_static("trailers"));
+            }
+            // The client's version says nothing of the upstream's.
+            parts.version = if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            };
             let body = body.map_err(Into::into).boxed_unsync();
             match client.request(Request::from_parts(parts, body)).await {
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    // Answered in the client's own version by the server.
+                    parts.version = http::Version::HTTP_11;
                     let body = IdleTimeoutBody::new(body, idle);
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }
                 Err(err) => {
                     let why = unreachable(&err);
                     tracing::warn!(error = %err, why, "upstream request failed");
-                    Ok(Error::new(ErrorKind::Upstream, why).into_http_response(false))
+                    Ok(Error::new(ErrorKind::Upstream, why).into_http_response(grpc))
                 }
             }
         })
