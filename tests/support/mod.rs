@@ -27,7 +27,50 @@ pub fn gateway_binary() -> PathBuf {
         "{} not found: run the tests with `cargo test` (which builds examples)",
         bin.display()
     );
+    // `cargo test --test NAME` does not rebuild examples: never test an old
+    // binary against new code.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The sources the binary is built from: the facade, the example, and
+    // each crate's `src`.
+    let mut dirs = vec![root.join("src"), root.join("examples/gateway")];
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        dirs.extend(crates.flatten().map(|c| c.path().join("src")));
+    }
+    let newest = dirs.iter().filter_map(|d| newest_source(d)).max();
+    if let Some((when, path)) = newest {
+        assert!(
+            when <= built,
+            "{} is older than {}: run `cargo build --example gateway` (or the whole \
+             `cargo test`) first",
+            bin.display(),
+            path.display()
+        );
+    }
     bin
+}
+
+/// The most recently modified `.rs` file under `dir`.
+fn newest_source(dir: &std::path::Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry.metadata().ok()?.modified().ok().map(|t| (t, path))
+        } else {
+            None
+        };
+        if let Some(f) = found
+            && newest.as_ref().is_none_or(|n| f.0 > n.0)
+        {
+            newest = Some(f);
+        }
+    }
+    newest
 }
 
 /// A running gateway process, killed on drop.
