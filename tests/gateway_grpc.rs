@@ -1,7 +1,7 @@
 //! gRPC through the gateway binary, between peers written with grpcio (not
 //! tonic, not this project): unary calls, server streaming with trailers,
-//! a status sent in the trailers after messages, and the breaker answering
-//! with a gRPC status.
+//! a status sent in the trailers after messages (which the breaker counts),
+//! and the breaker answering with a gRPC status.
 //!
 //! Needs Python with grpcio: `.ci/run` makes `target/pyvenv`; elsewhere set
 //! `PALISADE_PYTHON` or the test skips (under CI it fails).
@@ -110,7 +110,7 @@ async fn grpc_calls_pass_through_the_gateway_with_their_trailers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_breaker_answers_grpc_clients_with_unavailable() {
+async fn a_status_in_the_trailers_opens_the_breaker_which_answers_grpc_clients() {
     let Some(python) = python() else { return };
     let (_server, port) = grpc_server(&python).await;
     let upstream = format!("http://127.0.0.1:{port}");
@@ -122,11 +122,15 @@ async fn an_open_breaker_answers_grpc_clients_with_unavailable() {
     let target = gw.url.trim_start_matches("http://").to_owned();
     let r = grpc_calls(&python, &target).await;
     assert_eq!(r["say"]["ok"], "echo:hi", "{r}");
-    // `Fail` (UNAVAILABLE from the upstream) opened the circuit, so retry's
-    // second attempt, and the next call, are answered by the breaker, as a
-    // gRPC status.
-    assert_eq!(r["fail"]["code"], "UNAVAILABLE", "{r}");
-    assert_eq!(r["after_fail"]["code"], "UNAVAILABLE", "{r}");
-    let details = r["after_fail"]["details"].as_str().unwrap_or_default();
-    assert!(details.contains("circuit"), "{r}");
+    // A stream ending OK in its trailers is a success …
+    assert_eq!(r["stream"]["ok"]["x-parts"], "3", "{r}");
+    // … the UNAVAILABLE that `Late` sends in its trailers, after two
+    // messages, is a failure, judged when its body ends: the circuit opens,
+    // and the next calls are answered by the breaker, as a gRPC status.
+    assert_eq!(r["late"]["ok"]["details"], "broke mid-stream", "{r}");
+    for call in ["fail", "after_fail"] {
+        assert_eq!(r[call]["code"], "UNAVAILABLE", "{call}: {r}");
+        let details = r[call]["details"].as_str().unwrap_or_default();
+        assert!(details.contains("circuit"), "{call}: {r}");
+    }
 }

@@ -60,6 +60,11 @@ where
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
         self.0.classify(result)
     }
+
+    #[inline]
+    fn at_end(&self, res: &Res) -> Option<palisade_core::classify::AtEnd> {
+        self.0.at_end(res)
+    }
 }
 
 /// The classifier of the HTTP flavour: errors, 5xx and server-fault gRPC
@@ -631,6 +636,16 @@ where
             } => {
                 let result = ready!(future.poll(cx));
                 if let Some(permit) = permit.take() {
+                    // A gRPC status still to come in the trailers: judged
+                    // when the body ends.
+                    if let Ok(res) = &result
+                        && let Some(at_end) = classifier.at_end(res)
+                    {
+                        return Poll::Ready(match result {
+                            Ok(res) => Ok(O::watch(res, permit, at_end)),
+                            Err(err) => Err(O::error(err)),
+                        });
+                    }
                     permit.record(classifier.classify(result.as_ref()));
                 }
                 Poll::Ready(match result {

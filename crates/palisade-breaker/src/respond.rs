@@ -8,9 +8,12 @@
 //! | [`Fallback`] | [`.fallback(svc)`](crate::Builder::fallback) on a typed builder | `S::Response` | `S::Error` | the fallback's answer |
 //! | [`HttpFallback`] | [`.fallback(svc)`](crate::Builder::fallback) on an HTTP builder | `Response<PalisadeBody<B>>` | `S::Error` | the fallback's answer |
 
+use crate::breaker::Permit;
 use crate::error::{BreakerError, CircuitOpen};
 use futures_util::future::{MapOk, Ready, TryFutureExt, ready};
 use http::{Request, Response};
+use palisade_core::body::BodyEnd;
+use palisade_core::classify::{AtEnd, Outcome};
 use palisade_core::{PalisadeBody, is_grpc_request};
 use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
@@ -27,6 +30,31 @@ pub trait Wrap<Res, E> {
     fn response(res: Res) -> Self::Response;
     /// Wraps the inner service's error.
     fn error(err: E) -> Self::Error;
+
+    /// Wraps a response whose outcome is known only at the end of its
+    /// body (see [`Classify::at_end`](palisade_core::classify::Classify::at_end)):
+    /// the permit is recorded then. Flavours whose response has no body to
+    /// watch record a success at once (the default).
+    fn watch(res: Res, permit: Permit, _at_end: AtEnd) -> Self::Response {
+        permit.record(Outcome::Success);
+        Self::response(res)
+    }
+}
+
+/// The body of `res`, recording `permit` when it ends.
+fn watched<B>(res: Response<B>, permit: Permit, at_end: AtEnd) -> Response<PalisadeBody<B>> {
+    res.map(|body| {
+        PalisadeBody::watched(
+            body,
+            Box::new(move |end| {
+                permit.record(match end {
+                    BodyEnd::Trailers(t) => at_end.classify(Some(t)),
+                    BodyEnd::Finished => at_end.classify(None),
+                    _ => Outcome::Failure,
+                });
+            }),
+        )
+    })
 }
 
 /// The flavour of a breaker service: how it wraps the inner service's
@@ -87,6 +115,10 @@ impl<ResB, E> Wrap<Response<ResB>, E> for HttpAnswer {
     #[inline]
     fn error(err: E) -> E {
         err
+    }
+
+    fn watch(res: Response<ResB>, permit: Permit, at_end: AtEnd) -> Self::Response {
+        watched(res, permit, at_end)
     }
 }
 
@@ -150,6 +182,10 @@ impl<F, ResB, E> Wrap<Response<ResB>, E> for HttpFallback<F> {
     #[inline]
     fn error(err: E) -> E {
         err
+    }
+
+    fn watch(res: Response<ResB>, permit: Permit, at_end: AtEnd) -> Self::Response {
+        watched(res, permit, at_end)
     }
 }
 

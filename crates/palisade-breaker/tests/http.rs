@@ -130,3 +130,79 @@ async fn grpc_error_statuses_trip_the_breaker() {
     let res = send(&c, addr, "/pkg.Svc/NotFound", true).await;
     assert_eq!(res.headers()["grpc-status"], "14");
 }
+
+/// A gRPC status that arrives in the trailers, after messages (as grpc-go
+/// and grpcio send a streaming call's error), is judged when the body ends.
+#[tokio::test]
+async fn grpc_statuses_in_trailers_are_judged_at_the_end_of_the_body() {
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use tower::{Layer, ServiceExt};
+
+    type Frames = futures_util::stream::Iter<
+        std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    fn grpc_stream(status: &'static str) -> http::Response<StreamBody<Frames>> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", status.parse().unwrap());
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap()
+    }
+
+    let layer = CircuitBreakerLayer::builder("grpc-trailers")
+        .http()
+        .failure_threshold(2)
+        .build()
+        .unwrap();
+    let handle = layer.breaker().unwrap();
+    let svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+        let status = if req.uri().path().ends_with("Ok") {
+            "0"
+        } else {
+            "14"
+        };
+        Ok::<_, std::convert::Infallible>(grpc_stream(status))
+    }));
+    let call = |path: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let req = http::Request::builder()
+                .uri(path)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            svc.oneshot(req).await.unwrap()
+        }
+    };
+    // OK in the trailers: successes.
+    for _ in 0..3 {
+        call("/pkg.Svc/Ok")
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+    }
+    assert_eq!(handle.snapshot().successful_calls, 3);
+    // UNAVAILABLE in the trailers: not known at the head …
+    let res = call("/pkg.Svc/Fail").await;
+    assert_eq!(handle.snapshot().failed_calls, 0);
+    // … but once the body ends.
+    let trailers = res.into_body().collect().await.unwrap().trailers().cloned();
+    assert_eq!(trailers.unwrap()["grpc-status"], "14");
+    assert_eq!(handle.snapshot().failed_calls, 1);
+    call("/pkg.Svc/Fail")
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(handle.state(), State::Open);
+}

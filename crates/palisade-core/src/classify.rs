@@ -40,6 +40,69 @@ pub enum Outcome {
 pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
     /// Classifies one result.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+
+    /// When this response's outcome is known only at the end of its body —
+    /// a gRPC response whose status comes in the trailers — how to judge it
+    /// then; `None` (the default) when [`classify`](Self::classify) has
+    /// judged it already.
+    #[inline]
+    fn at_end(&self, _res: &Res) -> Option<AtEnd> {
+        None
+    }
+}
+
+/// How a response is judged at the end of its body, from its trailers (see
+/// [`Classify::at_end`]): the `grpc-status` there, against the codes that
+/// count as failures. A gRPC body that ends without a status, or fails, is
+/// a failure.
+///
+/// ```
+/// use palisade_core::classify::{Classify, GrpcErrorsAsFailures, Outcome};
+///
+/// let streaming = http::Response::builder()
+///     .header("content-type", "application/grpc")
+///     .body(())
+///     .unwrap();
+/// let at_end = GrpcErrorsAsFailures::default().at_end(&streaming).unwrap();
+/// let mut trailers = http::HeaderMap::new();
+/// trailers.insert("grpc-status", "14".parse().unwrap()); // UNAVAILABLE
+/// assert_eq!(at_end.classify(Some(&trailers)), Outcome::Failure);
+/// trailers.insert("grpc-status", "0".parse().unwrap());
+/// assert_eq!(at_end.classify(Some(&trailers)), Outcome::Success);
+/// assert_eq!(at_end.classify(None), Outcome::Failure);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtEnd {
+    /// Bit `n` set: gRPC code `n` is a failure.
+    grpc_failures: u32,
+}
+
+impl AtEnd {
+    /// The outcome, given the trailers (`None`: the body ended without).
+    #[must_use]
+    pub fn classify(self, trailers: Option<&http::HeaderMap>) -> Outcome {
+        let code = trailers
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        match code {
+            Some(0) => Outcome::Success,
+            Some(n) if n < 32 && self.grpc_failures & (1 << n) != 0 => Outcome::Failure,
+            Some(_) => Outcome::Success,
+            None => Outcome::Failure,
+        }
+    }
+}
+
+/// A gRPC response whose status is not in its head: it will be in the
+/// trailers.
+fn grpc_status_in_trailers<B>(res: &Response<B>) -> bool {
+    res.status() == http::StatusCode::OK
+        && !res.headers().contains_key("grpc-status")
+        && res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Generic services: an `Err` is a failure, an `Ok` a success.
@@ -97,6 +160,11 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
             Ok(_) => Outcome::Success,
         }
     }
+
+    #[inline]
+    fn at_end(&self, res: &Response<B>) -> Option<AtEnd> {
+        <GrpcErrorsAsFailures as Classify<Response<B>, E>>::at_end(&self.grpc, res)
+    }
 }
 
 /// gRPC: a `grpc-status` that says the server is in trouble fails
@@ -105,8 +173,8 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
 /// (`INVALID_ARGUMENT`, `NOT_FOUND`, …) do not.
 ///
 /// A status sent only in trailers is not known when the response head
-/// arrives; such responses count as successes here (tower-http's
-/// `ClassifyEos` can judge them at the end of the stream).
+/// arrives: [`Classify::at_end`] says how to judge it at the end of the
+/// body (the circuit breaker does).
 ///
 /// ```
 /// use palisade_core::{GrpcCode, classify::{Classify, GrpcErrorsAsFailures, Outcome}};
@@ -204,6 +272,16 @@ impl<B, E> Classify<Response<B>, E> for GrpcErrorsAsFailures {
                 ClassifiedResponse::Ready(Err(_)) => Outcome::Failure,
             },
         }
+    }
+
+    #[inline]
+    fn at_end(&self, res: &Response<B>) -> Option<AtEnd> {
+        grpc_status_in_trailers(res).then(|| AtEnd {
+            grpc_failures: self
+                .failures
+                .iter()
+                .fold(0u32, |mask, code| mask | (1 << (*code as u32))),
+        })
     }
 }
 

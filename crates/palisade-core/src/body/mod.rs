@@ -78,8 +78,24 @@ pin_project! {
             error: Option<BoxError>,
         },
         Stream { body: UnsyncBoxBody<Bytes, BoxError> },
+        Watched { #[pin] body: B, on_end: Option<OnEnd> },
     }
 }
+
+/// How a watched body ended (see [`PalisadeBody::watched`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BodyEnd<'a> {
+    /// With these trailers.
+    Trailers(&'a HeaderMap),
+    /// Without trailers.
+    Finished,
+    /// With an error.
+    Failed,
+}
+
+/// Called once when a watched body ends.
+pub type OnEnd = Box<dyn FnOnce(BodyEnd<'_>) + Send>;
 
 impl<B> PalisadeBody<B> {
     /// Streams the inner service's body untouched.
@@ -156,6 +172,38 @@ impl<B> PalisadeBody<B> {
         }
     }
 
+    /// The inner body, untouched, with `on_end` called once when it ends
+    /// (its trailers, its end, or its error) — how a layer judges a call
+    /// whose outcome comes at the end of its body, such as a gRPC status in
+    /// the trailers. A body dropped before its end never calls it.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use palisade_core::body::{BodyEnd, PalisadeBody};
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let ended = Arc::new(AtomicBool::new(false));
+    /// let e = ended.clone();
+    /// let body = PalisadeBody::watched(
+    ///     Full::new(Bytes::from_static(b"x")),
+    ///     Box::new(move |end| e.store(matches!(end, BodyEnd::Finished), Ordering::SeqCst)),
+    /// );
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "x");
+    /// assert!(ended.load(Ordering::SeqCst));
+    /// # }
+    /// ```
+    pub fn watched(body: B, on_end: OnEnd) -> Self {
+        Self {
+            kind: Kind::Watched {
+                body,
+                on_end: Some(on_end),
+            },
+        }
+    }
+
     /// The inner body, when this body streams one untouched.
     pub fn into_inner(self) -> Option<B> {
         match self.kind {
@@ -221,6 +269,23 @@ where
                 Poll::Ready(error.take().map(Err))
             }
             KindProj::Stream { body } => Pin::new(body).poll_frame(cx),
+            KindProj::Watched { body, on_end } => {
+                let polled = body.poll_frame(cx);
+                if let Poll::Ready(ready) = &polled
+                    && let Some(f) = on_end.take()
+                {
+                    match ready {
+                        Some(Ok(frame)) => match frame.trailers_ref() {
+                            Some(t) => f(BodyEnd::Trailers(t)),
+                            // Not the end yet.
+                            None => *on_end = Some(f),
+                        },
+                        Some(Err(_)) => f(BodyEnd::Failed),
+                        None => f(BodyEnd::Finished),
+                    }
+                }
+                polled.map_err(Into::into)
+            }
         }
     }
 
@@ -240,6 +305,8 @@ where
                     && error.is_none()
             }
             Kind::Stream { body } => body.is_end_stream(),
+            // The end must be polled so it is seen.
+            Kind::Watched { body, on_end } => on_end.is_none() && body.is_end_stream(),
         }
     }
 
@@ -271,6 +338,7 @@ where
                 }
             }
             Kind::Stream { body } => body.size_hint(),
+            Kind::Watched { body, .. } => body.size_hint(),
         }
     }
 }
@@ -288,6 +356,7 @@ impl<B> fmt::Debug for PalisadeBody<B> {
                 .field("prefix", &prefix.as_ref().map_or(0, Bytes::len))
                 .finish(),
             Kind::Stream { .. } => f.write_str("PalisadeBody::Stream"),
+            Kind::Watched { .. } => f.write_str("PalisadeBody::Watched"),
         }
     }
 }
