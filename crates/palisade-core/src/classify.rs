@@ -63,7 +63,8 @@ pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
 ///     .header("content-type", "application/grpc")
 ///     .body(())
 ///     .unwrap();
-/// let at_end = GrpcErrorsAsFailures::default().at_end(&streaming).unwrap();
+/// let classifier = GrpcErrorsAsFailures::default();
+/// let at_end = Classify::<_, ()>::at_end(&classifier, &streaming).unwrap();
 /// let mut trailers = http::HeaderMap::new();
 /// trailers.insert("grpc-status", "14".parse().unwrap()); // UNAVAILABLE
 /// assert_eq!(at_end.classify(Some(&trailers)), Outcome::Failure);
