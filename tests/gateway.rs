@@ -140,3 +140,44 @@ async fn sigterm_finishes_in_flight_requests() {
         .unwrap();
     assert!(status, "gateway exited with an error after SIGTERM");
 }
+
+/// A WebSocket handshake is refused with a clear answer before any layer,
+/// never forwarded without its upgrade headers.
+#[tokio::test]
+async fn upgrade_requests_are_refused_clearly_not_broken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[], &[]);
+    let before = gw.upstream_hits().await;
+    let mut s = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let read = async {
+        while !String::from_utf8_lossy(&got).contains("websocket") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("websocket"), "{text}");
+    assert_eq!(
+        gw.upstream_hits().await,
+        before,
+        "nothing reached the upstream"
+    );
+}

@@ -158,6 +158,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // see (and PII masking decodes) what the upstream sent. Server-sent
         // events, gRPC and images are left as they are.
         .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(refuse_upgrades))
         .layer(axum::middleware::from_fn_with_state(latency, observe));
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -200,6 +201,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     serve::serve(listener, app, &cfg.server, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// WebSocket and other `Upgrade` requests are not proxied (yet): answered
+/// 501 with a problem body that says so, before any layer, rather than
+/// forwarded without their upgrade headers and broken silently.
+async fn refuse_upgrades(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let Some(protocol) = req.headers().get(http::header::UPGRADE) else {
+        return next.run(req).await;
+    };
+    let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
+    tracing::info!(%protocol, "upgrade request refused");
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Not Implemented",
+        "status": 501,
+        "detail": format!("this gateway does not proxy `Upgrade: {protocol}` (WebSocket) requests"),
+    });
+    Response::builder()
+        .status(http::StatusCode::NOT_IMPLEMENTED)
+        .header(http::header::CONTENT_TYPE, "application/problem+json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
 async fn observe(
