@@ -168,6 +168,12 @@ pub struct ServerSection {
     /// process's open-file limit). One more is answered `503` with
     /// `Retry-After` and closed at once, never queued.
     pub max_connections: usize,
+    /// The largest request head read (default 64 KiB, at least 8 KiB); a
+    /// larger one is answered `431`.
+    pub max_head_bytes: usize,
+    /// The longest request target (path and query, default 8 KiB); a
+    /// longer one is answered `414`.
+    pub max_uri_bytes: usize,
 }
 
 impl Default for ServerSection {
@@ -175,6 +181,8 @@ impl Default for ServerSection {
         Self {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 0,
+            max_head_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }

@@ -158,7 +158,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // see (and PII masking decodes) what the upstream sent. Server-sent
         // events, gRPC and images are left as they are.
         .layer(tower_http::compression::CompressionLayer::new())
-        .layer(axum::middleware::from_fn(refuse_upgrades))
+        .layer(axum::middleware::from_fn_with_state(
+            cfg.server.max_uri_bytes,
+            front_door,
+        ))
         .layer(axum::middleware::from_fn_with_state(latency, observe));
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -203,26 +206,66 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// WebSocket and other `Upgrade` requests are not proxied (yet): answered
-/// 501 with a problem body that says so, before any layer, rather than
-/// forwarded without their upgrade headers and broken silently.
-async fn refuse_upgrades(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
-    let Some(protocol) = req.headers().get(http::header::UPGRADE) else {
+/// Refuses, before any layer, what must never reach the upstream: a
+/// `Transfer-Encoding` other than `chunked` (hyper itself refuses two
+/// different `Content-Length`s and obs-folded heads, and lets a `chunked`
+/// `Transfer-Encoding` win over a `Content-Length`), a request target over
+/// `server.max_uri_bytes` (414), and
+/// WebSocket / other `Upgrade` requests, which are not proxied yet (501,
+/// rather than forwarded without their upgrade headers and broken
+/// silently). The upstream request is always re-framed by the client.
+async fn front_door(
+    State(max_uri): State<usize>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    use http::{StatusCode, header};
+    let h = req.headers();
+    let refusal = if h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "only `Transfer-Encoding: chunked` is accepted".to_owned(),
+        ))
+    } else if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
+        Some((
+            StatusCode::URI_TOO_LONG,
+            format!("request target over {max_uri} bytes"),
+        ))
+    } else if let Some(protocol) = h.get(header::UPGRADE) {
+        let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
+        Some((
+            StatusCode::NOT_IMPLEMENTED,
+            format!("this gateway does not proxy `Upgrade: {protocol}` (WebSocket) requests"),
+        ))
+    } else {
+        None
+    };
+    let Some((status, detail)) = refusal else {
         return next.run(req).await;
     };
-    let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
-    tracing::info!(%protocol, "upgrade request refused");
+    tracing::info!(%status, %detail, "request refused at the front door");
     let body = serde_json::json!({
         "type": "about:blank",
-        "title": "Not Implemented",
-        "status": 501,
-        "detail": format!("this gateway does not proxy `Upgrade: {protocol}` (WebSocket) requests"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
     });
-    Response::builder()
-        .status(http::StatusCode::NOT_IMPLEMENTED)
-        .header(http::header::CONTENT_TYPE, "application/problem+json")
-        .body(Body::from(body.to_string()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    let mut res = Response::new(Body::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::BAD_REQUEST {
+        // The rest of the stream cannot be trusted to be framed as we think.
+        res.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    res
 }
 
 async fn observe(

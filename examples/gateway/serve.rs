@@ -50,7 +50,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout);
+        .header_read_timeout(cfg.header_read_timeout)
+        // A head that does not fit is answered 431 by hyper.
+        .max_buf_size(cfg.max_head_bytes.max(8192));
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let limit = Arc::new(Semaphore::new(max_connections(cfg)));
