@@ -174,6 +174,11 @@ pub struct ServerSection {
     /// The longest request target (path and query, default 8 KiB); a
     /// longer one is answered `414`.
     pub max_uri_bytes: usize,
+    /// A request body that sends nothing for this long is cut and answered
+    /// `408` (default 30 s; `0s`: never): a client trickling a byte now and
+    /// then holds nothing for long.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -183,6 +188,7 @@ impl Default for ServerSection {
             max_connections: 0,
             max_head_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }

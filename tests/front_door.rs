@@ -176,3 +176,27 @@ async fn ambiguous_framing_and_oversized_heads_are_refused_before_the_upstream()
     // A plain request is still served.
     assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
 }
+
+/// A client that sends part of its body and then nothing is answered 408
+/// after `server.body_idle_timeout`, and the connection is not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_arriving_gets_408() {
+    let gw = Gateway::start_with_config(Some("[server]\nbody_idle_timeout = \"1s\"\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nonly ten..")
+        .await
+        .unwrap();
+    let got = until_closed_or_head(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // Whole bodies are served as before.
+    let res = support::send(
+        http::Method::POST,
+        &format!("{}/echo", gw.url),
+        &[("content-type", "text/plain")],
+        b"hello",
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}

@@ -135,6 +135,19 @@ fn tls_config(cfg: &UpstreamSection) -> Result<rustls::ClientConfig, String> {
     }
 }
 
+/// The request failed because the client's body went idle (see
+/// `server.body_idle_timeout`), not because of the upstream.
+fn client_too_slow(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<palisade::core::body::idle::IdleTimeout>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Why the upstream could not be reached, for the answer: a TLS failure
 /// (an untrusted certificate, a name mismatch) is said as such.
 fn unreachable(err: &(dyn std::error::Error + 'static)) -> &'static str {
@@ -249,6 +262,11 @@ where
                     let body = IdleTimeoutBody::new(body, idle);
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }
+                Err(err) if client_too_slow(&err) => Ok(Error::new(
+                    ErrorKind::ClientTimeout,
+                    "the request body stopped arriving",
+                )
+                .into_http_response(grpc)),
                 Err(err) => {
                     let why = unreachable(&err);
                     tracing::warn!(error = %err, why, "upstream request failed");

@@ -10,6 +10,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade::config::ServerSection;
+use palisade::core::body::idle::IdleTimeoutBody;
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::{io::AsyncWriteExt, net::TcpListener, sync::Semaphore};
 use tower::ServiceExt;
@@ -80,11 +81,13 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let body_idle = cfg.body_idle_timeout;
         let svc = app
             .clone()
             .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                req
+                // A client that stops sending its body is cut off (408).
+                req.map(|body| IdleTimeoutBody::new(body, body_idle))
             });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));

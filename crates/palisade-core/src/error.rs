@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Upstream,
     /// A bug or an unexpected state (500, `INTERNAL`).
     Internal,
+    /// The client was too slow sending its request (408,
+    /// `DEADLINE_EXCEEDED`).
+    ClientTimeout,
 }
 
 impl ErrorKind {
@@ -46,6 +49,7 @@ impl ErrorKind {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -56,7 +60,7 @@ impl ErrorKind {
             Self::CircuitOpen | Self::Overloaded | Self::Unavailable | Self::Upstream => {
                 GrpcCode::Unavailable
             }
-            Self::Timeout => GrpcCode::DeadlineExceeded,
+            Self::Timeout | Self::ClientTimeout => GrpcCode::DeadlineExceeded,
             Self::BadRequest | Self::UnsupportedMediaType => GrpcCode::InvalidArgument,
             Self::Internal => GrpcCode::Internal,
         }
@@ -88,6 +92,7 @@ impl ErrorKind {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Upstream => "upstream",
             Self::Internal => "internal",
+            Self::ClientTimeout => "client_timeout",
         }
     }
 }
@@ -442,6 +447,7 @@ mod tests {
             UnsupportedMediaType,
             Upstream,
             Internal,
+            ClientTimeout,
         ] {
             let status = kind.http_status();
             // Client mistakes are never retryable; "come back later" answers are.
