@@ -1,4 +1,4 @@
-//! The axum_routes, tonic and client examples, run as real processes: each
+//! The axum_routes, tonic, client and hyper_server examples, run as real processes: each
 //! starts its servers on loopback, shows what the layers do and exits; the
 //! tests check what they print.
 //!
@@ -213,4 +213,24 @@ fn client_example_shows_each_layer() {
             "{raw} reached the server: {received}"
         );
     }
+}
+
+/// A plain hyper server hands the peer address to the layers in one line;
+/// a request without any is limited under one shared key, never skipped.
+#[test]
+fn hyper_server_example_limits_per_peer_and_never_skips_an_unknown_peer() {
+    let out = run_example("hyper_server");
+    assert_lines(
+        &out,
+        &[
+            "request 1 from 127.0.0.1: 200",
+            "request 2 from 127.0.0.1: 200",
+            "request 3 from 127.0.0.1: 429",
+            "request 4 from 127.0.0.1: 429",
+            "request 1 without a peer address: 200",
+            "request 2 without a peer address: 200",
+            "request 3 without a peer address: 429",
+            "requests seen without a peer address: 3",
+        ],
+    );
 }
