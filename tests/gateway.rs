@@ -141,43 +141,51 @@ async fn sigterm_finishes_in_flight_requests() {
     assert!(status, "gateway exited with an error after SIGTERM");
 }
 
-/// A WebSocket handshake is refused with a clear answer before any layer,
-/// never forwarded without its upgrade headers.
-#[tokio::test]
-async fn upgrade_requests_are_refused_clearly_not_broken() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = Gateway::start(&[], &[]);
-    let before = gw.upstream_hits().await;
-    let mut s = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+/// A WebSocket goes through the gateway: the handshake is forwarded with
+/// its upgrade headers, and on `101` the two connections are joined. The
+/// client is tokio-tungstenite, the upstream axum's WebSocket support.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_through() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    let app = axum::Router::new().route(
+        "/chat",
+        axum::routing::get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if let Message::Text(text) = msg {
+                        let reply = format!("echo: {}", text.as_str());
+                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let gw = Gateway::start(&["--upstream", &upstream], &[]);
+    let url = format!("{}/chat", gw.url.replace("http://", "ws://"));
+    let (mut ws, res) = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio_tungstenite::connect_async(url.as_str()),
     )
     .await
-    .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    let read = async {
-        while !String::from_utf8_lossy(&got).contains("websocket") {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(20), read)
-        .await
-        .expect("an answer");
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
-    assert!(text.contains("application/problem+json"), "{text}");
-    assert!(text.contains("websocket"), "{text}");
-    assert_eq!(
-        gw.upstream_hits().await,
-        before,
-        "nothing reached the upstream"
-    );
+    .expect("the handshake is answered")
+    .expect("the handshake succeeds through the gateway");
+    assert_eq!(res.status(), 101);
+    for text in ["hello", "again"] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .expect("a reply")
+            .expect("an open socket")
+            .unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), format!("echo: {text}"));
+    }
+    ws.close(None).await.unwrap();
 }

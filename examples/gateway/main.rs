@@ -210,10 +210,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// `Transfer-Encoding` other than `chunked` (hyper itself refuses two
 /// different `Content-Length`s and obs-folded heads, and lets a `chunked`
 /// `Transfer-Encoding` win over a `Content-Length`), a request target over
-/// `server.max_uri_bytes` (414), and
-/// WebSocket / other `Upgrade` requests, which are not proxied yet (501,
-/// rather than forwarded without their upgrade headers and broken
-/// silently). The upstream request is always re-framed by the client.
+/// `server.max_uri_bytes` (414). The upstream request is always re-framed
+/// by the client.
 async fn front_door(
     State(max_uri): State<usize>,
     req: Request<Body>,
@@ -234,12 +232,6 @@ async fn front_door(
         Some((
             StatusCode::URI_TOO_LONG,
             format!("request target over {max_uri} bytes"),
-        ))
-    } else if let Some(protocol) = h.get(header::UPGRADE) {
-        let protocol = String::from_utf8_lossy(protocol.as_bytes()).into_owned();
-        Some((
-            StatusCode::NOT_IMPLEMENTED,
-            format!("this gateway does not proxy `Upgrade: {protocol}` (WebSocket) requests"),
         ))
     } else {
         None

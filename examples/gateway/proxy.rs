@@ -36,6 +36,9 @@ pub struct Proxy {
     h2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     /// Send every request over `h2`.
     all_h2: bool,
+    /// HTTP/1.1 only: `Upgrade` (WebSocket) requests, which HTTP/2 cannot
+    /// carry.
+    h1: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// A response stream idle this long is cut (zero: never).
@@ -68,6 +71,12 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(https);
+        let https_h1 = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector.clone());
+        let h1 = Client::builder(TokioExecutor::new()).build(https_h1);
         let https_h2 = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -80,6 +89,7 @@ impl Proxy {
             client,
             h2,
             all_h2: cfg.http2,
+            h1,
             scheme,
             authority,
             idle_timeout: cfg.idle_timeout,
@@ -220,8 +230,17 @@ where
         // gRPC needs HTTP/2 end to end (and its trailers); anything else
         // goes in whatever the upstream speaks (HTTP/2 by ALPN on TLS).
         let grpc = palisade::core::is_grpc_request(&parts.headers);
-        let h2 = grpc || self.all_h2;
-        let client = if h2 {
+        // A WebSocket (or other `Upgrade`) handshake: forwarded with its
+        // upgrade headers over HTTP/1.1; on `101` both connections are
+        // joined.
+        let upgrade = parts.headers.get(header::UPGRADE).cloned();
+        let client_side = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        let h2 = (grpc || self.all_h2) && upgrade.is_none();
+        let client = if upgrade.is_some() {
+            self.h1.clone()
+        } else if h2 {
             self.h2.clone()
         } else {
             self.client.clone()
@@ -246,6 +265,13 @@ where
                     .headers
                     .insert(header::TE, http::HeaderValue::from_static("trailers"));
             }
+            if let Some(protocol) = &upgrade {
+                parts.headers.insert(header::UPGRADE, protocol.clone());
+                parts.headers.insert(
+                    header::CONNECTION,
+                    http::HeaderValue::from_static("upgrade"),
+                );
+            }
             // The client's version says nothing of the upstream's.
             parts.version = if h2 {
                 http::Version::HTTP_2
@@ -254,6 +280,34 @@ where
             };
             let body = body.map_err(Into::into).boxed_unsync();
             match client.request(Request::from_parts(parts, body)).await {
+                Ok(mut res) if res.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    let Some(client_side) = client_side else {
+                        return Ok(Error::new(
+                            ErrorKind::Upstream,
+                            "the upstream switched protocols on a request that cannot",
+                        )
+                        .into_http_response(grpc));
+                    };
+                    let upstream_side = hyper::upgrade::on(&mut res);
+                    tokio::spawn(async move {
+                        match tokio::try_join!(client_side, upstream_side) {
+                            Ok((client, upstream)) => {
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut hyper_util::rt::TokioIo::new(client),
+                                    &mut hyper_util::rt::TokioIo::new(upstream),
+                                )
+                                .await;
+                            }
+                            Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+                        }
+                    });
+                    let (mut parts, body) = res.into_parts();
+                    parts.version = http::Version::HTTP_11;
+                    Ok(Response::from_parts(
+                        parts,
+                        PalisadeBody::inner(IdleTimeoutBody::new(body, Duration::ZERO)),
+                    ))
+                }
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
