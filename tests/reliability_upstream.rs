@@ -388,6 +388,8 @@ recovery_timeout = "1s"
     assert_eq!(upstream.requests(), 2, "an open circuit does not call");
     // After the recovery time the trial reaches the upstream, hangs, and
     // is cut by the limit: the circuit opens again.
+    // What is tested here is a client that honours Retry-After across
+    // processes: real time, as a paused clock cannot reach the gateway.
     tokio::time::sleep(Duration::from_secs(wait.clamp(1, 5))).await;
     let res = tokio::time::timeout(Duration::from_secs(20), get(&url))
         .await
