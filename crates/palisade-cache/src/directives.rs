@@ -62,6 +62,10 @@ impl CacheControl {
     /// directives are ignored.
     fn parse_line_with(&mut self, value: &HeaderValue, targeted: bool) {
         let bytes = value.as_bytes();
+        // A quoted string that swallows a comma (or never ends) makes the
+        // line ambiguous: read one way it holds `private`, read another it
+        // does not. The cache takes the restrictive reading (below).
+        let mut ambiguous = false;
         let mut i = 0;
         while i < bytes.len() {
             // name
@@ -91,7 +95,9 @@ impl CacheControl {
                         }
                         i += 1;
                     }
-                    arg = Some(&bytes[s..i.min(bytes.len())]);
+                    let quoted = &bytes[s..i.min(bytes.len())];
+                    ambiguous |= i >= bytes.len() || quoted.contains(&b',');
+                    arg = Some(quoted);
                     i += 1;
                 } else {
                     let s = i;
@@ -109,6 +115,28 @@ impl CacheControl {
                 targeted && (name.contains(&b';') || arg.is_some_and(|a| a.contains(&b';')));
             if !name.is_empty() && !aimed_elsewhere {
                 self.apply(name, arg);
+            }
+        }
+        if ambiguous {
+            self.restrict_ambiguous(bytes);
+        }
+    }
+
+    /// The restrictive reading of an ambiguous line: every comma-separated
+    /// piece, quotes ignored, that names `no-store`, `no-cache` or `private`
+    /// counts (as nginx reads such lines), so no quoting trick can make a
+    /// private response shared.
+    fn restrict_ambiguous(&mut self, bytes: &[u8]) {
+        for piece in bytes.split(|&b| b == b',') {
+            let piece = piece.trim_ascii();
+            let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            if name.eq_ignore_ascii_case(b"no-store") {
+                self.no_store = true;
+            } else if name.eq_ignore_ascii_case(b"private") {
+                self.private = true;
+            } else if name.eq_ignore_ascii_case(b"no-cache") {
+                self.no_cache = true;
             }
         }
     }
@@ -209,6 +237,19 @@ mod tests {
         assert!(cc("no-cache=\"set-cookie, foo\", max-age=5").no_cache);
         assert_eq!(cc("no-cache=\"a,b\", max-age=5").max_age, Some(5));
         assert_eq!(cc(",,, ,=,max-age").max_age, Some(0));
+    }
+
+    #[test]
+    fn quoting_cannot_hide_private_or_no_store() {
+        // Found by the hostile proptest: an unterminated quote once made
+        // `private` part of `public`'s argument.
+        let c = cc("max-age=18446744073709551616, public=\", private, ");
+        assert!(c.private);
+        let c = cc("max-age=60, x-ext=\"a, no-store, b\"");
+        assert!(c.no_store);
+        // A quoted field list without a comma stays precise.
+        let c = cc("max-age=60, x-ext=\"private\"");
+        assert!(!c.private && !c.no_store);
     }
 
     #[test]
