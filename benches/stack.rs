@@ -125,7 +125,7 @@ fn full(
         .shape_response(ShapeResponseLayer::new(ShapeRules::new()).expect("shape"))
         .cache(CacheLayer::new())
         .mask_pii(PiiMaskLayer::default())
-        .retry(RetryLayer::builder().build())
+        .retry(RetryLayer::builder().build().unwrap())
         .circuit_breaker(CircuitBreakerLayer::http("upstream"))
         .service(upstream)
 }

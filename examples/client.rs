@@ -106,7 +106,7 @@ async fn main() -> Result<(), Error> {
         .retry_with(
             RetryLayer::builder()
                 .backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1))
-                .build(),
+                .build()?,
         )
         .circuit_breaker(breaker)
         // The layers wrap the request body (to mask it, to replay it); the

@@ -23,7 +23,7 @@
 //! use palisade::{breaker::CircuitBreakerLayer, retry::RetryLayer};
 //!
 //! let stack = StackBuilder::new()
-//!     .retry(RetryLayer::builder().build())
+//!     .retry(RetryLayer::new())
 //!     .circuit_breaker(CircuitBreakerLayer::http("upstream"))
 //!     .service_fn(|_req: http::Request<palisade::retry::ReplayBody<String>>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
@@ -51,7 +51,7 @@
 //! use tower::ServiceBuilder;
 //!
 //! let stack = ServiceBuilder::new()
-//!     .retry_with(RetryLayer::builder().build())
+//!     .retry_with(RetryLayer::new())
 //!     .circuit_breaker(CircuitBreakerLayer::http("upstream"))
 //!     .service_fn(|_req: http::Request<palisade::retry::ReplayBody<String>>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))

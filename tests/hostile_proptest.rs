@@ -266,7 +266,7 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let cache = CacheLayer::builder().name("prop").build();
+            let cache = CacheLayer::builder().name("prop").build().unwrap();
             let res_cc2 = res_cc.clone();
             let (expires2, age2, vary2) = (expires.clone(), age.clone(), vary.clone());
             let svc = ServiceBuilder::new().layer(cache).service_fn(move |_req: http::Request<String>| {

@@ -70,7 +70,7 @@ pub fn full(
     if let Some(store) = &shared {
         cache = cache.store(store.clone());
     }
-    let cache: CacheLayer = cache.build();
+    let cache: CacheLayer = cache.build().map_err(|e| format!("cache: {e}"))?;
     let cache_handle = cache.handle();
 
     // Decoded bodies are answered as identity here: the gateway's
@@ -83,7 +83,7 @@ pub fn full(
 
     let retry = RetryLayerBuilder::from_config(cfg.retry.clone())
         .metrics(&RetryMetrics::register(registry)?, "upstream")
-        .try_build()
+        .build()
         .map_err(|e| format!("retry: {e}"))?;
 
     let breakers = BreakerRegistry::new();

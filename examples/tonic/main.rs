@@ -95,7 +95,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     let retry = RetryLayer::builder()
         .backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1))
-        .build();
+        .build()?;
     let transport: Transport = ServiceBuilder::new()
         .boxed_clone()
         .map_err(BoxError::from)

@@ -168,6 +168,7 @@ fn bench(c: &mut Criterion) {
     let palisade_l2 = CacheLayer::builder()
         .store(store)
         .build()
+        .unwrap()
         .layer(uncacheable());
     g.bench_function("palisade L1+L2 (redis)", |b| {
         b.to_async(&rt)
@@ -184,7 +185,8 @@ fn bench(c: &mut Criterion) {
     let l2 = CacheLayer::builder()
         .store(store.clone())
         .l1_ttl(Duration::from_nanos(1))
-        .build();
+        .build()
+        .unwrap();
     let handle = l2.handle();
     let l2 = l2.layer(upstream());
     rt.block_on(one(&l2, &uri));

@@ -33,7 +33,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         builder = builder.store(palisade_store::Store::connect(&redis).await?);
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-    let cached = ServiceBuilder::new().layer(builder.build()).service(client);
+    let cached = ServiceBuilder::new()
+        .layer(builder.build().unwrap())
+        .service(client);
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("cache_proxy: {listen} -> {upstream}");

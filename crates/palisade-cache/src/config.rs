@@ -142,8 +142,13 @@ impl Config {
 ///     .l1_max_entries(10_000)
 ///     .l1_ttl(Duration::from_secs(30))
 ///     .default_ttl(Duration::from_secs(5))
-///     .build();
+///     .build()
+///     .unwrap();
 /// assert_eq!(layer.handle().stats().hits, 0);
+///
+/// // An invalid setting is an error naming it, never silently replaced.
+/// let err = CacheLayer::builder().l1_max_entries(0).build().unwrap_err();
+/// assert!(err.to_string().contains("l1_max_entries"), "{err}");
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct CacheBuilder {
@@ -215,40 +220,11 @@ impl CacheBuilder {
         self
     }
 
-    pub(crate) fn sanitized(&self) -> Config {
-        let mut c = self.cfg.clone();
-        let d = Config::default();
-        if c.validate().is_err() {
-            // Builders are infallible: out-of-range values fall back to defaults.
-            if c.name.is_empty() {
-                c.name = d.name;
-            }
-            c.l1_max_entries = c.l1_max_entries.max(1);
-            c.l1_max_bytes = c.l1_max_bytes.max(1);
-            if c.l1_ttl.is_zero() {
-                c.l1_ttl = d.l1_ttl;
-            }
-            if c.l2_ttl.is_zero() {
-                c.l2_ttl = d.l2_ttl;
-            }
-            if c.namespace.is_empty() {
-                c.namespace = d.namespace;
-            }
-            if c.version.is_empty() {
-                c.version = d.version;
-            }
-            c.default_ttl = c.default_ttl.filter(|t| !t.is_zero());
-            if c.coalesce_timeout.is_zero() {
-                c.coalesce_timeout = d.coalesce_timeout;
-            }
-            if c.l2_poll_interval.is_zero() {
-                c.l2_poll_interval = d.l2_poll_interval;
-            }
-            if !(0.0..=1.0).contains(&c.heuristic_fraction) {
-                c.heuristic_fraction = d.heuristic_fraction;
-            }
-        }
-        c
+    /// The settings, checked: an invalid value is an error naming it,
+    /// never silently replaced.
+    pub(crate) fn validated(&self) -> Result<Config, CacheError> {
+        self.cfg.validate()?;
+        Ok(self.cfg.clone())
     }
 
     pub(crate) fn tier_settings(

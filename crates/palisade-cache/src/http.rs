@@ -390,7 +390,7 @@ fn random_u64() -> u64 {
 /// use palisade_cache::CacheLayer;
 /// use palisade_core::key::HeaderKey;
 ///
-/// let per_tenant = CacheLayer::builder().name("api").build().key(HeaderKey::new("x-tenant"));
+/// let per_tenant = CacheLayer::builder().name("api").build().unwrap().key(HeaderKey::new("x-tenant"));
 /// # let _ = per_tenant;
 /// ```
 pub struct CacheLayer<K = NoKey> {
@@ -424,14 +424,15 @@ impl CacheLayer {
 
     /// An L1-only cache with the SPEC defaults.
     pub fn new() -> Self {
-        Self::builder().build()
+        Self::builder()
+            .build()
+            .expect("the default cache settings are valid")
     }
 
     /// A cache from a validated [`Config`] (L1 only; add a store with
     /// [`CacheBuilder::from_config`] + [`CacheBuilder::store`]).
     pub fn from_config(cfg: &Config) -> Result<Self, CacheError> {
-        cfg.validate()?;
-        Ok(CacheBuilder::from_config(cfg).build())
+        CacheBuilder::from_config(cfg).build()
     }
 }
 
@@ -443,10 +444,14 @@ impl Default for CacheLayer {
 
 impl CacheBuilder {
     /// Builds the HTTP cache layer.
-    pub fn build(self) -> CacheLayer {
-        let cfg = self.sanitized();
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Invalid`] naming the first invalid setting.
+    pub fn build(self) -> Result<CacheLayer, CacheError> {
+        let cfg = self.validated()?;
         let core = Arc::new(Core::new(self.tier_settings(&cfg, "http")));
-        CacheLayer {
+        Ok(CacheLayer {
             shared: Arc::new(Shared {
                 core,
                 rules: Rules {
@@ -460,7 +465,7 @@ impl CacheBuilder {
                 uncacheable: DashMap::new(),
             }),
             key: NoKey,
-        }
+        })
     }
 }
 

@@ -73,7 +73,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let cache = CacheLayer::builder().name("api").build();
+//! let cache = CacheLayer::builder().name("api").build().unwrap();
 //! let handle = cache.handle();
 //! let svc = ServiceBuilder::new().layer(cache).service_fn(|_req: http::Request<String>| async {
 //!     Ok::<_, std::convert::Infallible>(

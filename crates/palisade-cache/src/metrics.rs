@@ -21,7 +21,7 @@ use prometheus::{
 ///
 /// let registry = prometheus::Registry::new();
 /// let metrics = CacheMetrics::register(&registry).unwrap();
-/// let _layer = CacheLayer::builder().name("api").metrics(metrics).build();
+/// let _layer = CacheLayer::builder().name("api").metrics(metrics).build().unwrap();
 /// assert!(registry.gather().iter().any(|f| f.name() == "palisade_cache_bytes"));
 /// ```
 #[derive(Clone, Debug)]

@@ -147,7 +147,7 @@ impl<R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> SvcShared<
 /// let layer: CacheServiceLayer<String, _> = CacheServiceLayer::new(
 ///     CacheBuilder::default().name("tools"),
 ///     key_fn(|q: &String| Some(q.clone())),
-/// );
+/// ).unwrap();
 /// let svc = ServiceBuilder::new().layer(layer).service_fn(move |q: String| {
 ///     c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 ///     async move { Ok::<_, std::convert::Infallible>(format!("answer to {q}")) }
@@ -185,17 +185,22 @@ where
     R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     /// A cache with the settings of `builder`, keyed by `key`.
-    pub fn new(builder: CacheBuilder, key: K) -> Self {
-        let cfg = builder.sanitized();
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Invalid`](crate::CacheError::Invalid) naming the first
+    /// invalid setting.
+    pub fn new(builder: CacheBuilder, key: K) -> Result<Self, crate::CacheError> {
+        let cfg = builder.validated()?;
         let ttl = cfg.default_ttl.unwrap_or(cfg.l2_ttl);
         let core = Arc::new(Core::new(builder.tier_settings(&cfg, "svc")));
-        Self {
+        Ok(Self {
             shared: Arc::new(SvcShared {
                 core,
                 ttl: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             }),
             key,
-        }
+        })
     }
 
     /// A cache from a validated [`Config`](crate::Config) (L1 only; add a
@@ -212,8 +217,7 @@ where
     /// assert_eq!(layer.ttl(), std::time::Duration::from_secs(300));
     /// ```
     pub fn from_config(cfg: &crate::Config, key: K) -> Result<Self, crate::CacheError> {
-        cfg.validate()?;
-        Ok(Self::new(CacheBuilder::from_config(cfg), key))
+        Self::new(CacheBuilder::from_config(cfg), key)
     }
 
     /// Stats and invalidation for this cache.
@@ -246,7 +250,7 @@ impl<S, R, K: Clone> Layer<S> for CacheServiceLayer<R, K> {
 /// use tower::Layer;
 ///
 /// let layer: CacheServiceLayer<u64, _> =
-///     CacheServiceLayer::new(CacheBuilder::default(), key_fn(|n: &u64| Some(*n)));
+///     CacheServiceLayer::new(CacheBuilder::default(), key_fn(|n: &u64| Some(*n))).unwrap();
 /// let svc = layer.layer(tower::service_fn(|n: u64| async move { Ok::<_, std::convert::Infallible>(n * 2) }));
 /// assert_eq!(svc.handle().stats().hits, 0);
 /// ```
@@ -314,7 +318,7 @@ pin_project! {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let layer: CacheServiceLayer<u32, _> =
-    ///     CacheServiceLayer::new(CacheBuilder::default(), key_fn(|n: &u32| Some(*n)));
+    ///     CacheServiceLayer::new(CacheBuilder::default(), key_fn(|n: &u32| Some(*n))).unwrap();
     /// let mut svc = layer.layer(tower::service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n + 1) }));
     /// let fut: palisade_cache::SvcFuture<_, _, _> = svc.call(1);
     /// assert_eq!(fut.await.unwrap(), 2);

@@ -200,7 +200,7 @@ async fn successful_unsafe_requests_invalidate_their_target() {
 async fn bodies_over_the_limit_stream_through_uncached() {
     let up = Upstream::new();
     let (addr, _server) = up.serve().await;
-    let svc = cached_client(&CacheLayer::builder().max_body_bytes(1024).build());
+    let svc = cached_client(&CacheLayer::builder().max_body_bytes(1024).build().unwrap());
     for _ in 0..2 {
         let (x, body) = text(svc.clone().oneshot(get(addr, "/big/1")).await.unwrap()).await;
         assert_eq!(x, "MISS");
@@ -345,7 +345,8 @@ async fn l1_ttl_request_directives_and_metrics() {
     let layer = CacheLayer::builder()
         .l1_ttl(Duration::from_secs(30))
         .metrics(CacheMetrics::register(&registry).unwrap())
-        .build();
+        .build()
+        .unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service(up.router());
@@ -390,7 +391,7 @@ async fn l1_ttl_request_directives_and_metrics() {
 #[tokio::test]
 async fn bounded_by_entries_and_invalidated_by_pattern() {
     let up = Upstream::new();
-    let layer = CacheLayer::builder().l1_max_entries(10).build();
+    let layer = CacheLayer::builder().l1_max_entries(10).build().unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service(up.router());

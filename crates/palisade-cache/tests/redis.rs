@@ -18,6 +18,7 @@ fn layer(store: &Store, name: &str) -> CacheLayer {
         .namespace(&format!("test-{}", std::process::id()))
         .store(store.clone())
         .build()
+        .unwrap()
 }
 
 async fn wait_until(cond: impl FnMut() -> bool) {
@@ -137,7 +138,8 @@ async fn a_replica_stops_waiting_when_the_fill_stores_nothing() {
         .namespace(&format!("test-{}", std::process::id()))
         .store(store.clone())
         .coalesce_timeout(Duration::from_secs(3600))
-        .build();
+        .build()
+        .unwrap();
     let b = ServiceBuilder::new()
         .layer(b_layer.clone())
         .service(client());
@@ -258,7 +260,8 @@ async fn generic_service_cache_shares_l2_and_coalesces() {
                 .namespace(&format!("svc-{}", std::process::id()))
                 .store(store.clone()),
             key_fn(|q: &String| Some(q.clone())),
-        );
+        )
+        .unwrap();
         let calls = calls.clone();
         let svc = ServiceBuilder::new()
             .layer(layer.clone())

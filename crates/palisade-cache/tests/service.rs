@@ -28,7 +28,8 @@ async fn entries_expire_after_their_ttl_and_errors_are_not_cached() {
             .name("llm")
             .default_ttl(Duration::from_secs(30)),
         key_fn(|prompt: &String| (!prompt.is_empty()).then(|| prompt.clone())),
-    );
+    )
+    .unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(move |prompt: String| {
@@ -92,7 +93,8 @@ async fn concurrent_calls_for_one_key_make_one_call() {
     let layer: CacheServiceLayer<String, _> = CacheServiceLayer::new(
         CacheBuilder::default(),
         key_fn(|q: &String| Some(q.clone())),
-    );
+    )
+    .unwrap();
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(move |q: String| {

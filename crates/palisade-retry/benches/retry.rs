@@ -222,6 +222,7 @@ fn bench(c: &mut Criterion) {
             let svc = RetryLayer::builder()
                 .no_budget()
                 .build()
+                .unwrap()
                 .for_services(RetryOnErrors)
                 .layer(echo());
             drive(svc, 7u64, iters)

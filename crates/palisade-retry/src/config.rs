@@ -279,7 +279,7 @@ impl From<ConfigError> for palisade_core::Error {
 /// // Wait at least what the upstream asked for, plus a second.
 /// let layer = RetryLayer::builder()
 ///     .delay_fn(|c| c.retry_after.map_or(c.delay, |a| a + std::time::Duration::from_secs(1)))
-///     .build();
+///     .build().unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -369,7 +369,8 @@ impl fmt::Debug for Policy {
 ///     .deadline(Duration::from_secs(5))
 ///     .retry_statuses([503, 504])
 ///     .hedge(Duration::from_millis(200))
-///     .build();
+///     .build()
+///     .unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
@@ -544,7 +545,7 @@ impl RetryLayerBuilder {
     ///         _ if c.reason == RetryReason::Connect => Duration::from_millis(10),
     ///         _ => c.delay,
     ///     })
-    ///     .build();
+    ///     .build().unwrap();
     /// # let _ = layer;
     /// ```
     pub fn delay_fn<F>(mut self, f: F) -> Self
@@ -556,7 +557,20 @@ impl RetryLayerBuilder {
     }
 
     /// Validates and builds the layer.
-    pub fn try_build(self) -> Result<RetryLayer, ConfigError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting; nothing panics.
+    ///
+    /// ```
+    /// use palisade_retry::RetryLayer;
+    /// use std::time::Duration;
+    ///
+    /// let s = Duration::from_secs(1);
+    /// let err = RetryLayer::builder().backoff(s, 0.5, s).build().unwrap_err();
+    /// assert!(err.to_string().contains("base"), "{err}");
+    /// ```
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
         self.config.validate()?;
         let c = &self.config;
         let mut statuses = [0u64; 4];
@@ -591,19 +605,6 @@ impl RetryLayerBuilder {
             name: self.name,
         };
         Ok(RetryLayer::from_policy(Arc::new(policy)))
-    }
-
-    /// Builds the layer.
-    ///
-    /// # Panics
-    ///
-    /// When a setting is invalid (see [`Config::validate`]); use
-    /// [`try_build`](Self::try_build) for values read at run time.
-    pub fn build(self) -> RetryLayer {
-        match self.try_build() {
-            Ok(layer) => layer,
-            Err(e) => panic!("{e}"),
-        }
     }
 }
 
@@ -647,7 +648,8 @@ mod tests {
     fn status_and_code_sets() {
         let layer = RetryLayer::builder()
             .retry_statuses([404, 429, 503, 599])
-            .build();
+            .build()
+            .unwrap();
         let p = layer.policy();
         assert!(p.retry_status(StatusCode::TOO_MANY_REQUESTS));
         assert!(p.retry_status(StatusCode::SERVICE_UNAVAILABLE));

@@ -224,7 +224,7 @@ where
 /// let calls = Arc::new(AtomicU32::new(0));
 /// let seen = calls.clone();
 /// let svc = ServiceBuilder::new()
-///     .layer(RetryLayer::builder().backoff(Duration::from_millis(10), 2.0, Duration::from_secs(1)).build().for_services(RetryOnErrors))
+///     .layer(RetryLayer::builder().backoff(Duration::from_millis(10), 2.0, Duration::from_secs(1)).build().unwrap().for_services(RetryOnErrors))
 ///     .service_fn(move |name: &'static str| {
 ///         let n = seen.fetch_add(1, Ordering::SeqCst);
 ///         async move {

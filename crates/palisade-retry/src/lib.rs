@@ -81,7 +81,7 @@
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let seen = calls.clone();
 //! let client = ServiceBuilder::new()
-//!     .layer(RetryLayer::builder().backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1)).build())
+//!     .layer(RetryLayer::builder().backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1)).build().unwrap())
 //!     .service_fn(move |req: http::Request<ReplayBody<Full<Bytes>>>| {
 //!         let n = seen.fetch_add(1, Ordering::SeqCst);
 //!         async move {
@@ -157,7 +157,9 @@ impl Default for RetryLayer {
 impl RetryLayer {
     /// A layer with the default settings ([`Config::default`]).
     pub fn new() -> Self {
-        RetryLayerBuilder::default().build()
+        RetryLayerBuilder::default()
+            .build()
+            .expect("the default retry settings are valid")
     }
 
     /// A builder starting from the defaults.
@@ -167,7 +169,7 @@ impl RetryLayer {
 
     /// A layer from a (validated) configuration.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        RetryLayerBuilder::from_config(config.clone()).try_build()
+        RetryLayerBuilder::from_config(config.clone()).build()
     }
 
     pub(crate) fn from_policy(policy: Arc<Policy>) -> Self {

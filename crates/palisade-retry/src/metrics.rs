@@ -30,7 +30,7 @@ use prometheus::{IntCounter, IntCounterVec, Registry};
 ///
 /// let registry = prometheus::Registry::new();
 /// let metrics = RetryMetrics::register(&registry).unwrap();
-/// let layer = RetryLayer::builder().metrics(&metrics, "tools").build();
+/// let layer = RetryLayer::builder().metrics(&metrics, "tools").build().unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]

@@ -33,7 +33,8 @@ async fn data_and_trailers_are_replayed() {
         .layer(
             RetryLayer::builder()
                 .backoff(Duration::from_millis(5), 2.0, Duration::from_secs(1))
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service_fn(move |req: Request<ReplayBody<StreamBody<Chunks>>>| {
             let log = log.clone();

@@ -106,6 +106,7 @@ fn retry() -> RetryLayer {
     RetryLayer::builder()
         .backoff(Duration::from_millis(10), 2.0, Duration::from_secs(10))
         .build()
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

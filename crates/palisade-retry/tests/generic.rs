@@ -19,6 +19,7 @@ fn retry() -> RetryLayer {
     RetryLayer::builder()
         .backoff(Duration::from_millis(10), 2.0, Duration::from_secs(1))
         .build()
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,6 +89,7 @@ async fn responses_can_ask_for_retries_and_delays_follow_the_backoff() {
                 .max_attempts(4)
                 .backoff(Duration::from_secs(1), 2.0, Duration::from_secs(10))
                 .build()
+                .unwrap()
                 .for_services(classifier),
         )
         .service_fn(move |_: u8| {
@@ -130,6 +132,7 @@ async fn delay_fn_sees_the_outcome() {
             c.delay * 10
         })
         .build()
+        .unwrap()
         .for_services(RetryOnErrors);
     let svc = ServiceBuilder::new()
         .layer(layer)

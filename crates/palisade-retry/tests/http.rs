@@ -28,7 +28,7 @@ async fn flaky_upstream_is_retried_to_success() {
     let registry = prometheus::Registry::new();
     let metrics = RetryMetrics::register(&registry).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(fast().metrics(&metrics, "up").build())
+        .layer(fast().metrics(&metrics, "up").build().unwrap())
         .service(client());
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -53,7 +53,13 @@ async fn exhausted_returns_the_last_response() {
     let registry = prometheus::Registry::new();
     let metrics = RetryMetrics::register(&registry).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(fast().max_attempts(4).metrics(&metrics, "up").build())
+        .layer(
+            fast()
+                .max_attempts(4)
+                .metrics(&metrics, "up")
+                .build()
+                .unwrap(),
+        )
         .service(client());
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
@@ -77,7 +83,7 @@ async fn post_is_not_retried_by_default_but_can_opt_in() {
             .unwrap()
     };
     let res = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client())
         .oneshot(post())
         .await
@@ -91,7 +97,7 @@ async fn post_is_not_retried_by_default_but_can_opt_in() {
         .body(Full::new(Bytes::from("x")))
         .unwrap();
     let _ = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client())
         .oneshot(keyed)
         .await
@@ -99,7 +105,7 @@ async fn post_is_not_retried_by_default_but_can_opt_in() {
     assert_eq!(up.hits(), 1 + 3);
 
     let _ = ServiceBuilder::new()
-        .layer(fast().retry_non_idempotent(true).build())
+        .layer(fast().retry_non_idempotent(true).build().unwrap())
         .service(client())
         .oneshot(post())
         .await
@@ -111,7 +117,7 @@ async fn post_is_not_retried_by_default_but_can_opt_in() {
 async fn client_errors_are_never_retried() {
     let up = upstream(|_, _| status(400)).await;
     let svc = ServiceBuilder::new()
-        .layer(fast().retry_statuses([400, 404, 503]).build())
+        .layer(fast().retry_statuses([400, 404, 503]).build().unwrap())
         .service(client());
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -129,7 +135,7 @@ async fn retry_after_seconds_is_honoured() {
     })
     .await;
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let start = Instant::now();
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
@@ -154,7 +160,7 @@ async fn retry_after_http_date_and_rate_limit_reset_are_honoured() {
     })
     .await;
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let start = Instant::now();
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
@@ -174,7 +180,7 @@ async fn retry_after_beyond_the_cap_is_returned_not_waited_for() {
     let registry = prometheus::Registry::new();
     let metrics = RetryMetrics::register(&registry).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(fast().metrics(&metrics, "up").build())
+        .layer(fast().metrics(&metrics, "up").build().unwrap())
         .service(client());
     let start = Instant::now();
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
@@ -212,7 +218,7 @@ async fn body_is_replayed_byte_for_byte() {
     let data = payload(40 * 1024);
     let up = upstream(|n, _| if n < 2 { status(503) } else { status(200) }).await;
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let req = Request::put(up.uri("/tool"))
         .body(chunked(&data, 1000))
@@ -233,7 +239,7 @@ async fn oversize_body_is_streamed_once_whole() {
     let registry = prometheus::Registry::new();
     let metrics = RetryMetrics::register(&registry).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(fast().metrics(&metrics, "up").build())
+        .layer(fast().metrics(&metrics, "up").build().unwrap())
         .service(client());
     let req = Request::put(up.uri("/tool"))
         .body(chunked(&data, 4096))
@@ -265,7 +271,7 @@ async fn budget_stops_a_retry_storm() {
         up.hits()
     }
     let layer = || fast().backoff(MS, 2.0, 10 * MS);
-    let unbounded = storm(layer().no_budget().build()).await;
+    let unbounded = storm(layer().no_budget().build().unwrap()).await;
     assert_eq!(
         unbounded, 300,
         "without a budget every call is tried 3 times"
@@ -276,7 +282,8 @@ async fn budget_stops_a_retry_storm() {
         layer()
             .budget(0.2, 1, Duration::from_secs(10))
             .metrics(&metrics, "up")
-            .build(),
+            .build()
+            .unwrap(),
     )
     .await;
     // 100 calls, 20 % of them as retries, plus the floor of 1/s over 10 s.
@@ -289,7 +296,12 @@ async fn budget_stops_a_retry_storm() {
 async fn attempt_timeout_against_a_hanging_upstream() {
     let up = upstream(|_, _| Action::Hang).await;
     let svc = ServiceBuilder::new()
-        .layer(fast().attempt_timeout(Duration::from_secs(1)).build())
+        .layer(
+            fast()
+                .attempt_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
         .service(client());
     let start = Instant::now();
     let err = svc.oneshot(get(up.uri("/"))).await.unwrap_err();
@@ -318,7 +330,8 @@ async fn deadline_cuts_attempts_and_retries() {
                 .backoff(100 * MS, 2.0, Duration::from_secs(1))
                 .attempt_timeout(Duration::from_secs(1))
                 .deadline(Duration::from_millis(1500))
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(client());
     let start = Instant::now();
@@ -345,7 +358,7 @@ async fn deadline_cuts_attempts_and_retries() {
 async fn dropped_connections_are_retried_for_idempotent_requests_only() {
     let up = upstream(|n, _| if n < 2 { Action::Drop } else { status(200) }).await;
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -353,7 +366,7 @@ async fn dropped_connections_are_retried_for_idempotent_requests_only() {
 
     let up = upstream(|_, _| Action::Drop).await;
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let req = Request::post(up.uri("/"))
         .body(Full::new(Bytes::from("x")))
@@ -377,7 +390,7 @@ async fn connect_errors_are_retried_even_for_post() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let req = Request::post(format!("http://{addr}/"))
         .body(Full::new(Bytes::from("x")))
@@ -415,7 +428,7 @@ async fn grpc_unavailable_is_retried_other_codes_are_not() {
             .unwrap()
     };
     let svc = ServiceBuilder::new()
-        .layer(fast().build())
+        .layer(fast().build().unwrap())
         .service(client());
     let res = svc.clone().oneshot(call("/pkg.Svc/Flaky")).await.unwrap();
     assert_eq!(res.headers()["grpc-status"], "0");
@@ -431,7 +444,13 @@ async fn hedging_takes_the_first_good_answer() {
     let registry = prometheus::Registry::new();
     let metrics = RetryMetrics::register(&registry).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(fast().hedge(100 * MS).metrics(&metrics, "up").build())
+        .layer(
+            fast()
+                .hedge(100 * MS)
+                .metrics(&metrics, "up")
+                .build()
+                .unwrap(),
+        )
         .service(client());
     let start = Instant::now();
     let res = svc.oneshot(get(up.uri("/"))).await.unwrap();
