@@ -11,10 +11,15 @@
 //! 3. `cache` — a hit skips everything below;
 //! 4. `mask_pii` — below the cache, so cached (and shared, on Redis)
 //!    responses are already masked;
-//! 5. `retry` — outside the breaker, so every attempt passes the breaker
+//! 5. `bulkhead` — calls in flight to the upstream, counted once per call
+//!    (however many attempts it makes), the rest refused at once;
+//! 6. `timeout` — the whole call's limit (per attempt: put it below
+//!    `retry`, or use the retry layer's `attempt_timeout`);
+//! 7. `retry` — outside the breaker, so every attempt passes the breaker
 //!    and an open circuit's `Retry-After` is honoured, never hammered;
-//! 6. `circuit_breaker` — counts each attempt against the upstream;
-//! 7. the client or handler.
+//! 8. `circuit_breaker` — counts each attempt against the upstream (a call
+//!    the timeout cuts short counts as a failure);
+//! 9. the client or handler.
 //!
 //! # Example
 //!
@@ -109,6 +114,23 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         layer: palisade_retry::RetryLayer,
     ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>>;
 
+    /// Adds a [`TimeoutLayer`](palisade_retry::timeout::TimeoutLayer)
+    /// (`timeout_with`: tower's `ServiceBuilder::timeout` has the plain name).
+    #[cfg(feature = "retry")]
+    fn timeout_with(
+        self,
+        layer: palisade_retry::timeout::TimeoutLayer,
+    ) -> ServiceBuilder<Stack<palisade_retry::timeout::TimeoutLayer, L>>;
+
+    /// Adds a [`BulkheadLayer`](palisade_retry::bulkhead::BulkheadLayer).
+    #[cfg(feature = "retry")]
+    fn bulkhead<K, R>(
+        self,
+        layer: palisade_retry::bulkhead::BulkheadLayer<K, R>,
+    ) -> ServiceBuilder<Stack<palisade_retry::bulkhead::BulkheadLayer<K, R>, L>>
+    where
+        K: palisade_core::key::KeyExtractor<R>;
+
     /// Adds a [`CircuitBreakerLayer`](palisade_breaker::CircuitBreakerLayer).
     #[cfg(feature = "breaker")]
     fn circuit_breaker<C, K, O>(
@@ -155,6 +177,25 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: palisade_retry::RetryLayer,
     ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn timeout_with(
+        self,
+        layer: palisade_retry::timeout::TimeoutLayer,
+    ) -> ServiceBuilder<Stack<palisade_retry::timeout::TimeoutLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn bulkhead<K, R>(
+        self,
+        layer: palisade_retry::bulkhead::BulkheadLayer<K, R>,
+    ) -> ServiceBuilder<Stack<palisade_retry::bulkhead::BulkheadLayer<K, R>, L>>
+    where
+        K: palisade_core::key::KeyExtractor<R>,
+    {
         self.layer(layer)
     }
 
@@ -240,6 +281,31 @@ impl<L> StackBuilder<L> {
         self,
         layer: palisade_retry::RetryLayer,
     ) -> StackBuilder<Stack<palisade_retry::RetryLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`TimeoutLayer`](palisade_retry::timeout::TimeoutLayer): 504
+    /// (gRPC `DEADLINE_EXCEEDED`) when the response head takes longer.
+    /// Outside the retry layer it bounds the whole call, waits included;
+    /// inside it, each attempt (as [`RetryLayerBuilder::attempt_timeout`](palisade_retry::RetryLayerBuilder::attempt_timeout) does).
+    #[cfg(feature = "retry")]
+    pub fn timeout(
+        self,
+        layer: palisade_retry::timeout::TimeoutLayer,
+    ) -> StackBuilder<Stack<palisade_retry::timeout::TimeoutLayer, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`BulkheadLayer`](palisade_retry::bulkhead::BulkheadLayer): at
+    /// most so many calls in flight (per key), the rest answered 503 at once.
+    #[cfg(feature = "retry")]
+    pub fn bulkhead<K, R>(
+        self,
+        layer: palisade_retry::bulkhead::BulkheadLayer<K, R>,
+    ) -> StackBuilder<Stack<palisade_retry::bulkhead::BulkheadLayer<K, R>, L>>
+    where
+        K: palisade_core::key::KeyExtractor<R>,
+    {
         self.layer(layer)
     }
 

@@ -15,6 +15,7 @@
 //! |---|---|
 //! | `REDIS_URL` | `store.url` |
 //! | `UPSTREAM_TIMEOUT` / `UPSTREAM_IDLE_TIMEOUT` | `upstream.response_timeout` / `upstream.idle_timeout` (seconds, or "30s"; 0 turns it off) |
+//! | `UPSTREAM_MAX_CONCURRENT` | `upstream.max_concurrent` (calls in flight to the upstream; 0: no limit) |
 //! | `CIRCUIT_BREAKER_FAILURE_THRESHOLD` | `circuit_breaker.failure_threshold` |
 //! | `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` | `circuit_breaker.recovery_timeout` (seconds, or "90s") |
 //! | `CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS` | `circuit_breaker.half_open_max_calls` |
@@ -128,6 +129,11 @@ pub struct UpstreamSection {
     /// "h2c", on `http://`). gRPC requests always go over HTTP/2; others
     /// default to what the upstream offers (HTTP/1.1, or HTTP/2 by ALPN).
     pub http2: bool,
+    /// Calls in flight to the upstream at once (a bulkhead; default 0: no
+    /// limit). A call over it is answered 503 with `Retry-After: 1` (gRPC
+    /// `UNAVAILABLE`) at once, never queued; a call holds its slot across
+    /// its retries, until the response head arrives.
+    pub max_concurrent: usize,
 }
 
 impl Default for UpstreamSection {
@@ -139,6 +145,7 @@ impl Default for UpstreamSection {
             client_cert_file: None,
             client_key_file: None,
             http2: false,
+            max_concurrent: 0,
         }
     }
 }
@@ -284,6 +291,11 @@ const KNOWN_VARS: &[(&str, &str, Kind)] = &[
         "UPSTREAM_IDLE_TIMEOUT",
         "upstream.idle_timeout",
         Kind::Duration,
+    ),
+    (
+        "UPSTREAM_MAX_CONCURRENT",
+        "upstream.max_concurrent",
+        Kind::Number,
     ),
     (
         "CIRCUIT_BREAKER_FAILURE_THRESHOLD",

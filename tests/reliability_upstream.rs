@@ -473,3 +473,76 @@ async fn an_idle_stream_is_cut_and_a_flowing_one_is_not() {
     let events = String::from_utf8_lossy(&all).matches("data: ").count();
     assert_eq!(events, 10, "{all:?}");
 }
+
+/// `upstream.max_concurrent` is a bulkhead: with two calls held by the
+/// upstream, a third is answered 503 with `Retry-After` at once and never
+/// reaches it; once one call ends, its slot serves the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_max_concurrent_get_503_at_once_and_never_reach_the_upstream() {
+    use tokio::sync::{Semaphore, mpsc};
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    let release = Arc::new(Semaphore::new(0));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (r, h) = (release.clone(), hits.clone());
+    let app = Router::new().route(
+        "/held",
+        route(move || {
+            let (r, h, arrived) = (r.clone(), h.clone(), arrived_tx.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = arrived.send(());
+                r.acquire().await.unwrap().forget();
+                "done"
+            }
+        }),
+    );
+    let (upstream, _server) = serve(app).await;
+    let gw = gateway(
+        &upstream,
+        "[upstream]\nmax_concurrent = 2\n\n[retry]\nmax_attempts = 1\n",
+    );
+    // Distinct queries: distinct cache keys, so no call waits on another.
+    let url = |n: u32| format!("{}/held?n={n}", gw.url);
+    let first = tokio::spawn(get_owned(url(1)));
+    let second = tokio::spawn(get_owned(url(2)));
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(20), arrived.recv())
+            .await
+            .expect("both held calls reach the upstream");
+    }
+    let third = tokio::time::timeout(Duration::from_secs(20), get(&url(3)))
+        .await
+        .expect("the call over the limit is answered at once, not queued");
+    assert_eq!(
+        third.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        third.text()
+    );
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the refused call never reached the upstream"
+    );
+    release.add_permits(1);
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            a = first => a.unwrap(),
+            b = second => b.unwrap(),
+        }
+    })
+    .await
+    .expect("a released call completes");
+    assert_eq!(done.status, StatusCode::OK);
+    // A freed slot serves the next call (released at once).
+    release.add_permits(2);
+    let next = tokio::time::timeout(Duration::from_secs(20), get(&url(4)))
+        .await
+        .expect("answered");
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text());
+}
+
+async fn get_owned(url: String) -> support::Answer {
+    get(&url).await
+}

@@ -9,15 +9,18 @@ use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer};
 use palisade::cache::{CacheBuilder, CacheHandle, CacheLayer, CacheMetrics};
 use palisade::config::PalisadeConfig;
 use palisade::core::BoxError;
+use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
+use palisade::retry::bulkhead::BulkheadLayer;
 use palisade::retry::timeout::TimeoutLayer;
 use palisade::retry::{RetryLayerBuilder, RetryMetrics};
 use palisade::shape::ShapeResponseLayerBuilder;
 use palisade::store::{Backend, Store};
 use prometheus::Registry;
 use std::convert::Infallible;
+use tower::util::{Either, MapResponseLayer};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 /// The stack as the router sees it.
@@ -81,8 +84,9 @@ pub fn full(
         .metrics(PiiMetrics::register(registry)?);
     let masker = pii.masker().clone();
 
+    let retry_metrics = RetryMetrics::register(registry)?;
     let retry = RetryLayerBuilder::from_config(cfg.retry.clone())
-        .metrics(&RetryMetrics::register(registry)?, "upstream")
+        .metrics(&retry_metrics, "upstream")
         .build()
         .map_err(|e| format!("retry: {e}"))?;
 
@@ -111,9 +115,12 @@ pub fn full(
         .cache(cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))
+        // Calls in flight to the upstream, each counted once across its
+        // retries; the rest are answered 503 at once.
+        .layer(max_concurrent(cfg, &retry_metrics))
         // The response-head limit covers every attempt; a timed-out attempt
         // is a failure for the breaker.
-        .layer(response_timeout(cfg))
+        .timeout(response_timeout(cfg))
         .retry(retry)
         .circuit_breaker(breaker)
         .service(proxy);
@@ -124,6 +131,22 @@ pub fn full(
         limiter,
         dlq,
     })
+}
+
+/// The upstream bulkhead (`upstream.max_concurrent`; zero: none).
+fn max_concurrent<R, B>(
+    cfg: &PalisadeConfig,
+    metrics: &RetryMetrics,
+) -> Either<
+    BulkheadLayer<ConstKey, R>,
+    MapResponseLayer<fn(Response<B>) -> Response<PalisadeBody<B>>>,
+> {
+    match cfg.upstream.max_concurrent {
+        0 => Either::Right(MapResponseLayer::new(|res: Response<B>| {
+            res.map(PalisadeBody::inner)
+        })),
+        max => Either::Left(BulkheadLayer::new(max).metrics(metrics, "upstream")),
+    }
 }
 
 /// The response-head limit (`upstream.response_timeout`; zero: none, as a

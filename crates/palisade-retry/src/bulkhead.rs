@@ -11,6 +11,9 @@
 //! response head), not while its body streams. A key's limiter is dropped
 //! when the key is idle, so many short-lived keys do not pile up.
 //!
+//! For any other service, [`BulkheadLayer::for_services`] gives the same
+//! limits with a typed error, [`BulkheadError`], instead of an answer.
+//!
 //! # Example
 //!
 //! ```
@@ -163,6 +166,219 @@ impl<K: KeyExtractor<R>, R> BulkheadLayer<K, R> {
         self.rejected = Some(metrics.bulkhead_counter(name));
         self
     }
+
+    /// The same limits for any service whose requests are `R`: a call over
+    /// its key's limit fails at once with [`BulkheadError::Full`].
+    ///
+    /// ```
+    /// use palisade_core::key::key_fn;
+    /// use palisade_retry::bulkhead::{BulkheadError, BulkheadLayer};
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // One call at a time per tenant; a request is (tenant, slow?).
+    /// let layer = BulkheadLayer::per_key(1, key_fn(|(tenant, _): &(u32, bool)| Some(*tenant)));
+    /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    /// let svc = ServiceBuilder::new().layer(layer.for_services()).service_fn(move |(t, slow): (u32, bool)| {
+    ///     let rx = rx.clone();
+    ///     async move {
+    ///         if slow {
+    ///             let rx = rx.lock().await.take().unwrap();
+    ///             let _ = rx.await;
+    ///         }
+    ///         Ok::<_, std::io::Error>(t)
+    ///     }
+    /// });
+    /// let slow = tokio::spawn(svc.clone().oneshot((1, true)));
+    /// tokio::task::yield_now().await; // the slow call now holds tenant 1's slot
+    /// let err = svc.clone().oneshot((1, false)).await.unwrap_err();
+    /// assert!(matches!(err, BulkheadError::Full { max: 1 }));
+    /// assert_eq!(svc.clone().oneshot((2, false)).await.unwrap(), 2); // another tenant
+    /// tx.send(()).unwrap();
+    /// assert_eq!(slow.await.unwrap().unwrap(), 1);
+    /// let err: palisade_core::Error = BulkheadError::<std::io::Error>::Full { max: 1 }.into();
+    /// assert_eq!(err.http_status(), 503);
+    /// # }
+    /// ```
+    pub fn for_services(self) -> ServiceBulkheadLayer<K, R> {
+        ServiceBulkheadLayer { layer: self }
+    }
+}
+
+/// Per-key concurrency limits for any service, with a typed error: built by
+/// [`BulkheadLayer::for_services`].
+pub struct ServiceBulkheadLayer<K: KeyExtractor<R>, R> {
+    layer: BulkheadLayer<K, R>,
+}
+
+impl<K: KeyExtractor<R>, R> Clone for ServiceBulkheadLayer<K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<K: KeyExtractor<R> + fmt::Debug, R> fmt::Debug for ServiceBulkheadLayer<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ServiceBulkheadLayer")
+            .field(&self.layer)
+            .finish()
+    }
+}
+
+impl<S, K: KeyExtractor<R>, R> Layer<S> for ServiceBulkheadLayer<K, R> {
+    type Service = ServiceBulkhead<S, K, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServiceBulkhead {
+            inner,
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+/// Why a [`ServiceBulkhead`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkheadError<E> {
+    /// The call's key already had `max` calls in flight; nothing was called.
+    #[error("too many concurrent calls (limit {max})")]
+    Full {
+        /// The key's limit.
+        max: usize,
+    },
+    /// The inner service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+impl<E: Into<palisade_core::BoxError>> From<BulkheadError<E>> for Error {
+    fn from(err: BulkheadError<E>) -> Self {
+        match err {
+            BulkheadError::Full { max } => full(max),
+            BulkheadError::Inner(e) => crate::timeout::inner_error(e.into()),
+        }
+    }
+}
+
+/// The refusal of a full resource.
+fn full(max: usize) -> Error {
+    Error::new(
+        ErrorKind::Overloaded,
+        format!("too many concurrent requests (limit {max})"),
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// A service with per-key concurrency limits and a typed error; see
+/// [`BulkheadLayer::for_services`].
+pub struct ServiceBulkhead<S, K: KeyExtractor<R>, R> {
+    inner: S,
+    layer: BulkheadLayer<K, R>,
+}
+
+impl<S: Clone, K: KeyExtractor<R>, R> Clone for ServiceBulkhead<S, K, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: KeyExtractor<R> + fmt::Debug, R> fmt::Debug for ServiceBulkhead<S, K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBulkhead")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, K, R> Service<R> for ServiceBulkhead<S, K, R>
+where
+    S: Service<R>,
+    K: KeyExtractor<R>,
+{
+    type Response = S::Response;
+    type Error = BulkheadError<S::Error>;
+    type Future = ServiceResponseFuture<S::Future, K::Key>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(BulkheadError::Inner)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let key = self.layer.extractor.extract(&req);
+        let max = self.layer.limits.max;
+        match self.layer.limits.try_acquire(&key) {
+            Some(permit) => ServiceResponseFuture {
+                inner: Some(self.inner.call(req)),
+                guard: Some(Guard {
+                    permit: Some(permit),
+                    key,
+                    limits: self.layer.limits.clone(),
+                }),
+                max,
+            },
+            None => {
+                tracing::debug!(max, "bulkhead full; rejecting");
+                if let Some(c) = &self.layer.rejected {
+                    c.inc();
+                }
+                ServiceResponseFuture {
+                    inner: None,
+                    guard: None,
+                    max,
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ServiceBulkhead`].
+    pub struct ServiceResponseFuture<F, Key>
+    where
+        Key: Hash,
+        Key: Eq,
+    {
+        #[pin]
+        inner: Option<F>,
+        guard: Option<Guard<Key>>,
+        max: usize,
+    }
+}
+
+impl<F, Key: Hash + Eq> fmt::Debug for ServiceResponseFuture<F, Key> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceResponseFuture")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, Key, T, E> Future for ServiceResponseFuture<F, Key>
+where
+    F: Future<Output = Result<T, E>>,
+    Key: Hash + Eq,
+{
+    type Output = Result<T, BulkheadError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(fut) => {
+                let out = std::task::ready!(fut.poll(cx));
+                this.guard.take();
+                Poll::Ready(out.map_err(BulkheadError::Inner))
+            }
+            None => Poll::Ready(Err(BulkheadError::Full { max: *this.max })),
+        }
+    }
 }
 
 impl<S, K, B> Layer<S> for BulkheadLayer<K, Request<B>>
@@ -293,11 +509,7 @@ where
                 Poll::Ready(out.map(|r| r.map(PalisadeBody::inner)))
             }
             StateProj::Full { grpc, max } => {
-                let err = Error::new(
-                    ErrorKind::Overloaded,
-                    format!("too many concurrent requests (limit {max})"),
-                )
-                .with_retry_after(Duration::from_secs(1));
+                let err = full(*max);
                 Poll::Ready(Ok(err.into_http_response(*grpc)))
             }
         }

@@ -9,6 +9,10 @@
 //! [`palisade_core::Error`]) and, for gRPC, also honours a shorter
 //! `grpc-timeout` sent by the caller.
 //!
+//! For any other service (a client, a database call, a queue consumer),
+//! [`TimeoutLayer::for_services`] gives the same limit with a typed error,
+//! [`TimeoutError`], instead of an answer.
+//!
 //! # Example
 //!
 //! ```
@@ -33,7 +37,7 @@
 
 use crate::RetryMetrics;
 use http::{HeaderMap, Request, Response};
-use palisade_core::{Error, ErrorKind, PalisadeBody, is_grpc_request};
+use palisade_core::{BoxError, Error, ErrorKind, PalisadeBody, is_grpc_request};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use std::{
@@ -77,6 +81,172 @@ impl TimeoutLayer {
     pub fn metrics(mut self, metrics: &RetryMetrics, name: &str) -> Self {
         self.elapsed = Some(metrics.timeout_counter(name));
         self
+    }
+
+    /// The same limit for any service: a call that takes longer fails with
+    /// [`TimeoutError::Elapsed`], and the inner call is dropped.
+    ///
+    /// ```
+    /// use palisade_retry::timeout::{TimeoutError, TimeoutLayer};
+    /// use std::time::Duration;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let lookup = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::new(Duration::from_millis(250)).for_services())
+    ///     .service_fn(|id: u64| async move {
+    ///         tokio::time::sleep(Duration::from_secs(id)).await;
+    ///         Ok::<_, std::io::Error>(id)
+    ///     });
+    /// assert_eq!(lookup.clone().oneshot(0).await.unwrap(), 0);
+    /// let err = lookup.oneshot(5).await.unwrap_err();
+    /// assert!(matches!(err, TimeoutError::Elapsed(d) if d == Duration::from_millis(250)));
+    /// let err: palisade_core::Error = err.into();
+    /// assert_eq!(err.http_status(), 504);
+    /// # }
+    /// ```
+    pub fn for_services(self) -> ServiceTimeoutLayer {
+        ServiceTimeoutLayer { layer: self }
+    }
+}
+
+/// A time limit for any service, with a typed error: built by
+/// [`TimeoutLayer::for_services`].
+#[derive(Clone, Debug)]
+pub struct ServiceTimeoutLayer {
+    layer: TimeoutLayer,
+}
+
+impl<S> Layer<S> for ServiceTimeoutLayer {
+    type Service = ServiceTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServiceTimeout {
+            inner,
+            timeout: self.layer.timeout,
+            elapsed: self.layer.elapsed.clone(),
+        }
+    }
+}
+
+/// Why a [`ServiceTimeout`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TimeoutError<E> {
+    /// The call took longer than the limit (which is given).
+    #[error("timed out after {0:?}")]
+    Elapsed(Duration),
+    /// The inner service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+impl<E: Into<BoxError>> From<TimeoutError<E>> for Error {
+    fn from(err: TimeoutError<E>) -> Self {
+        match err {
+            TimeoutError::Elapsed(after) => {
+                Error::new(ErrorKind::Timeout, format!("timed out after {after:?}"))
+            }
+            TimeoutError::Inner(e) => inner_error(e.into()),
+        }
+    }
+}
+
+/// An inner service's error as a core error: itself when it is one, an
+/// upstream failure with it as the source otherwise.
+pub(crate) fn inner_error(e: BoxError) -> Error {
+    match e.downcast::<Error>() {
+        Ok(core) => *core,
+        Err(e) => Error::new(ErrorKind::Upstream, "upstream failed").with_source(e),
+    }
+}
+
+/// A time-limited service with a typed error; see
+/// [`TimeoutLayer::for_services`].
+#[derive(Clone, Debug)]
+pub struct ServiceTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    elapsed: Option<IntCounter>,
+}
+
+impl<S> ServiceTimeout<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, owned.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for ServiceTimeout<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = TimeoutError<S::Error>;
+    type Future = ServiceResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(TimeoutError::Inner)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ServiceResponseFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(self.timeout),
+            timeout: self.timeout,
+            elapsed: self.elapsed.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ServiceTimeout`].
+    pub struct ServiceResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+        elapsed: Option<IntCounter>,
+    }
+}
+
+impl<F> fmt::Debug for ServiceResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceResponseFuture")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for ServiceResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, TimeoutError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(res) = this.inner.poll(cx) {
+            return Poll::Ready(res.map_err(TimeoutError::Inner));
+        }
+        if this.sleep.poll(cx).is_ready() {
+            tracing::debug!(
+                timeout_ms = this.timeout.as_millis() as u64,
+                "call timed out"
+            );
+            if let Some(c) = this.elapsed {
+                c.inc();
+            }
+            return Poll::Ready(Err(TimeoutError::Elapsed(*this.timeout)));
+        }
+        Poll::Pending
     }
 }
 
