@@ -133,14 +133,15 @@ pub fn full(
     })
 }
 
+/// A response body wrapped as the bulkhead wraps it, so both branches of
+/// [`max_concurrent`] answer the same type.
+type AsPalisade<B> = MapResponseLayer<fn(Response<B>) -> Response<PalisadeBody<B>>>;
+
 /// The upstream bulkhead (`upstream.max_concurrent`; zero: none).
 fn max_concurrent<R, B>(
     cfg: &PalisadeConfig,
     metrics: &RetryMetrics,
-) -> Either<
-    BulkheadLayer<ConstKey, R>,
-    MapResponseLayer<fn(Response<B>) -> Response<PalisadeBody<B>>>,
-> {
+) -> Either<BulkheadLayer<ConstKey, R>, AsPalisade<B>> {
     match cfg.upstream.max_concurrent {
         0 => Either::Right(MapResponseLayer::new(|res: Response<B>| {
             res.map(PalisadeBody::inner)

@@ -2,6 +2,8 @@
 //!
 //! - [`classify`]: is a call's outcome a success, a failure or neither? Built on
 //!   tower-http's classifiers; the breaker, retry and metrics all consume it.
+//! - [`error_class`]: what a failed call's error says (the request never left,
+//!   timed out, failed on the way, or a layer refused it), by type.
 //! - [`key`]: which bucket a request belongs to (peer IP behind trusted proxies,
 //!   a header, an extension set by an auth layer, the path, a constant, tuples).
 //! - [`Error`]: the error every layer's own error converts into; it knows its
@@ -30,6 +32,7 @@ pub mod body;
 pub mod classify;
 pub mod config;
 mod error;
+pub mod error_class;
 pub mod key;
 pub mod metrics;
 

@@ -1,9 +1,10 @@
 //! Which outcomes are worth another attempt, and when.
 
 use http::{HeaderMap, StatusCode};
+use palisade_core::error_class::{self, ErrorClass};
 use std::{
     error::Error as StdError,
-    fmt, io,
+    fmt,
     time::{Duration, SystemTime},
 };
 
@@ -193,8 +194,9 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     None
 }
 
-/// Classifies a transport error by walking its source chain: a refused
-/// connection (or a request hyper canceled before sending) is
+/// Classifies a transport error for retry, from core's typed reading of
+/// its source chain ([`palisade_core::error_class::classify_error`]): a
+/// refused connection (or a request hyper canceled before sending) is
 /// [`RetryReason::Connect`], a timeout [`RetryReason::Timeout`], anything
 /// else (reset, closed early, …) [`RetryReason::Transport`]. A
 /// [`palisade_core::Error`] in the chain decides for itself: not retryable
@@ -207,61 +209,26 @@ pub fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
 /// assert_eq!(classify_error(&refused), Some((RetryReason::Connect, None)));
 /// ```
 pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<(RetryReason, Option<Duration>)> {
-    let mut reason = RetryReason::Transport;
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(p) = e.downcast_ref::<palisade_core::Error>() {
-            if !p.is_retryable() {
-                return None;
-            }
-            let r = if p.kind() == palisade_core::ErrorKind::Timeout {
+    Some(match error_class::classify_error(err) {
+        ErrorClass::Connect => (RetryReason::Connect, None),
+        ErrorClass::Timeout => (RetryReason::Timeout, None),
+        ErrorClass::Palisade {
+            retryable: false, ..
+        } => return None,
+        ErrorClass::Palisade {
+            timeout,
+            retry_after,
+            ..
+        } => (
+            if timeout {
                 RetryReason::Timeout
             } else {
                 RetryReason::Error
-            };
-            return Some((r, p.retry_after()));
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            match io.kind() {
-                io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::NotFound => return Some((RetryReason::Connect, None)),
-                io::ErrorKind::TimedOut => reason = RetryReason::Timeout,
-                _ => {}
-            }
-            // An io::Error's `source()` skips the error it wraps.
-            if let Some(inner) = io.get_ref() {
-                cur = Some(inner);
-                continue;
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_canceled() {
-                // hyper gave up on the request before writing it.
-                return Some((RetryReason::Connect, None));
-            }
-            if h.is_timeout() {
-                reason = RetryReason::Timeout;
-            }
-        }
-        if e.is::<tokio::time::error::Elapsed>() {
-            reason = RetryReason::Timeout;
-        }
-        if is_connect_error(e) {
-            return Some((RetryReason::Connect, None));
-        }
-        cur = e.source();
-    }
-    Some((reason, None))
-}
-
-/// hyper-util's connect errors say so in their `Debug` name; this keeps the
-/// crate free of a hyper-util dependency.
-fn is_connect_error(e: &(dyn StdError + 'static)) -> bool {
-    // `hyper_util::client::legacy::connect::HttpConnector` reports
-    // `ConnectError("tcp connect error", ...)`; its message is stable.
-    let msg = e.to_string();
-    msg.starts_with("tcp connect error") || msg.starts_with("dns error")
+            },
+            retry_after,
+        ),
+        _ => (RetryReason::Transport, None),
+    })
 }
 
 #[cfg(test)]
@@ -350,6 +317,7 @@ mod tests {
 
     #[test]
     fn error_chain_classification() {
+        use std::io;
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
         assert_eq!(classify_error(&reset), Some((RetryReason::Transport, None)));
         let timed = io::Error::from(io::ErrorKind::TimedOut);

@@ -100,11 +100,7 @@ where
                 let reason = if policy.retry_status(status) {
                     RetryReason::Status
                 } else if self.grpc
-                    && res
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<i32>().ok())
+                    && palisade_core::error_class::grpc_status(res.headers())
                         .is_some_and(|code| policy.retry_grpc_code(code))
                 {
                     RetryReason::Grpc
