@@ -1,6 +1,7 @@
 //! A body masked as it streams: event by event, line by line, or as text
 //! with an overlap window flushed when the source pauses.
 
+use crate::fieldstream::FieldRedactor;
 use crate::masker::{MaskStats, PiiMasker};
 use crate::metrics::PiiMetrics;
 use crate::stream::StreamMasker;
@@ -42,6 +43,10 @@ pub(crate) struct MaskStream {
     mode: Mode,
     masker: PiiMasker,
     text: StreamMasker,
+    /// Redacts sensitive field values before the text masker, for JSON too
+    /// large to parse whole (and SSE events / NDJSON lines over the unit
+    /// limit).
+    fields: Option<FieldRedactor>,
     encoder: Option<StreamEncoder>,
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     stats: MaskStats,
@@ -74,6 +79,7 @@ impl MaskStream {
         mode: Mode,
         masker: PiiMasker,
         text: StreamMasker,
+        fields: Option<FieldRedactor>,
         encoder: Option<StreamEncoder>,
         metrics: Option<(PiiMetrics, &'static str)>,
     ) -> Self {
@@ -82,6 +88,7 @@ impl MaskStream {
             mode,
             masker,
             text,
+            fields,
             encoder,
             idle_timer: None,
             stats: MaskStats::default(),
@@ -95,7 +102,10 @@ impl MaskStream {
     /// Bytes to send for `data`, just read from the source.
     fn on_data(&mut self, data: &[u8]) -> Result<Vec<u8>, BoxError> {
         match &mut self.mode {
-            Mode::Text { .. } => Ok(self.text.push(data)?),
+            Mode::Text { .. } => {
+                let data = redact_fields(&mut self.fields, data, &mut self.stats);
+                Ok(self.text.push(&data)?)
+            }
             Mode::Units {
                 splitter,
                 max_unit,
@@ -106,8 +116,12 @@ impl MaskStream {
                 while let Some(unit) = splitter.next_unit() {
                     if *oversize {
                         // The end of a unit that was too large to hold.
+                        let unit = redact_fields(&mut self.fields, &unit, &mut self.stats);
                         out.extend(self.text.push(&unit)?);
                         out.extend(self.text.finish());
+                        if let Some(f) = &mut self.fields {
+                            f.reset();
+                        }
                         *oversize = false;
                     } else {
                         mask_unit(
@@ -123,6 +137,7 @@ impl MaskStream {
                     // Never sent unmasked: masked as text as it comes.
                     *oversize = true;
                     let part = splitter.take_pending();
+                    let part = redact_fields(&mut self.fields, &part, &mut self.stats);
                     out.extend(self.text.push(&part)?);
                 }
                 Ok(out)
@@ -139,6 +154,7 @@ impl MaskStream {
         {
             let rest = splitter.take_pending();
             if *oversize {
+                let rest = redact_fields(&mut self.fields, &rest, &mut self.stats);
                 // Cannot fail: `finish` masks whatever is held.
                 if let Ok(v) = self.text.push(&rest) {
                     out.extend(v);
@@ -172,6 +188,18 @@ impl MaskStream {
             Some(enc) => enc.push(&out)?,
         };
         Ok((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+/// `data` with sensitive field values redacted, when there is a redactor.
+fn redact_fields<'a>(
+    fields: &mut Option<FieldRedactor>,
+    data: &'a [u8],
+    stats: &mut MaskStats,
+) -> Cow<'a, [u8]> {
+    match fields {
+        Some(f) => Cow::Owned(f.push(data, stats)),
+        None => Cow::Borrowed(data),
     }
 }
 

@@ -38,8 +38,9 @@ pub enum Oversize {
     /// Answer `413 Payload Too Large` (the default).
     #[default]
     Refuse,
-    /// Mask it as a text stream, chunk by chunk with an overlap window
-    /// (JSON too: patterns are caught, field names are not).
+    /// Mask it as a text stream, chunk by chunk with an overlap window;
+    /// JSON's sensitive field values are redacted as they pass, as in a
+    /// whole document.
     Stream,
 }
 

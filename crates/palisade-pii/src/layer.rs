@@ -3,6 +3,7 @@
 use crate::body::{MaskStream, Mode, Source};
 use crate::config::{Direction, Oversize, PiiConfig};
 use crate::error::PiiError;
+use crate::fieldstream::FieldRedactor;
 use crate::masker::{BuildError, MaskStats, PiiMasker};
 use crate::metrics::PiiMetrics;
 use crate::stream::StreamMasker;
@@ -309,7 +310,7 @@ where
     };
     if kind.is_framed_stream() {
         let source: Source = Box::pin(DecodedBody::new(body, coding, None).map_err(BoxError::from));
-        return Ok(stream(shared, source, kind, encoding, direction));
+        return Ok(stream(shared, source, kind, false, encoding, direction));
     }
     // Decoded size is unknown: read it with the bound, so a bomb stops at
     // the limit.
@@ -333,7 +334,14 @@ where
             Oversize::Refuse => Err(PiiError::too_large(prefix.len() as u64, shared.limit)),
             Oversize::Stream => {
                 let source: Source = Box::pin(PalisadeBody::resumed_pinned(prefix, rest));
-                Ok(stream(shared, source, MediaKind::Text, encoding, direction))
+                Ok(stream(
+                    shared,
+                    source,
+                    MediaKind::Text,
+                    kind == MediaKind::Json,
+                    encoding,
+                    direction,
+                ))
             }
         },
     }
@@ -379,7 +387,7 @@ where
     if kind.is_framed_stream() || text_stream {
         headers.remove(header::CONTENT_LENGTH);
         let source: Source = Box::pin(body.map_err(Into::into));
-        return Ok(stream(shared, source, kind, identity, direction));
+        return Ok(stream(shared, source, kind, false, identity, direction));
     }
     match read_bounded(body, shared.limit).await {
         Read::Complete(c) => {
@@ -403,7 +411,14 @@ where
                     "pii: body over the limit, masking as a stream"
                 );
                 let source: Source = Box::pin(PalisadeBody::resumed_pinned(prefix, rest));
-                Ok(stream(shared, source, MediaKind::Text, identity, direction))
+                Ok(stream(
+                    shared,
+                    source,
+                    MediaKind::Text,
+                    kind == MediaKind::Json,
+                    identity,
+                    direction,
+                ))
             }
         },
     }
@@ -451,6 +466,7 @@ fn stream<B>(
     shared: &Shared,
     source: Source,
     kind: MediaKind,
+    json: bool,
     encoding: Encoding,
     direction: &'static str,
 ) -> PalisadeBody<B> {
@@ -470,6 +486,11 @@ fn stream<B>(
         },
     };
     let text = StreamMasker::new(shared.masker.clone(), shared.window, shared.limit);
+    // JSON streamed because it is too large to parse whole, and the units
+    // of SSE / NDJSON too large to hold: field names are honoured as the
+    // stream passes.
+    let fields = (json || matches!(kind, MediaKind::EventStream | MediaKind::NdJson))
+        .then(|| FieldRedactor::new(shared.masker.clone()));
     let encoder = encoding
         .coding
         .filter(|_| encoding.reencode)
@@ -479,6 +500,7 @@ fn stream<B>(
         mode,
         shared.masker.clone(),
         text,
+        fields,
         encoder,
         shared.metrics.clone().map(|m| (m, direction)),
     ))

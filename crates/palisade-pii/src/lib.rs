@@ -47,6 +47,7 @@ pub mod checksum;
 mod config;
 mod error;
 mod fields;
+mod fieldstream;
 mod json;
 mod layer;
 mod log;

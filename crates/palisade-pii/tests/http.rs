@@ -201,6 +201,51 @@ async fn streams_oversize_bodies_when_configured() {
     assert!(!body.contains("4111 1111 1111 1111"));
 }
 
+/// JSON over the buffering limit, streamed: sensitive field values are
+/// redacted as they pass (as in a whole document), patterns masked, the
+/// output still JSON.
+#[tokio::test]
+async fn oversize_json_streams_with_sensitive_fields_redacted() {
+    let users: Vec<serde_json::Value> = (0..400)
+        .map(|i| {
+            serde_json::json!({
+                "id": i,
+                "password": format!("hunter{i}-plain-secret"),
+                "apiKey": {"live": format!("sk_{i}_abcdef")},
+                "email": format!("user{i}@example.com"),
+                "name": format!("user {i}"),
+            })
+        })
+        .collect();
+    let doc = serde_json::to_string(&serde_json::json!({ "users": users })).unwrap();
+    assert!(doc.len() > 40_000);
+    let app = Router::new()
+        .route(
+            "/users",
+            get(move || {
+                let d = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], d) }
+            }),
+        )
+        .layer(
+            PiiMaskLayer::default()
+                .max_body_bytes(4096)
+                .oversize(Oversize::Stream),
+        );
+    let addr = serve(app).await;
+    let (status, headers, body) = send(addr, "GET", "/users", "application/json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::CONTENT_LENGTH).is_none(), "streamed");
+    assert!(!body.contains("hunter"), "a password passed");
+    assert!(!body.contains("sk_"), "an API key passed");
+    assert!(!body.contains("user7@example.com"), "an email passed");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("still JSON");
+    assert_eq!(v["users"][399]["password"], "***REDACTED***");
+    assert_eq!(v["users"][7]["apiKey"], "***REDACTED***");
+    assert_eq!(v["users"][7]["name"], "user 7");
+    assert_eq!(v["users"][7]["email"], "us***@example.com");
+}
+
 #[tokio::test]
 async fn client_side_masks_outgoing_requests_and_incoming_responses() {
     // The upstream echoes what it received.
