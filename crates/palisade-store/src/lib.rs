@@ -64,12 +64,14 @@ mod error;
 pub mod gcra;
 mod key;
 mod memory;
+pub mod pubsub;
 mod redis_backend;
 
 pub use config::{Backend, MemoryConfig, StoreConfig};
 pub use error::{BoxError, StoreError};
 pub use gcra::{GcraRule, RateDecision};
 pub use memory::MemoryStats;
+pub use pubsub::{Notice, Subscription};
 
 use memory::MemoryStore;
 use redis_backend::RedisStore;
@@ -353,6 +355,37 @@ impl Store {
     /// Deletes `key`: `true` when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         dispatch!(self, m => Ok(m.delete(key)), r => r.delete(key).await)
+    }
+
+    /// Sends `message` to every current subscriber of `channel`, on every
+    /// replica (Redis pub/sub; see [`pubsub`]). Nobody listening is not an
+    /// error.
+    pub async fn publish(&self, channel: &str, message: Bytes) -> Result<(), StoreError> {
+        dispatch!(self, m => {
+            m.publish(channel, message);
+            Ok(())
+        }, r => r.publish(channel, &message).await)
+    }
+
+    /// Receives what any replica publishes on `channel` from now on; see
+    /// [`pubsub`] for what happens when the connection is lost.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use palisade_store::{Notice, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_store::StoreError> {
+    /// let store = Store::in_memory();
+    /// let channel = store.key("cache", "invalidate", "api", "v1");
+    /// let mut sub = store.subscribe(&channel).await?;
+    /// store.publish(&channel, Bytes::from_static(b"/users/7")).await?;
+    /// assert_eq!(sub.next().await, Some(Notice::Message(Bytes::from_static(b"/users/7"))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, StoreError> {
+        dispatch!(self, m => Ok(pubsub::memory(m.subscribe(channel))), r => r.subscribe(channel).await)
     }
 
     /// Deletes every key matching the glob `pattern` (Redis syntax: `*`,

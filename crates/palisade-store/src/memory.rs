@@ -150,6 +150,8 @@ pub(crate) struct MemoryStore {
     evictions: AtomicU64,
     evicting: AtomicBool,
     stripes: Box<[Mutex<()>]>,
+    /// Pub/sub channels of this store.
+    channels: DashMap<String, tokio::sync::broadcast::Sender<bytes::Bytes>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -179,7 +181,27 @@ impl MemoryStore {
             evictions: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            channels: DashMap::new(),
         }
+    }
+
+    /// Sends `message` to this store's subscribers of `channel`.
+    pub(crate) fn publish(&self, channel: &str, message: bytes::Bytes) {
+        if let Some(tx) = self.channels.get(channel) {
+            // No receiver: nobody listens, nothing to deliver.
+            let _ = tx.send(message);
+        }
+    }
+
+    /// A receiver of `channel`'s future messages.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+    ) -> tokio::sync::broadcast::Receiver<bytes::Bytes> {
+        self.channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| tokio::sync::broadcast::channel(1024).0)
+            .subscribe()
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {

@@ -172,6 +172,10 @@ impl ConnectionLike for Conn {
 pub(crate) struct RedisStore {
     conn: Conn,
     timeout: Duration,
+    /// Where subscriptions connect (any one node will do), and how long
+    /// they may take to.
+    pubsub_urls: Vec<String>,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -251,9 +255,17 @@ impl RedisStore {
         let conn = tokio::time::timeout(cfg.connect_timeout, connect)
             .await
             .map_err(|_| StoreError::Timeout(cfg.connect_timeout))??;
+        let pubsub_urls =
+            if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+                cluster_nodes(url)?
+            } else {
+                vec![url.to_owned()]
+            };
         let store = RedisStore {
             conn,
             timeout: cfg.op_timeout,
+            pubsub_urls,
+            connect_timeout: cfg.connect_timeout,
         };
         store.ping().await?;
         Ok(store)
@@ -418,6 +430,25 @@ impl RedisStore {
     pub(crate) async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let n: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
         Ok(n > 0)
+    }
+
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), StoreError> {
+        let _receivers: i64 = self
+            .query(redis::cmd("PUBLISH").arg(channel).arg(message))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<crate::pubsub::Subscription, StoreError> {
+        crate::pubsub::redis(
+            self.pubsub_urls.clone(),
+            channel.to_owned(),
+            self.connect_timeout,
+        )
+        .await
     }
 
     pub(crate) async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {

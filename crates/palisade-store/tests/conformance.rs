@@ -593,6 +593,35 @@ async fn case_streams(c: &Ctx) {
     );
 }
 
+/// Pub/sub: what is published reaches the channel's subscribers, in order,
+/// and no other channel's.
+async fn case_pubsub(c: &Ctx) {
+    use palisade_store::Notice;
+    let a = c.key("chan", "a");
+    let other = c.key("chan", "b");
+    let mut sub_a = c.store.subscribe(&a).await.unwrap();
+    let mut sub_b = c.store.subscribe(&other).await.unwrap();
+    for m in ["one", "two", "three"] {
+        c.store.publish(&a, b(m)).await.unwrap();
+    }
+    for m in ["one", "two", "three"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), sub_a.next())
+            .await
+            .expect("a published message arrives");
+        assert_eq!(got, Some(Notice::Message(b(m))));
+    }
+    c.store.publish(&other, b("for b")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), sub_b.next())
+        .await
+        .expect("b's message arrives");
+    assert_eq!(got, Some(Notice::Message(b("for b"))), "b saw none of a's");
+    // Publishing with nobody listening is fine.
+    c.store
+        .publish(&c.key("chan", "nobody"), b("x"))
+        .await
+        .unwrap();
+}
+
 macro_rules! memory_and_redis {
     ($($name:ident => $body:expr;)*) => {
         mod memory {
@@ -649,4 +678,5 @@ memory_and_redis! {
     rate_limit_many_grouped => |c| Box::pin(case_rate_limit_many(c, true));
     rate_limit_many_race => |c| Box::pin(case_rate_limit_many_race(c));
     streams => |c| Box::pin(case_streams(c));
+    pubsub => |c| Box::pin(case_pubsub(c));
 }

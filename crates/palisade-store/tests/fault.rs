@@ -195,3 +195,42 @@ async fn a_server_that_stops_answering_gives_timeout_errors() {
     palisade_testkit::command(server.port(), &["CLIENT", "UNPAUSE"]).unwrap();
     wait_until_ok(&store, &key).await;
 }
+
+/// A subscription outlives a Redis restart: it says it may have missed
+/// messages ([`Notice::Gap`]), then receives what is published afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_a_restart_and_reports_the_gap() {
+    use palisade_store::Notice;
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let store = Store::connect_with(StoreConfig::new(server.url()).op_timeout(OP_TIMEOUT))
+        .await
+        .unwrap();
+    let channel = store.key("fault", "chan", "1", "v1");
+    let mut sub = store.subscribe(&channel).await.unwrap();
+    store
+        .publish(&channel, Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+    assert_eq!(
+        first.unwrap(),
+        Some(Notice::Message(Bytes::from_static(b"before")))
+    );
+    server.restart();
+    let gap = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("the subscription comes back after the restart");
+    assert_eq!(gap, Some(Notice::Gap));
+    wait_until_ok(&store, &store.key("fault", "k", "2", "v1")).await;
+    store
+        .publish(&channel, Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+    assert_eq!(
+        after.unwrap(),
+        Some(Notice::Message(Bytes::from_static(b"after")))
+    );
+}
