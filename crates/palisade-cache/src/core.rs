@@ -1,6 +1,7 @@
 //! The two tiers, request coalescing, stats and invalidation, shared by the
 //! HTTP cache and the generic service cache.
 
+use crate::replicas::Purge;
 use crate::{CacheError, metrics::Resolved};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -159,6 +160,12 @@ pub(crate) struct Core<V> {
     pub(crate) coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) poll_interval: Duration,
+    /// Itself, for the purge listener (which must not keep it alive).
+    me: std::sync::Weak<Self>,
+    /// The purge listener runs (or is starting).
+    listening: std::sync::atomic::AtomicBool,
+    /// This replica's id in purge messages (its own are skipped).
+    origin: u64,
 }
 
 /// Tier settings given to [`Core::new`].
@@ -181,7 +188,15 @@ pub(crate) struct TierSettings {
 const STORE_BACKOFF_MS: u64 = 1_000;
 
 impl<V: Value> Core<V> {
-    pub(crate) fn new(s: TierSettings) -> Self {
+    /// The tiers; with a store, purges are shared with every replica (see
+    /// [`crate::replicas`]) from the first moment a tokio runtime is there.
+    pub(crate) fn new(s: TierSettings) -> Arc<Self> {
+        let core = Arc::new_cyclic(|me| Self::with_self(s, me.clone()));
+        core.ensure_listening();
+        core
+    }
+
+    fn with_self(s: TierSettings, me: std::sync::Weak<Self>) -> Self {
         let counters = Arc::new(Counters::default());
         let metrics = s.metrics.map(|m| m.resolve(&s.name));
         // Each entry weighs at least max_bytes / max_entries, so the moka
@@ -231,6 +246,63 @@ impl<V: Value> Core<V> {
             coalesce: s.coalesce,
             coalesce_timeout: s.coalesce_timeout,
             poll_interval: s.poll_interval,
+            me,
+            listening: std::sync::atomic::AtomicBool::new(false),
+            origin: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            ),
+        }
+    }
+
+    /// Starts the purge listener once, when there is a store and a runtime
+    /// (a cache built before the runtime starts listens at its first put).
+    #[inline]
+    fn ensure_listening(&self) {
+        if self.listening.load(Relaxed) {
+            return;
+        }
+        let Some(l2) = &self.l2 else { return };
+        if tokio::runtime::Handle::try_current().is_err() || self.listening.swap(true, Relaxed) {
+            return;
+        }
+        crate::replicas::listen(
+            self.me.clone(),
+            l2.store.clone(),
+            purge_channel(l2),
+            self.origin,
+        );
+    }
+
+    /// Applies a purge another replica made to this one's L1.
+    pub(crate) fn apply_purge(&self, purge: &Purge) {
+        match purge {
+            Purge::Key(k) => self.l1.invalidate(k.as_str()),
+            Purge::Prefix(p) => {
+                let p = p.clone();
+                let _ = self
+                    .l1
+                    .invalidate_entries_if(move |k, _| k.starts_with(p.as_str()));
+            }
+            Purge::Matching(m) => {
+                let m = m.clone();
+                let _ = self
+                    .l1
+                    .invalidate_entries_if(move |k, _| glob(m.as_bytes(), k.as_bytes()));
+            }
+            Purge::All => self.l1.invalidate_all(),
+        }
+    }
+
+    /// Tells the other replicas about a purge made here.
+    async fn announce(&self, purge: Purge) {
+        let Some(l2) = &self.l2 else { return };
+        if let Err(e) = l2
+            .store
+            .publish(&purge_channel(l2), purge.encode(self.origin))
+            .await
+        {
+            self.store_failed("publish", &e);
         }
     }
 
@@ -253,6 +325,7 @@ impl<V: Value> Core<V> {
     }
 
     pub(crate) fn l1_put(&self, key: Arc<str>, value: V) {
+        self.ensure_listening();
         let weight = u32::try_from(value.weight()).unwrap_or(u32::MAX);
         self.counters.bytes.fetch_add(u64::from(weight), Relaxed);
         self.l1.insert(
@@ -343,6 +416,7 @@ impl<V: Value> Core<V> {
     /// Removes `key` from both tiers.
     pub(crate) async fn remove(&self, key: &str) -> Result<(), CacheError> {
         self.l1_remove(key);
+        self.announce(Purge::Key(key.to_owned())).await;
         if let Some(l2) = &self.l2
             && let Err(e) = l2.store.delete(&self.l2_key(l2, key)).await
         {
@@ -448,6 +522,7 @@ impl<V: Value> Core<V> {
         self.l1
             .invalidate_entries_if(move |k, _| k.starts_with(owned.as_str()))
             .map_err(|e| CacheError::Invalid(e.to_string()))?;
+        self.announce(Purge::Prefix(prefix.to_owned())).await;
         let Some(l2) = &self.l2 else { return Ok(0) };
         let mut pattern = escaped_head(l2);
         pattern.push_str(&escape_part(l2, prefix));
@@ -462,6 +537,7 @@ impl<V: Value> Core<V> {
         self.l1
             .invalidate_entries_if(move |k, _| glob(owned.as_bytes(), k.as_bytes()))
             .map_err(|e| CacheError::Invalid(e.to_string()))?;
+        self.announce(Purge::Matching(pattern.to_owned())).await;
         let Some(l2) = &self.l2 else { return Ok(0) };
         // Translate: literal runs are escaped like key components; `*` and
         // `?` stay wildcards; the trailing `:<version>` must match too.
@@ -495,6 +571,7 @@ impl<V: Value> Core<V> {
     /// Drops every L1 entry (L2 entries of this cache too).
     pub(crate) async fn clear(&self) -> Result<u64, CacheError> {
         self.l1.invalidate_all();
+        self.announce(Purge::All).await;
         let Some(l2) = &self.l2 else { return Ok(0) };
         let pattern = format!("{}*", escaped_head(l2));
         self.l2_delete_matching(l2, &pattern).await
@@ -503,6 +580,13 @@ impl<V: Value> Core<V> {
     pub(crate) fn run_pending_tasks(&self) {
         self.l1.run_pending_tasks();
     }
+}
+
+/// The channel purges of this cache's entries go on: one per namespace,
+/// entity and version (the caches that share entries share purges).
+fn purge_channel(l2: &L2) -> String {
+    l2.store
+        .key(&l2.namespace, "purge", &l2.entity, &l2.version)
 }
 
 fn lock_key(l2: &L2, key: &str) -> String {

@@ -450,7 +450,7 @@ impl CacheBuilder {
     /// [`CacheError::Invalid`] naming the first invalid setting.
     pub fn build(self) -> Result<CacheLayer, CacheError> {
         let cfg = self.validated()?;
-        let core = Arc::new(Core::new(self.tier_settings(&cfg, "http")));
+        let core = Core::new(self.tier_settings(&cfg, "http"));
         Ok(CacheLayer {
             shared: Arc::new(Shared {
                 core,

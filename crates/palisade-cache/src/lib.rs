@@ -101,6 +101,7 @@ mod http;
 mod key;
 mod metrics;
 mod policy;
+mod replicas;
 mod service;
 
 pub use crate::core::CacheStats;
@@ -155,8 +156,10 @@ impl CacheHandle {
 
     /// Removes one logical key from L1 and L2, with every Vary variant of
     /// an HTTP response stored under it (found with a prefix scan on L2, as
-    /// [`invalidate_prefix`](Self::invalidate_prefix) does). Other replicas'
-    /// L1 copies expire on their `l1_ttl`.
+    /// [`invalidate_prefix`](Self::invalidate_prefix) does). Every purge
+    /// reaches the other replicas sharing the store (Redis pub/sub), which
+    /// drop their L1 copies too; a replica that lost its subscription drops
+    /// its whole L1 when it is back.
     pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
         self.ops.remove(key).await?;
         self.ops.prefix(&key::variant_prefix(key)).await?;

@@ -193,7 +193,7 @@ where
     pub fn new(builder: CacheBuilder, key: K) -> Result<Self, crate::CacheError> {
         let cfg = builder.validated()?;
         let ttl = cfg.default_ttl.unwrap_or(cfg.l2_ttl);
-        let core = Arc::new(Core::new(builder.tier_settings(&cfg, "svc")));
+        let core = Core::new(builder.tier_settings(&cfg, "svc"));
         Ok(Self {
             shared: Arc::new(SvcShared {
                 core,

@@ -4,7 +4,7 @@
 
 mod support;
 
-use palisade_cache::{CacheBuilder, CacheLayer, CacheServiceLayer};
+use palisade_cache::{CacheBuilder, CacheHandle, CacheLayer, CacheServiceLayer};
 use palisade_core::key::key_fn;
 use palisade_store::Store;
 use palisade_testkit::{RedisCluster, RedisServer};
@@ -424,6 +424,91 @@ async fn invalidating_a_key_removes_its_vary_variants_from_l2() {
         .service(client());
     assert_eq!(
         text(other.oneshot(lang("fr")).await.unwrap()).await.0,
+        "MISS"
+    );
+}
+
+/// A purge on one replica reaches the other's in-process tier: without it,
+/// B would keep answering from its L1 until `l1_ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_replica_empties_the_others_l1() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store_a = Store::connect(&redis.url()).await.unwrap();
+    let store_b = Store::connect(&redis.url()).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    // A long L1 TTL: only the purge can take the entry out of B's L1.
+    let replica = |store: &Store, name: &str| {
+        CacheLayer::builder()
+            .name(name)
+            .namespace(&format!("purge-{}", std::process::id()))
+            .l1_ttl(Duration::from_secs(3600))
+            .store(store.clone())
+            .build()
+            .unwrap()
+    };
+    let a_layer = replica(&store_a, "a");
+    let b_layer = replica(&store_b, "b");
+    let a = ServiceBuilder::new()
+        .layer(a_layer.clone())
+        .service(client());
+    let b = ServiceBuilder::new()
+        .layer(b_layer.clone())
+        .service(client());
+    for path in ["/fresh/20", "/fresh/21"] {
+        assert_eq!(
+            text(a.clone().oneshot(get(addr, path)).await.unwrap())
+                .await
+                .0,
+            "MISS"
+        );
+        assert_eq!(
+            text(b.clone().oneshot(get(addr, path)).await.unwrap())
+                .await
+                .0,
+            "HIT"
+        );
+    }
+    let b_handle = b_layer.handle();
+    b_handle.run_pending_tasks();
+    assert_eq!(b_handle.stats().entries, 2, "both in B's L1");
+    let hits = up.hits("fresh");
+
+    // One key purged on A: gone from B's L1 too, the other key stays.
+    let key = CacheHandle::http_key(&format!("http://{addr}/fresh/20").parse().unwrap(), "");
+    a_layer.handle().invalidate(&key).await.unwrap();
+    wait_until(|| {
+        b_handle.run_pending_tasks();
+        b_handle.stats().entries == 1
+    })
+    .await;
+    assert_eq!(
+        text(b.clone().oneshot(get(addr, "/fresh/20")).await.unwrap())
+            .await
+            .0,
+        "MISS"
+    );
+    assert_eq!(up.hits("fresh"), hits + 1, "B asked the upstream again");
+    assert_eq!(
+        text(b.clone().oneshot(get(addr, "/fresh/21")).await.unwrap())
+            .await
+            .0,
+        "HIT"
+    );
+
+    // Clearing A clears B's L1.
+    a_layer.handle().clear().await.unwrap();
+    wait_until(|| {
+        b_handle.run_pending_tasks();
+        b_handle.stats().entries == 0
+    })
+    .await;
+    assert_eq!(
+        text(b.clone().oneshot(get(addr, "/fresh/21")).await.unwrap())
+            .await
+            .0,
         "MISS"
     );
 }
