@@ -160,3 +160,53 @@ async fn a_breaker_tripped_on_one_replica_is_open_on_the_other() {
         "B never called its upstream"
     );
 }
+
+/// A purge on one replica's admin listener reaches the other replica's
+/// in-process tier (Redis pub/sub): B stops answering from its L1 at once,
+/// not after its `l1_ttl` (an hour here).
+#[tokio::test]
+async fn a_purge_on_one_replica_reaches_the_others_l1() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let config = "[cache]\nl1_ttl = \"1h\"\n";
+    let a = Gateway::start_with_config(Some(config), &[], &env);
+    let b = Gateway::start_with_config(Some(config), &[], &env);
+    assert_eq!(
+        get_public(&a.url, "/catalog").await.header("x-cache"),
+        Some("MISS")
+    );
+    // B answers from L2, then from its own L1.
+    for _ in 0..2 {
+        assert_eq!(
+            get_public(&b.url, "/catalog").await.header("x-cache"),
+            Some("HIT")
+        );
+    }
+    let b_hits = b.upstream_hits().await;
+    let purged = send(
+        http::Method::POST,
+        &format!("{}/cache/purge?pattern=*catalog*", a.admin),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    // The purge reaches B asynchronously; each try is one round trip to
+    // B, and a HIT means its L1 still has the entry. Bounded, never slept.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let res = get_public(&b.url, "/catalog").await;
+        if res.header("x-cache") != Some("HIT") {
+            break res;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "B kept answering from its L1 after the purge"
+        );
+    };
+    assert_eq!(answer.header("x-cache"), Some("MISS"));
+    assert_eq!(b.upstream_hits().await, b_hits + 1, "B called its upstream");
+}
