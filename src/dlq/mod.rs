@@ -336,6 +336,34 @@ mod tests {
         exercise(Store::connect(&server.url()).await.unwrap()).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_cluster_stream_queue() {
+        let Some(cluster) = palisade_testkit::RedisCluster::start(3) else {
+            return;
+        };
+        exercise(Store::connect(&cluster.url()).await.unwrap()).await;
+        // Two replicas' queues on the cluster are one queue.
+        let a = DeadLetterQueue::named(Store::connect(&cluster.url()).await.unwrap(), "shared");
+        let b = DeadLetterQueue::named(Store::connect(&cluster.url()).await.unwrap(), "shared");
+        a.clear().await.unwrap();
+        a.record(DeadLetter::new("GET", "/a", "timeout"))
+            .await
+            .unwrap();
+        b.record(DeadLetter::new("GET", "/b", "upstream_5xx"))
+            .await
+            .unwrap();
+        let stats = b.stats().await.unwrap();
+        assert_eq!(stats.total, 2);
+        let routes: Vec<String> = a
+            .list(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.letter.route)
+            .collect();
+        assert_eq!(routes, ["/b", "/a"], "newest first, from both replicas");
+    }
+
     #[tokio::test]
     async fn metrics_count_by_error_class() {
         let registry = Registry::new();

@@ -831,6 +831,14 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     let req_cc = CacheControl::parse(req.headers());
     rt.spawn(async move {
         let _flight = flight;
+        // One replica refreshes; the others keep serving stale meanwhile
+        // (the fill lock on the store; in-process only, on a memory store
+        // or with the store down).
+        let lock = match shared.core.lock(&primary).await {
+            Lock::Held => return,
+            Lock::Acquired(k) => Some(k),
+            Lock::Unavailable => None,
+        };
         let client = req.headers().clone();
         let fetched = fetch(
             &shared,
@@ -848,6 +856,9 @@ fn spawn_refresh<S, ReqBody, ResBody>(
         if let Ok(res) = fetched {
             // Drain whatever was not cached, so the connection can be reused.
             let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+        }
+        if let Some(k) = lock {
+            shared.core.unlock(&k).await;
         }
     });
 }

@@ -91,8 +91,21 @@ async fn misses_coalesce_across_replicas() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store_a = Store::connect(&redis.url()).await.unwrap();
-    let store_b = Store::connect(&redis.url()).await.unwrap();
+    coalesce_across_replicas(&redis.url()).await;
+}
+
+/// The fill lock on the 3-master cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_coalesce_across_replicas_on_the_cluster() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    coalesce_across_replicas(&cluster.url()).await;
+}
+
+async fn coalesce_across_replicas(url: &str) {
+    let store_a = Store::connect(url).await.unwrap();
+    let store_b = Store::connect(url).await.unwrap();
     let up = Upstream::new();
     let (addr, _server) = up.serve().await;
     let a = ServiceBuilder::new()
@@ -511,4 +524,69 @@ async fn a_purge_on_one_replica_empties_the_others_l1() {
             .0,
         "MISS"
     );
+}
+
+/// Stale-while-revalidate across replicas: the replica that starts the
+/// background refresh takes the store's lock; another replica serving the
+/// same stale entry meanwhile does not refresh it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_refreshes_a_stale_entry_the_others_serve_stale() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    swr_across_replicas(&redis.url()).await;
+}
+
+/// The same on the 3-master cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_refreshes_a_stale_entry_on_the_cluster() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    swr_across_replicas(&cluster.url()).await;
+}
+
+async fn swr_across_replicas(url: &str) {
+    let store_a = Store::connect(url).await.unwrap();
+    let store_b = Store::connect(url).await.unwrap();
+    let up = Upstream::new();
+    let (addr, _server) = up.serve().await;
+    let a = ServiceBuilder::new()
+        .layer(layer(&store_a, "a"))
+        .service(client());
+    let b_layer = layer(&store_b, "b");
+    let b = ServiceBuilder::new()
+        .layer(b_layer.clone())
+        .service(client());
+
+    assert_eq!(
+        text(a.clone().oneshot(get(addr, "/slowswr/1")).await.unwrap())
+            .await
+            .0,
+        "MISS"
+    );
+    up.close_gate();
+    // A serves stale and starts the refresh, which the upstream holds.
+    assert_eq!(
+        text(a.clone().oneshot(get(addr, "/slowswr/1")).await.unwrap())
+            .await
+            .0,
+        "STALE"
+    );
+    wait_until(|| up.hits("slowswr") == 2).await;
+    // B serves the same stale entry; its refresh finds A's lock and stops.
+    let waits = b_layer.handle().stats().remote_waits;
+    assert_eq!(
+        text(b.clone().oneshot(get(addr, "/slowswr/1")).await.unwrap())
+            .await
+            .0,
+        "STALE"
+    );
+    wait_until(|| b_layer.handle().stats().remote_waits > waits).await;
+    assert_eq!(
+        up.hits("slowswr"),
+        2,
+        "B did not refresh what A is refreshing"
+    );
+    up.open_gate();
 }

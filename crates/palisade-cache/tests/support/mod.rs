@@ -150,6 +150,15 @@ async fn handle(
         "swr" => r
             .header("cache-control", "max-age=10, stale-while-revalidate=60")
             .body(Body::from(body)),
+        // Stale as soon as stored (Age > max-age) but usable while it is
+        // refreshed; held at the gate like "slow".
+        "slowswr" => {
+            let mut gate = up.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            r.header("cache-control", "max-age=1, stale-while-revalidate=600")
+                .header("age", "5")
+                .body(Body::from(body))
+        }
         "sie" => {
             if up.failing.load(SeqCst) {
                 return r.status(503).body(Body::from("down")).unwrap();
