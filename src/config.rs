@@ -153,6 +153,9 @@ impl Default for UpstreamSection {
 /// let d = ServerSection::default();
 /// assert_eq!(d.header_read_timeout, Duration::from_secs(30));
 /// assert_eq!(d.max_connections, 0); // from the descriptor limit
+/// assert_eq!(d.keep_alive_timeout, Duration::from_secs(60));
+/// assert_eq!(d.max_body_bytes, 32 * 1024 * 1024);
+/// assert_eq!(d.max_concurrent_streams, 100);
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -179,6 +182,28 @@ pub struct ServerSection {
     /// then holds nothing for long.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// A connection with no request in progress is closed after this long
+    /// (default 60 s; `0s`: never). HTTP/1.1 keep-alive connections are
+    /// also closed by `header_read_timeout` when that is shorter (the next
+    /// head must start within it); HTTP/2 connections get `GOAWAY`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// The largest request body (default 32 MiB; `0`: no limit). A larger
+    /// `Content-Length` is answered `413` before anything reaches the
+    /// upstream; a chunked body that grows past it fails the request
+    /// (`413` when no answer has begun).
+    pub max_body_bytes: u64,
+    /// Connections one client address may hold at once (default 0: no
+    /// limit); one more is answered `503` like the global limit. Peers in
+    /// `rate_limit.trusted_proxies` are not limited by address.
+    pub max_connections_per_ip: usize,
+    /// HTTP/2 streams one connection may have open at once (default 100,
+    /// at least 1), announced in `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_concurrent_streams: u32,
+    /// The largest HTTP/2 header list (decoded, default 64 KiB, at least
+    /// 1 KiB), announced in `SETTINGS_MAX_HEADER_LIST_SIZE`; it also bounds
+    /// the `CONTINUATION` frames read for one header block.
+    pub max_header_list_size: u32,
 }
 
 impl Default for ServerSection {
@@ -189,7 +214,28 @@ impl Default for ServerSection {
             max_head_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
             body_idle_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_body_bytes: 32 * 1024 * 1024,
+            max_connections_per_ip: 0,
+            max_concurrent_streams: 100,
+            max_header_list_size: 64 * 1024,
         }
+    }
+}
+
+impl ServerSection {
+    /// The range checks: `(field, what is wrong)`.
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.max_concurrent_streams == 0 {
+            return Err((
+                "max_concurrent_streams",
+                "must be at least 1 (0 would refuse every HTTP/2 request)",
+            ));
+        }
+        if self.max_header_list_size < 1024 {
+            return Err(("max_header_list_size", "must be at least 1024 bytes"));
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +442,9 @@ impl PalisadeConfig {
 
     /// Every section's own range checks: `(dotted key, what is wrong)`.
     fn check(&self) -> Result<(), (String, String)> {
+        self.server
+            .validate()
+            .map_err(|(field, why)| (format!("server.{field}"), why.to_owned()))?;
         #[cfg(feature = "breaker")]
         if let Err(e) = self.circuit_breaker.validate() {
             return Err(match e {
@@ -538,6 +587,14 @@ mod tests {
                 "circuit_breaker.minimum_calls",
             ),
             (&[("CACHE_L1_TTL", "0")][..], "cache.l1_ttl"),
+            (
+                &[("PALISADE__SERVER__MAX_CONCURRENT_STREAMS", "0")][..],
+                "server.max_concurrent_streams",
+            ),
+            (
+                &[("PALISADE__SERVER__MAX_HEADER_LIST_SIZE", "100")][..],
+                "server.max_header_list_size",
+            ),
         ] {
             let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
             assert_eq!(err.key(), Some(key), "{err}");
