@@ -201,3 +201,194 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     .await;
     assert_eq!(res.status, 200, "{}", res.text());
 }
+
+/// Python with the `h2` package: `.ci/run` makes `target/pyvenv`; elsewhere
+/// set `PALISADE_PYTHON` or the HTTP/2 tests skip (under CI they fail).
+fn python_with_h2() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("PALISADE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
+        });
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import h2, hyperframe, hpack"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    if palisade_testkit::is_ci() {
+        panic!(
+            "{} with the h2 package is needed under CI (.ci/run makes target/pyvenv)",
+            candidate.display()
+        );
+    }
+    eprintln!("skipping: no Python with the h2 package (set PALISADE_PYTHON)");
+    None
+}
+
+/// Runs `tests/h2/attack.py MODE HOST PORT ARGS…` (bounded); its JSON report.
+async fn h2_peer(
+    python: &std::path::Path,
+    mode: &str,
+    to: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let (host, port) = to.rsplit_once(':').unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/h2/attack.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(script)
+            .args([mode, host, port])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("attack.py {mode} finishes within 120 s"))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "attack.py {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// One HTTP/2 GET (prior knowledge) with hyper's client, on its own
+/// connection: the status.
+async fn h2_get(url: &str) -> u16 {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .pool_max_idle_per_host(0)
+            .build_http();
+    let req = http::Request::get(url).body(Empty::new()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("answered within 20 s")
+        .expect("HTTP/2 request");
+    let status = res.status().as_u16();
+    let _ = res.into_body().collect().await;
+    status
+}
+
+/// The value of the counter `name{labels}` in the admin `/metrics`.
+async fn metric(gw: &Gateway, name_and_labels: &str) -> f64 {
+    let text = get(&format!("{}/metrics", gw.admin)).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name_and_labels} not in /metrics:\n{text}"))
+}
+
+/// No rate limit, so every request the attacker does not cancel reaches the
+/// upstream (the work a rapid reset aims to make the server do).
+const NO_RATE_LIMIT: &str = "[rate_limit]\nmode = \"disabled\"\n";
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, in
+/// bursts, get the attacking connection a GOAWAY (h2's bound on streams
+/// reset before they were accepted); streams reset one by one after the
+/// gateway started on them get it closed (the gateway's bound on cancelled
+/// requests). Other clients are served during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off_and_others_are_served() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start_with_config(Some(NO_RATE_LIMIT), &[], &[]);
+    let to = addr(&gw.url);
+    let health = format!("{}/health", gw.url);
+
+    // A normal HTTP/2 client keeps asking while the attack runs.
+    let attack = h2_peer(&python, "rapid-reset", &to, &["20000"]);
+    tokio::pin!(attack);
+    let mut served_during = 0;
+    let report = loop {
+        tokio::select! {
+            report = &mut attack => break report,
+            status = h2_get(&health) => {
+                assert_eq!(status, 200, "a normal client during the attack");
+                served_during += 1;
+            }
+        }
+    };
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+    let sent = report["streams_sent"].as_u64().unwrap();
+    assert!(sent <= 2_000, "stopped only after {sent} streams: {report}");
+    if how == "goaway" && report.get("error_code").is_some() {
+        assert_eq!(report["error_code"], 11, "ENHANCE_YOUR_CALM: {report}");
+    }
+
+    let report = h2_peer(&python, "reset-after-accept", &to, &["2000"]).await;
+    assert_eq!(report["how"], "closed", "{report}");
+    let sent = report["streams_sent"].as_u64().unwrap();
+    assert!(
+        sent <= 150,
+        "closed only after {sent} cancelled requests: {report}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"cancelled_requests\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // And after.
+    assert_eq!(h2_get(&health).await, 200);
+    let after = h2_peer(&python, "get", &to, &["/health"]).await;
+    assert_eq!(
+        after["status"], 200,
+        "{after}; {served_during} served during the attack"
+    );
+}
+
+/// CONTINUATION flood: a header block that never ends is cut off after a
+/// bounded number of frames (h2 bounds them by the header list size), not
+/// read forever; other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_flood_is_cut_off() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start(&[], &[]);
+    let to = addr(&gw.url);
+    // Up to 256 MiB if nothing stops it.
+    let report = h2_peer(&python, "continuation", &to, &["268435456"]).await;
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+    // What the sockets' buffers took before the close reached the client
+    // is all that was sent (a few MiB at most on loopback).
+    let sent = report["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "{sent} bytes sent before the close: {report}"
+    );
+    assert_eq!(h2_get(&format!("{}/health", gw.url)).await, 200);
+}
+
+/// The HTTP/2 limits in `[server]` are announced in SETTINGS and enforced:
+/// a header list over `max_header_list_size` is answered 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_limits_are_announced_and_enforced() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start_with_config(
+        Some("[server]\nmax_concurrent_streams = 7\nmax_header_list_size = 4096\n"),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let ok = h2_peer(&python, "get", &to, &["/health"]).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["max_concurrent_streams"], 7, "{ok}");
+    assert_eq!(ok["max_header_list_size"], 4096, "{ok}");
+    let big = h2_peer(&python, "get", &to, &["/health", "8000"]).await;
+    assert_eq!(big["status"], 431, "{big}");
+}

@@ -22,13 +22,16 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
 };
 use tower::ServiceExt;
 
@@ -70,7 +73,7 @@ impl ServerMetricFamilies {
                 registry,
                 "palisade_server_refused_total",
                 "Connections and requests refused by a listener limit (max_connections, \
-                 max_connections_per_ip, max_body_bytes).",
+                 max_connections_per_ip, max_body_bytes, cancelled_requests).",
                 &["listener", "limit"],
             )?,
             timed_out: register_counter_vec(
@@ -92,6 +95,9 @@ impl ServerMetricFamilies {
                 .refused
                 .with_label_values(&[name, "max_connections_per_ip"]),
             refused_body: self.refused.with_label_values(&[name, "max_body_bytes"]),
+            refused_resets: self
+                .refused
+                .with_label_values(&[name, "cancelled_requests"]),
             header_read_timeout: self
                 .timed_out
                 .with_label_values(&[name, "header_read_timeout"]),
@@ -111,6 +117,7 @@ pub struct ServerMetrics {
     open: IntGauge,
     refused_connections: IntCounter,
     refused_per_ip: IntCounter,
+    refused_resets: IntCounter,
     /// Also counted by the front door for a `Content-Length` over the limit.
     pub refused_body: IntCounter,
     header_read_timeout: IntCounter,
@@ -310,18 +317,73 @@ struct Settings {
     metrics: ServerMetrics,
 }
 
+/// Requests on one connection the client cancelled before their answer
+/// was ready (an HTTP/2 `RST_STREAM` after the server accepted the
+/// stream), past which, when they are also most of its requests, the
+/// connection is closed: rapid reset (CVE-2023-44487) on streams h2's own
+/// limit (`MAX_PENDING_ACCEPT_RESET_STREAMS`) did not see, because they were
+/// accepted before their reset arrived.
+const MAX_CANCELLED_REQUESTS: usize = 100;
+
 /// Requests in progress on one connection (head received, response body
-/// not yet finished).
+/// not yet finished), and how many were answered or cancelled.
 #[derive(Clone)]
-struct Activity(Arc<watch::Sender<usize>>);
+struct Activity {
+    active: Arc<watch::Sender<usize>>,
+    answered: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+    abusive: Arc<Notify>,
+}
 
 /// One request in progress; ends when dropped (with the response body).
 struct Busy(Arc<watch::Sender<usize>>);
 
+/// A request whose answer is not ready yet: dropped before `answered`, it
+/// was cancelled by the client.
+struct Pending {
+    activity: Activity,
+    answered: bool,
+}
+
+impl Pending {
+    fn answer(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        if self.answered {
+            a.answered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cancelled = a.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled > MAX_CANCELLED_REQUESTS && cancelled > a.answered.load(Ordering::Relaxed) {
+            a.abusive.notify_one();
+        }
+    }
+}
+
 impl Activity {
-    fn begin(&self) -> Busy {
-        self.0.send_modify(|n| *n += 1);
-        Busy(self.0.clone())
+    fn new() -> (Self, watch::Receiver<usize>) {
+        let (tx, rx) = watch::channel(0usize);
+        let activity = Self {
+            active: Arc::new(tx),
+            answered: Arc::default(),
+            cancelled: Arc::default(),
+            abusive: Arc::default(),
+        };
+        (activity, rx)
+    }
+
+    fn begin(&self) -> (Busy, Pending) {
+        self.active.send_modify(|n| *n += 1);
+        let pending = Pending {
+            activity: self.clone(),
+            answered: false,
+        };
+        (Busy(self.active.clone()), pending)
     }
 }
 
@@ -355,11 +417,11 @@ async fn connection(
     mut stopping: watch::Receiver<bool>,
     held: Held,
 ) {
-    let (active_tx, mut active) = watch::channel(0usize);
-    let activity = Activity(Arc::new(active_tx));
+    let (activity, mut active) = Activity::new();
+    let abusive = activity.abusive.clone();
     let (body_idle, body_limit, metrics) = (s.body_idle, s.body_limit, s.metrics.clone());
     let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let busy = activity.begin();
+        let (busy, pending) = activity.begin();
         let metrics = metrics.clone();
         let mut req = req.map(|body| {
             // A client that stops sending its body is cut off (408); one
@@ -381,6 +443,7 @@ async fn connection(
         let app = app.clone();
         async move {
             let res = app.oneshot(req).await?;
+            pending.answer();
             // The request is in progress until its answer is sent.
             Ok::<_, std::convert::Infallible>(res.map(|body| {
                 Body::new(body.map_frame(move |frame| {
@@ -401,6 +464,12 @@ async fn connection(
             _ = stopping.changed(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = abusive.notified() => {
+                // Dropped, not drained: an abusive client gets no grace.
+                s.metrics.refused_resets.inc();
+                tracing::warn!(%peer, "connection closed: most of its requests were cancelled (rapid reset)");
+                break Ok(());
             }
             () = idle_for(&mut active, s.keep_alive), if !closing && !s.keep_alive.is_zero() => {
                 // HTTP/1.1: closed; HTTP/2: GOAWAY.
