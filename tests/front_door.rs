@@ -392,3 +392,83 @@ async fn http2_limits_are_announced_and_enforced() {
     let big = h2_peer(&python, "get", &to, &["/health", "8000"]).await;
     assert_eq!(big["status"], 431, "{big}");
 }
+
+/// What hyper does on its own: an idle HTTP/1.1 keep-alive connection must
+/// start its next request head within `server.header_read_timeout`, so it is
+/// closed after it even with `keep_alive_timeout` off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_are_closed_after_the_header_read_timeout() {
+    let gw = Gateway::start_with_config(
+        Some("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"0s\"\n"),
+        &[],
+        &[],
+    );
+    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the idle keep-alive connection is closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"header_read_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+/// `server.keep_alive_timeout` closes a connection with no request in
+/// progress — HTTP/1.1 (closed) and HTTP/2 (GOAWAY) — and never one whose
+/// request is still being answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
+    let gw = Gateway::start_with_config(
+        Some(
+            "[server]\nheader_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"\n\
+             [upstream]\nresponse_timeout = \"20s\"\n",
+        ),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    // The answer takes longer than the keep-alive timeout: the request is
+    // in progress all along, so the connection stays; then it is idle.
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the idle HTTP/1.1 connection is closed well before the header read timeout");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("slept_ms"),
+        "the slow answer came whole: {text}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"keep_alive_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let report = h2_peer(&python, "idle", &to, &["/slow?ms=2500"]).await;
+    assert_eq!(report["status"], 200, "{report}");
+    assert!(
+        report["body"].as_str().unwrap().contains("slept_ms"),
+        "{report}"
+    );
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+}

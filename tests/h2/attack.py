@@ -12,6 +12,9 @@ hpack, which come with it, write the frames h2 itself would refuse to send).
     attack.py continuation HOST PORT MAX_BYTES
         Sends HEADERS without END_HEADERS, then CONTINUATION frames that
         never end, until the server closes, or MAX_BYTES were sent.
+    attack.py idle HOST PORT PATH
+        A GET, then nothing: waits (bounded) for the server to end the
+        connection, and reports how.
     attack.py get HOST PORT PATH [HEADER_BYTES]
         One plain HTTP/2 GET on its own connection (with an `x-big` header
         of HEADER_BYTES when given); also reports the server's SETTINGS.
@@ -195,7 +198,7 @@ def continuation(host, port, max_bytes):
     return outcome
 
 
-def get(host, port, path, header_bytes=0):
+def get(host, port, path, header_bytes=0, linger=False):
     sock, conn = connect(host, port)
     outcome = {}
     # The server's SETTINGS come first.
@@ -232,6 +235,13 @@ def get(host, port, path, header_bytes=0):
                 outcome["how"] = "goaway"
                 done = True
         sock.sendall(conn.data_to_send())
+    if linger:
+        # Idle from here on: the server's GOAWAY (or close) ends it.
+        for _ in range(4):
+            if "how" in outcome:
+                break
+            feed(sock, conn, outcome, READ_TIMEOUT)
+        outcome.setdefault("how", "none")
     sock.close()
     outcome["status"] = status
     outcome["body"] = body.decode("utf-8", "replace")
@@ -248,6 +258,8 @@ def main():
         out = rapid_reset(host, port, int(sys.argv[4]), after_accept=True)
     elif mode == "continuation":
         out = continuation(host, port, int(sys.argv[4]))
+    elif mode == "idle":
+        out = get(host, port, sys.argv[4], linger=True)
     elif mode == "get":
         out = get(host, port, sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     else:
