@@ -472,3 +472,91 @@ async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
     let how = report["how"].as_str().unwrap();
     assert!(how == "goaway" || how == "closed", "{report}");
 }
+
+/// A connection from `from` (a loopback address) to `to`, with one request
+/// answered on it; the status line.
+async fn held_connection(from: &str, to: &str) -> (TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to.parse().unwrap()).await.unwrap();
+    let _ = s
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = until_closed_or_head(&mut s).await;
+    let status = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (s, status)
+}
+
+/// `server.max_connections_per_ip`: one address over it gets the same
+/// immediate 503 as the global limit (counted in the metrics), other
+/// addresses are served, the count is released when a connection ends, and
+/// a trusted proxy is not limited by address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_ip_limit_get_503() {
+    let gw = Gateway::start_with_config(Some("[server]\nmax_connections_per_ip = 2\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (s, status) = held_connection("127.0.0.1", &to).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        held.push(s);
+    }
+    let (_, status) = held_connection("127.0.0.1", &to).await;
+    assert!(
+        status.starts_with("HTTP/1.1 503"),
+        "third from one address: {status}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_connections_per_ip\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // Another address is not affected.
+    let (_, status) = held_connection("127.0.0.2", &to).await;
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "another address: {status}"
+    );
+    // Once one held connection ends, the address is served again (as soon
+    // as the gateway has seen it close: each try is a whole round trip).
+    held.pop();
+    let mut status = String::new();
+    for _ in 0..2_000 {
+        let (s, got) = held_connection("127.0.0.1", &to).await;
+        status = got;
+        if status.starts_with("HTTP/1.1 200") {
+            held.push(s);
+            break;
+        }
+    }
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Behind a trusted proxy, the proxy's address is not limited.
+    let gw = Gateway::start_with_config(
+        Some(
+            "[server]\nmax_connections_per_ip = 2\n\
+             [rate_limit]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (s, status) = held_connection("127.0.0.1", &to).await;
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "connection {i}: {status}"
+        );
+        held.push(s);
+    }
+    let (_, status) = held_connection("127.0.0.3", &to).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
