@@ -560,3 +560,167 @@ async fn connections_over_the_per_ip_limit_get_503() {
     let (_, status) = held_connection("127.0.0.3", &to).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
+
+/// Reads a whole HTTP/1.1 answer with a `Content-Length` (bounded): head
+/// and body.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `Expect: 100-continue`: the client is told to continue, sends its body,
+/// and gets the upstream's answer; a declared body over
+/// `server.max_body_bytes` is answered 413 without `100 Continue`, and
+/// never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_and_declared_bodies_over_the_limit() {
+    let gw = Gateway::start_with_config(Some("[server]\nmax_body_bytes = 1024\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let before = gw.upstream_hits().await;
+
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+          Content-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Nothing of the body is sent before the server says so.
+    let interim = until_closed_or_head(&mut s).await;
+    let interim = String::from_utf8_lossy(&interim);
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    s.write_all(b"hello").await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    assert_eq!(gw.upstream_hits().await, before + 1);
+
+    // Over the limit: 413 at once, no 100 Continue, nothing upstream.
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+          Content-Length: 2048\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    // Without Expect too.
+    let big = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2048\r\n\r\n{}",
+        "a".repeat(2048)
+    );
+    assert!(
+        status_line(&to, big.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 413")
+    );
+    assert_eq!(
+        gw.upstream_hits().await,
+        before + 1,
+        "no 413 reached the upstream"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_body_bytes\",listener=\"client\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
+
+/// An upstream that records the raw bytes of each connection (until the
+/// gateway closes it) and never answers.
+async fn recording_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// A chunked body that grows past `server.max_body_bytes` fails the
+/// request with 413, and the upstream connection is cut before the body is
+/// complete: the upstream never gets an over-limit body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_growing_past_the_limit_get_413_and_are_cut() {
+    let (upstream, mut seen) = recording_upstream().await;
+    let gw = Gateway::start_with_config(
+        Some("[server]\nmax_body_bytes = 1024\n[retry]\nmax_attempts = 1\n"),
+        &["--upstream", &upstream],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // 4 chunks of 512 bytes: the third goes over 1024.
+    for _ in 0..4 {
+        let chunk = format!("200\r\n{}\r\n", "b".repeat(512));
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let raw = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+        .await
+        .expect("the upstream connection is closed by the gateway within 20 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head_end = text.find("\r\n\r\n").map_or(raw.len(), |i| i + 4);
+    let body = &raw[head_end..];
+    assert!(
+        !body.ends_with(b"0\r\n\r\n"),
+        "the upstream got a complete body: {text}"
+    );
+    let body_bytes = body.iter().filter(|&&b| b == b'b').count();
+    assert!(
+        body_bytes <= 1024,
+        "{body_bytes} body bytes reached the upstream"
+    );
+}
