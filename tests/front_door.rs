@@ -88,6 +88,19 @@ async fn connections_over_the_limit_get_503_at_once_and_are_not_queued() {
         text.to_ascii_lowercase().contains("retry-after: 1"),
         "{text}"
     );
+    // Counted, and the held ones are the connections open.
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_connections\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&gw, "palisade_server_connections_open{listener=\"client\"}").await,
+        4.0
+    );
     // Once the held connections go, new ones are served again (as soon as
     // the gateway has seen them close).
     drop(held);
@@ -722,5 +735,129 @@ async fn chunked_bodies_growing_past_the_limit_get_413_and_are_cut() {
     assert!(
         body_bytes <= 1024,
         "{body_bytes} body bytes reached the upstream"
+    );
+}
+
+/// Starts the gateway binary with `args` (no configuration, no
+/// `ADMIN_TOKEN` unless given in `envs`); waits (bounded) until it prints
+/// `listening on` or exits. Returns the child (if still running), the lines
+/// it printed and its stderr when it exited.
+async fn start_raw(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<tokio::process::Child>, Vec<String>, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(support::gateway_binary());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start gateway");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the gateway prints or exits within 60 s")
+            .unwrap();
+        match line {
+            Some(line) => {
+                let done = line.starts_with("listening on ");
+                printed.push(line);
+                if done {
+                    return (Some(child), printed, String::new());
+                }
+            }
+            None => {
+                let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                    .await
+                    .expect("the gateway exits within 60 s")
+                    .unwrap();
+                assert!(!out.status.success(), "exited with success: {printed:?}");
+                return (
+                    None,
+                    printed,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+        }
+    }
+}
+
+/// The admin listener off loopback needs a token: without one the gateway
+/// refuses to start and says which flag (or variable) to set; with one the
+/// routes ask for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_off_loopback_needs_a_token() {
+    let (child, printed, stderr) = start_raw(&["--admin", "0.0.0.0:0"], &[]).await;
+    assert!(child.is_none(), "started without a token: {printed:?}");
+    assert!(
+        stderr.contains("--admin-token") && stderr.contains("ADMIN_TOKEN"),
+        "{stderr}"
+    );
+    // An empty token is no token.
+    let (child, _, stderr) = start_raw(&["--admin", "0.0.0.0:0"], &[("ADMIN_TOKEN", "")]).await;
+    assert!(
+        child.is_none() && stderr.contains("--admin-token"),
+        "{stderr}"
+    );
+
+    let (child, printed, _) = start_raw(
+        &["--admin", "0.0.0.0:0"],
+        &[("ADMIN_TOKEN", "s3cret-token")],
+    )
+    .await;
+    let _child = child.expect("starts with a token");
+    let admin = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on http://0.0.0.0:"))
+        .expect("admin line");
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    assert_eq!(get(&metrics).await.status, 401);
+    let wrong = support::send(
+        http::Method::GET,
+        &metrics,
+        &[("authorization", "Bearer s3cret-tokem")],
+        b"",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let right = support::send(
+        http::Method::GET,
+        &metrics,
+        &[("authorization", "Bearer s3cret-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(right.status, 200);
+    assert!(right.text().contains("palisade_server_connections_open"));
+}
+
+/// The admin listener is served with the same limits as the client one: a
+/// half request head there is cut off after the header read timeout too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_same_limits() {
+    let gw = Gateway::start_with_config(Some("[server]\nheader_read_timeout = \"1s\"\n"), &[], &[]);
+    let mut s = TcpStream::connect(addr(&gw.admin)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the half head on the admin listener is cut off");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"admin\",timeout=\"header_read_timeout\"}"
+        )
+        .await
+            >= 1.0
     );
 }
