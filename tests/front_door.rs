@@ -328,6 +328,9 @@ async fn http2_rapid_reset_is_cut_off_and_others_are_served() {
             }
         }
     };
+    println!(
+        "FIGURE rapid reset (bursts of 100): {report}; {served_during} normal HTTP/2 requests served meanwhile"
+    );
     let how = report["how"].as_str().unwrap();
     assert!(how == "goaway" || how == "closed", "{report}");
     let sent = report["streams_sent"].as_u64().unwrap();
@@ -337,6 +340,7 @@ async fn http2_rapid_reset_is_cut_off_and_others_are_served() {
     }
 
     let report = h2_peer(&python, "reset-after-accept", &to, &["2000"]).await;
+    println!("FIGURE rapid reset (one at a time, after the gateway started): {report}");
     assert_eq!(report["how"], "closed", "{report}");
     let sent = report["streams_sent"].as_u64().unwrap();
     assert!(
@@ -373,6 +377,7 @@ async fn http2_continuation_flood_is_cut_off() {
     let to = addr(&gw.url);
     // Up to 256 MiB if nothing stops it.
     let report = h2_peer(&python, "continuation", &to, &["268435456"]).await;
+    println!("FIGURE CONTINUATION flood: {report}");
     let how = report["how"].as_str().unwrap();
     assert!(how == "goaway" || how == "closed", "{report}");
     // What the sockets' buffers took before the close reached the client
