@@ -193,8 +193,9 @@ pub struct ServerSection {
     /// upstream; a chunked body that grows past it fails the request
     /// (`413` when no answer has begun).
     pub max_body_bytes: u64,
-    /// Connections one client address may hold at once (default 0: no
-    /// limit); one more is answered `503` like the global limit. Peers in
+    /// Connections one client address (IPv6: one /64) may hold at once
+    /// (default 0: no limit); one more is answered `503` like the global
+    /// limit. Peers in
     /// `rate_limit.trusted_proxies` are not limited by address.
     pub max_connections_per_ip: usize,
     /// HTTP/2 streams one connection may have open at once (default 100,
@@ -226,6 +227,23 @@ impl Default for ServerSection {
 impl ServerSection {
     /// The range checks: `(field, what is wrong)`.
     fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        // Past a year a deadline may overflow the clock; no limit is that long.
+        const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+        if self.header_read_timeout.is_zero() {
+            return Err((
+                "header_read_timeout",
+                "must be more than 0s (every connection would be cut at once)",
+            ));
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_idle_timeout", self.body_idle_timeout),
+            ("keep_alive_timeout", self.keep_alive_timeout),
+        ] {
+            if value > LONGEST {
+                return Err((key, "must be at most 365 days (0s turns it off)"));
+            }
+        }
         if self.max_concurrent_streams == 0 {
             return Err((
                 "max_concurrent_streams",
@@ -595,9 +613,21 @@ mod tests {
                 &[("PALISADE__SERVER__MAX_HEADER_LIST_SIZE", "100")][..],
                 "server.max_header_list_size",
             ),
+            (
+                &[("PALISADE__SERVER__HEADER_READ_TIMEOUT", "\"0s\"")][..],
+                "server.header_read_timeout",
+            ),
+            (
+                &[("PALISADE__SERVER__KEEP_ALIVE_TIMEOUT", "\"400days\"")][..],
+                "server.keep_alive_timeout",
+            ),
         ] {
             let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
             assert_eq!(err.key(), Some(key), "{err}");
+            if key.starts_with("server.") {
+                // The range check, not a type error.
+                assert!(err.to_string().contains("must be"), "{err}");
+            }
             assert!(err.to_string().contains(vars[0].0), "{err}");
         }
         let err =

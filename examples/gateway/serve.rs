@@ -156,8 +156,8 @@ fn max_connections(cfg: &ServerSection) -> usize {
     (soft / 4 * 3).max(16)
 }
 
-/// Connections held per client address (a sharded map: no lock shared by
-/// every accept).
+/// Connections held per client address (IPv6: per /64; a sharded map: no
+/// lock shared by every accept).
 type PerIp = Arc<DashMap<IpAddr, usize>>;
 
 /// What a served connection holds until it ends: its place under the
@@ -179,6 +179,15 @@ impl Drop for Held {
                 count.remove();
             }
         }
+    }
+}
+
+/// The key a client address is counted under: an IPv4 address, or an IPv6
+/// address's /64 (one host usually holds a whole /64).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
     }
 }
 
@@ -269,7 +278,7 @@ pub async fn serve(
         } else {
             cfg.max_connections_per_ip
         };
-        let Some(ip_slot) = take_ip_slot(&per_ip, ip, per_ip_max) else {
+        let Some(ip_slot) = take_ip_slot(&per_ip, ip_key(ip), per_ip_max) else {
             drop(permit);
             refuse(stream, &how.metrics.refused_per_ip);
             continue;
