@@ -204,6 +204,14 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     let got = until_closed_or_head(&mut s).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"body_idle_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
     // Whole bodies are served as before.
     let res = support::send(
         http::Method::POST,
@@ -740,6 +748,14 @@ async fn chunked_bodies_growing_past_the_limit_get_413_and_are_cut() {
     assert!(
         body_bytes <= 1024,
         "{body_bytes} body bytes reached the upstream"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_body_bytes\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
     );
 }
 
