@@ -66,7 +66,9 @@ def feed(sock, conn, outcome, wait):
         return
     try:
         data = sock.recv(65536)
-    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+    except socket.timeout:
+        return
+    except OSError:
         outcome.setdefault("how", "closed")
         return
     if not data:
@@ -96,7 +98,9 @@ def wait_for_ping_ack(sock, conn, outcome):
             return
         try:
             data = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except socket.timeout:
+            return
+        except OSError:
             outcome.setdefault("how", "closed")
             return
         if not data:
@@ -137,6 +141,9 @@ def rapid_reset(host, port, max_streams, after_accept=False):
                 sent += 1
             try:
                 sock.sendall(conn.data_to_send())
+            except socket.timeout:
+                outcome.setdefault("how", "stalled")
+                break
             except OSError:
                 outcome.setdefault("how", "closed")
                 break
@@ -148,9 +155,11 @@ def rapid_reset(host, port, max_streams, after_accept=False):
             feed(sock, conn, outcome, READ_TIMEOUT / 20)
             deadline_reads -= 1
     except h2.exceptions.ProtocolError as err:
-        # GOAWAY received: h2 refuses new streams.
-        outcome.setdefault("how", "goaway")
+        # After a GOAWAY h2 refuses new streams; anything else is reported.
+        outcome.setdefault("how", "client-error")
         outcome.setdefault("client_error", repr(err))
+    except socket.timeout:
+        outcome.setdefault("how", "stalled")
     except OSError:
         outcome.setdefault("how", "closed")
     finally:
@@ -187,7 +196,10 @@ def continuation(host, port, max_bytes):
             sock.sendall(chunk)
             sent += 16 * len(fragment)
             feed(sock, conn, outcome, 0)
-    except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
+    except socket.timeout:
+        # The server stopped reading but kept the connection: not a close.
+        outcome.setdefault("how", "stalled")
+    except OSError:
         outcome.setdefault("how", "closed")
     if "how" not in outcome:
         feed(sock, conn, outcome, READ_TIMEOUT)
