@@ -160,6 +160,9 @@ impl Default for UpstreamSection {
 /// let d = ServerSection::default();
 /// assert_eq!(d.header_read_timeout, Duration::from_secs(30));
 /// assert_eq!(d.max_connections, 0); // from the descriptor limit
+/// assert_eq!(d.keep_alive_timeout, Duration::from_secs(60));
+/// assert_eq!(d.max_body_bytes, 32 * 1024 * 1024);
+/// assert_eq!(d.max_concurrent_streams, 100);
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -186,6 +189,29 @@ pub struct ServerSection {
     /// then holds nothing for long.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// A connection with no request in progress is closed after this long
+    /// (default 60 s; `0s`: never). HTTP/1.1 keep-alive connections are
+    /// also closed by `header_read_timeout` when that is shorter (the next
+    /// head must start within it); HTTP/2 connections get `GOAWAY`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// The largest request body (default 32 MiB; `0`: no limit). A larger
+    /// `Content-Length` is answered `413` before anything reaches the
+    /// upstream; a chunked body that grows past it fails the request
+    /// (`413` when no answer has begun).
+    pub max_body_bytes: u64,
+    /// Connections one client address (IPv6: one /64) may hold at once
+    /// (default 0: no limit); one more is answered `503` like the global
+    /// limit. Peers in
+    /// `rate_limit.trusted_proxies` are not limited by address.
+    pub max_connections_per_ip: usize,
+    /// HTTP/2 streams one connection may have open at once (default 100,
+    /// at least 1), announced in `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_concurrent_streams: u32,
+    /// The largest HTTP/2 header list (decoded, default 64 KiB, at least
+    /// 1 KiB), announced in `SETTINGS_MAX_HEADER_LIST_SIZE`; it also bounds
+    /// the `CONTINUATION` frames read for one header block.
+    pub max_header_list_size: u32,
 }
 
 impl Default for ServerSection {
@@ -196,7 +222,45 @@ impl Default for ServerSection {
             max_head_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
             body_idle_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_body_bytes: 32 * 1024 * 1024,
+            max_connections_per_ip: 0,
+            max_concurrent_streams: 100,
+            max_header_list_size: 64 * 1024,
         }
+    }
+}
+
+impl ServerSection {
+    /// The range checks: `(field, what is wrong)`.
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        // Past a year a deadline may overflow the clock; no limit is that long.
+        const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+        if self.header_read_timeout.is_zero() {
+            return Err((
+                "header_read_timeout",
+                "must be more than 0s (every connection would be cut at once)",
+            ));
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_idle_timeout", self.body_idle_timeout),
+            ("keep_alive_timeout", self.keep_alive_timeout),
+        ] {
+            if value > LONGEST {
+                return Err((key, "must be at most 365 days (0s turns it off)"));
+            }
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err((
+                "max_concurrent_streams",
+                "must be at least 1 (0 would refuse every HTTP/2 request)",
+            ));
+        }
+        if self.max_header_list_size < 1024 {
+            return Err(("max_header_list_size", "must be at least 1024 bytes"));
+        }
+        Ok(())
     }
 }
 
@@ -408,6 +472,9 @@ impl PalisadeConfig {
 
     /// Every section's own range checks: `(dotted key, what is wrong)`.
     fn check(&self) -> Result<(), (String, String)> {
+        self.server
+            .validate()
+            .map_err(|(field, why)| (format!("server.{field}"), why.to_owned()))?;
         #[cfg(feature = "breaker")]
         if let Err(e) = self.circuit_breaker.validate() {
             return Err(match e {
@@ -550,9 +617,29 @@ mod tests {
                 "circuit_breaker.minimum_calls",
             ),
             (&[("CACHE_L1_TTL", "0")][..], "cache.l1_ttl"),
+            (
+                &[("PALISADE__SERVER__MAX_CONCURRENT_STREAMS", "0")][..],
+                "server.max_concurrent_streams",
+            ),
+            (
+                &[("PALISADE__SERVER__MAX_HEADER_LIST_SIZE", "100")][..],
+                "server.max_header_list_size",
+            ),
+            (
+                &[("PALISADE__SERVER__HEADER_READ_TIMEOUT", "\"0s\"")][..],
+                "server.header_read_timeout",
+            ),
+            (
+                &[("PALISADE__SERVER__KEEP_ALIVE_TIMEOUT", "\"400days\"")][..],
+                "server.keep_alive_timeout",
+            ),
         ] {
             let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
             assert_eq!(err.key(), Some(key), "{err}");
+            if key.starts_with("server.") {
+                // The range check, not a type error.
+                assert!(err.to_string().contains("must be"), "{err}");
+            }
             assert!(err.to_string().contains(vars[0].0), "{err}");
         }
         let err =

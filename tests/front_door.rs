@@ -88,6 +88,19 @@ async fn connections_over_the_limit_get_503_at_once_and_are_not_queued() {
         text.to_ascii_lowercase().contains("retry-after: 1"),
         "{text}"
     );
+    // Counted, and the held ones are the connections open.
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_connections\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&gw, "palisade_server_connections_open{listener=\"client\"}").await,
+        4.0
+    );
     // Once the held connections go, new ones are served again (as soon as
     // the gateway has seen them close).
     drop(held);
@@ -191,6 +204,14 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     let got = until_closed_or_head(&mut s).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"body_idle_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
     // Whole bodies are served as before.
     let res = support::send(
         http::Method::POST,
@@ -200,4 +221,664 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.text());
+}
+
+/// Python with the `h2` package: `.ci/run` makes `target/pyvenv`; elsewhere
+/// set `PALISADE_PYTHON` or the HTTP/2 tests skip (under CI they fail).
+fn python_with_h2() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("PALISADE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
+        });
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import h2, hyperframe, hpack"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    if palisade_testkit::is_ci() {
+        panic!(
+            "{} with the h2 package is needed under CI (.ci/run makes target/pyvenv)",
+            candidate.display()
+        );
+    }
+    eprintln!("skipping: no Python with the h2 package (set PALISADE_PYTHON)");
+    None
+}
+
+/// Runs `tests/h2/attack.py MODE HOST PORT ARGS…` (bounded); its JSON report.
+async fn h2_peer(
+    python: &std::path::Path,
+    mode: &str,
+    to: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let (host, port) = to.rsplit_once(':').unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/h2/attack.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(script)
+            .args([mode, host, port])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("attack.py {mode} finishes within 120 s"))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "attack.py {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// One HTTP/2 GET (prior knowledge) with hyper's client, on its own
+/// connection: the status.
+async fn h2_get(url: &str) -> u16 {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .pool_max_idle_per_host(0)
+            .build_http();
+    let req = http::Request::get(url).body(Empty::new()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("answered within 20 s")
+        .expect("HTTP/2 request");
+    let status = res.status().as_u16();
+    let _ = res.into_body().collect().await;
+    status
+}
+
+/// The value of the counter `name{labels}` in the admin `/metrics`.
+async fn metric(gw: &Gateway, name_and_labels: &str) -> f64 {
+    let text = get(&format!("{}/metrics", gw.admin)).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name_and_labels} not in /metrics:\n{text}"))
+}
+
+/// No rate limit, so every request the attacker does not cancel reaches the
+/// upstream (the work a rapid reset aims to make the server do).
+const NO_RATE_LIMIT: &str = "[rate_limit]\nmode = \"disabled\"\n";
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, in
+/// bursts, get the attacking connection a GOAWAY (h2's bound on streams
+/// reset before they were accepted); streams reset one by one after the
+/// gateway started on them get it closed (the gateway's bound on cancelled
+/// requests). Other clients are served during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off_and_others_are_served() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start_with_config(Some(NO_RATE_LIMIT), &[], &[]);
+    let to = addr(&gw.url);
+    let health = format!("{}/health", gw.url);
+
+    // A normal HTTP/2 client keeps asking while the attack runs.
+    let attack = h2_peer(&python, "rapid-reset", &to, &["20000"]);
+    tokio::pin!(attack);
+    let mut served_during = 0;
+    let report = loop {
+        tokio::select! {
+            report = &mut attack => break report,
+            status = h2_get(&health) => {
+                assert_eq!(status, 200, "a normal client during the attack");
+                served_during += 1;
+            }
+        }
+    };
+    println!(
+        "FIGURE rapid reset (bursts of 100): {report}; {served_during} normal HTTP/2 requests served meanwhile"
+    );
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+    let sent = report["streams_sent"].as_u64().unwrap();
+    assert!(sent <= 2_000, "stopped only after {sent} streams: {report}");
+    if how == "goaway" && report.get("error_code").is_some() {
+        assert_eq!(report["error_code"], 11, "ENHANCE_YOUR_CALM: {report}");
+    }
+
+    let report = h2_peer(&python, "reset-after-accept", &to, &["2000"]).await;
+    println!("FIGURE rapid reset (one at a time, after the gateway started): {report}");
+    assert_eq!(report["how"], "closed", "{report}");
+    let sent = report["streams_sent"].as_u64().unwrap();
+    assert!(
+        sent <= 150,
+        "closed only after {sent} cancelled requests: {report}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"cancelled_requests\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // And after.
+    assert_eq!(h2_get(&health).await, 200);
+    let after = h2_peer(&python, "get", &to, &["/health"]).await;
+    assert_eq!(
+        after["status"], 200,
+        "{after}; {served_during} served during the attack"
+    );
+}
+
+/// CONTINUATION flood: a header block that never ends is cut off after a
+/// bounded number of frames (h2 bounds them by the header list size), not
+/// read forever; other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_flood_is_cut_off() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start(&[], &[]);
+    let to = addr(&gw.url);
+    // Up to 256 MiB if nothing stops it.
+    let report = h2_peer(&python, "continuation", &to, &["268435456"]).await;
+    println!("FIGURE CONTINUATION flood: {report}");
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+    // What the sockets' buffers took before the close reached the client
+    // is all that was sent (a few MiB at most on loopback).
+    let sent = report["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "{sent} bytes sent before the close: {report}"
+    );
+    assert_eq!(h2_get(&format!("{}/health", gw.url)).await, 200);
+}
+
+/// The HTTP/2 limits in `[server]` are announced in SETTINGS and enforced:
+/// a header list over `max_header_list_size` is answered 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_limits_are_announced_and_enforced() {
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let gw = Gateway::start_with_config(
+        Some("[server]\nmax_concurrent_streams = 7\nmax_header_list_size = 4096\n"),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let ok = h2_peer(&python, "get", &to, &["/health"]).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["max_concurrent_streams"], 7, "{ok}");
+    assert_eq!(ok["max_header_list_size"], 4096, "{ok}");
+    let big = h2_peer(&python, "get", &to, &["/health", "8000"]).await;
+    assert_eq!(big["status"], 431, "{big}");
+}
+
+/// What hyper does on its own: an idle HTTP/1.1 keep-alive connection must
+/// start its next request head within `server.header_read_timeout`, so it is
+/// closed after it even with `keep_alive_timeout` off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_are_closed_after_the_header_read_timeout() {
+    let gw = Gateway::start_with_config(
+        Some("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"0s\"\n"),
+        &[],
+        &[],
+    );
+    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the idle keep-alive connection is closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"header_read_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+/// `server.keep_alive_timeout` closes a connection with no request in
+/// progress — HTTP/1.1 (closed) and HTTP/2 (GOAWAY) — and never one whose
+/// request is still being answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_keep_alive_timeout() {
+    let gw = Gateway::start_with_config(
+        Some(
+            "[server]\nheader_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"\n\
+             [upstream]\nresponse_timeout = \"20s\"\n",
+        ),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    // The answer takes longer than the keep-alive timeout: the request is
+    // in progress all along, so the connection stays; then it is idle.
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the idle HTTP/1.1 connection is closed well before the header read timeout");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("slept_ms"),
+        "the slow answer came whole: {text}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"client\",timeout=\"keep_alive_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    let Some(python) = python_with_h2() else {
+        return;
+    };
+    let report = h2_peer(&python, "idle", &to, &["/slow?ms=2500"]).await;
+    assert_eq!(report["status"], 200, "{report}");
+    assert!(
+        report["body"].as_str().unwrap().contains("slept_ms"),
+        "{report}"
+    );
+    let how = report["how"].as_str().unwrap();
+    assert!(how == "goaway" || how == "closed", "{report}");
+}
+
+/// A connection from `from` (a loopback address) to `to`, with one request
+/// answered on it; the status line.
+async fn held_connection(from: &str, to: &str) -> (TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to.parse().unwrap()).await.unwrap();
+    let _ = s
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = until_closed_or_head(&mut s).await;
+    let status = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (s, status)
+}
+
+/// `server.max_connections_per_ip`: one address over it gets the same
+/// immediate 503 as the global limit (counted in the metrics), other
+/// addresses are served, the count is released when a connection ends, and
+/// a trusted proxy is not limited by address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_ip_limit_get_503() {
+    let gw = Gateway::start_with_config(Some("[server]\nmax_connections_per_ip = 2\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (s, status) = held_connection("127.0.0.1", &to).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        held.push(s);
+    }
+    let (_, status) = held_connection("127.0.0.1", &to).await;
+    assert!(
+        status.starts_with("HTTP/1.1 503"),
+        "third from one address: {status}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_connections_per_ip\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // Another address is not affected.
+    let (_, status) = held_connection("127.0.0.2", &to).await;
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "another address: {status}"
+    );
+    // Once one held connection ends, the address is served again (as soon
+    // as the gateway has seen it close: each try is a whole round trip).
+    held.pop();
+    let mut status = String::new();
+    for _ in 0..2_000 {
+        let (s, got) = held_connection("127.0.0.1", &to).await;
+        status = got;
+        if status.starts_with("HTTP/1.1 200") {
+            held.push(s);
+            break;
+        }
+    }
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Behind a trusted proxy, the proxy's address is not limited.
+    let gw = Gateway::start_with_config(
+        Some(
+            "[server]\nmax_connections_per_ip = 2\n\
+             [rate_limit]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (s, status) = held_connection("127.0.0.1", &to).await;
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "connection {i}: {status}"
+        );
+        held.push(s);
+    }
+    let (_, status) = held_connection("127.0.0.3", &to).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
+/// Reads a whole HTTP/1.1 answer with a `Content-Length` (bounded): head
+/// and body.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `Expect: 100-continue`: the client is told to continue, sends its body,
+/// and gets the upstream's answer; a declared body over
+/// `server.max_body_bytes` is answered 413 without `100 Continue`, and
+/// never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_and_declared_bodies_over_the_limit() {
+    let gw = Gateway::start_with_config(Some("[server]\nmax_body_bytes = 1024\n"), &[], &[]);
+    let to = addr(&gw.url);
+    let before = gw.upstream_hits().await;
+
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+          Content-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Nothing of the body is sent before the server says so.
+    let interim = until_closed_or_head(&mut s).await;
+    let interim = String::from_utf8_lossy(&interim);
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    s.write_all(b"hello").await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    assert_eq!(gw.upstream_hits().await, before + 1);
+
+    // Over the limit: 413 at once, no 100 Continue, nothing upstream.
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+          Content-Length: 2048\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    // Without Expect too.
+    let big = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2048\r\n\r\n{}",
+        "a".repeat(2048)
+    );
+    assert!(
+        status_line(&to, big.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 413")
+    );
+    assert_eq!(
+        gw.upstream_hits().await,
+        before + 1,
+        "no 413 reached the upstream"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_body_bytes\",listener=\"client\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
+
+/// An upstream that records the raw bytes of each connection (until the
+/// gateway closes it) and never answers.
+async fn recording_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// A chunked body that grows past `server.max_body_bytes` fails the
+/// request with 413, and the upstream connection is cut before the body is
+/// complete: the upstream never gets an over-limit body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_growing_past_the_limit_get_413_and_are_cut() {
+    let (upstream, mut seen) = recording_upstream().await;
+    let gw = Gateway::start_with_config(
+        Some("[server]\nmax_body_bytes = 1024\n[retry]\nmax_attempts = 1\n"),
+        &["--upstream", &upstream],
+        &[],
+    );
+    let to = addr(&gw.url);
+    let mut s = TcpStream::connect(&to).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // 4 chunks of 512 bytes: the third goes over 1024.
+    for _ in 0..4 {
+        let chunk = format!("200\r\n{}\r\n", "b".repeat(512));
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let raw = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+        .await
+        .expect("the upstream connection is closed by the gateway within 20 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head_end = text.find("\r\n\r\n").map_or(raw.len(), |i| i + 4);
+    let body = &raw[head_end..];
+    assert!(
+        !body.ends_with(b"0\r\n\r\n"),
+        "the upstream got a complete body: {text}"
+    );
+    let body_bytes = body.iter().filter(|&&b| b == b'b').count();
+    assert!(
+        body_bytes <= 1024,
+        "{body_bytes} body bytes reached the upstream"
+    );
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"max_body_bytes\",listener=\"client\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+/// Starts the gateway binary with `args` (no configuration, no
+/// `ADMIN_TOKEN` unless given in `envs`); waits (bounded) until it prints
+/// `listening on` or exits. Returns the child (if still running), the lines
+/// it printed and its stderr when it exited.
+async fn start_raw(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<tokio::process::Child>, Vec<String>, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(support::gateway_binary());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start gateway");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the gateway prints or exits within 60 s")
+            .unwrap();
+        match line {
+            Some(line) => {
+                let done = line.starts_with("listening on ");
+                printed.push(line);
+                if done {
+                    return (Some(child), printed, String::new());
+                }
+            }
+            None => {
+                let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                    .await
+                    .expect("the gateway exits within 60 s")
+                    .unwrap();
+                assert!(!out.status.success(), "exited with success: {printed:?}");
+                return (
+                    None,
+                    printed,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+        }
+    }
+}
+
+/// The admin listener off loopback needs a token: without one the gateway
+/// refuses to start and says which flag (or variable) to set; with one the
+/// routes ask for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_off_loopback_needs_a_token() {
+    let (child, printed, stderr) = start_raw(&["--admin", "0.0.0.0:0"], &[]).await;
+    assert!(child.is_none(), "started without a token: {printed:?}");
+    assert!(
+        stderr.contains("--admin-token") && stderr.contains("ADMIN_TOKEN"),
+        "{stderr}"
+    );
+    // An empty token is no token.
+    let (child, _, stderr) = start_raw(&["--admin", "0.0.0.0:0"], &[("ADMIN_TOKEN", "")]).await;
+    assert!(
+        child.is_none() && stderr.contains("--admin-token"),
+        "{stderr}"
+    );
+
+    let (child, printed, _) = start_raw(
+        &["--admin", "0.0.0.0:0"],
+        &[("ADMIN_TOKEN", "s3cret-token")],
+    )
+    .await;
+    let _child = child.expect("starts with a token");
+    let admin = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on http://0.0.0.0:"))
+        .expect("admin line");
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    assert_eq!(get(&metrics).await.status, 401);
+    let wrong = support::send(
+        http::Method::GET,
+        &metrics,
+        &[("authorization", "Bearer s3cret-tokem")],
+        b"",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let right = support::send(
+        http::Method::GET,
+        &metrics,
+        &[("authorization", "Bearer s3cret-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(right.status, 200);
+    assert!(right.text().contains("palisade_server_connections_open"));
+}
+
+/// The admin listener is served with the same limits as the client one: a
+/// half request head there is cut off after the header read timeout too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_same_limits() {
+    let gw = Gateway::start_with_config(Some("[server]\nheader_read_timeout = \"1s\"\n"), &[], &[]);
+    let mut s = TcpStream::connect(addr(&gw.admin)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the half head on the admin listener is cut off");
+    assert!(
+        metric(
+            &gw,
+            "palisade_server_timeouts_total{listener=\"admin\",timeout=\"header_read_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
 }

@@ -152,7 +152,13 @@ async fn bodies_larger_than_every_limit_stream_through_in_bounded_memory() {
             }),
         );
     let (upstream, _task) = serve(app).await;
-    let gw = Gateway::start_with_config(None, &["--upstream", &upstream], &[]);
+    // The upload is over the default `server.max_body_bytes` (32 MiB): this
+    // test is about the stack's streaming, so the front door lets it in.
+    let gw = Gateway::start_with_config(
+        Some("[server]\nmax_body_bytes = 0\n"),
+        &["--upstream", &upstream],
+        &[],
+    );
     let pid = gw.child.id();
     // Warm up (allocator pools, connection pool), then measure.
     let _ = send(

@@ -145,6 +145,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None,
     )?;
 
+    let families = serve::ServerMetricFamilies::register(&registry)?;
+    let client_metrics = families.listener("client");
     let state = AppState {
         stack: stack.clone(),
         batch: BatchExecutor::new()
@@ -159,11 +161,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // events, gRPC and images are left as they are.
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn_with_state(
-            cfg.server.max_uri_bytes,
+            FrontDoor {
+                max_uri: cfg.server.max_uri_bytes,
+                max_body: cfg.server.max_body_bytes,
+                refused_body: client_metrics.refused_body.clone(),
+            },
             front_door,
         ))
         .layer(axum::middleware::from_fn_with_state(latency, observe));
 
+    // The admin routes change breakers and purge caches: off loopback they
+    // need a token.
+    let admin_token = args.admin_token.filter(|t| !t.is_empty());
+    if !args.admin.ip().is_loopback() && admin_token.is_none() {
+        return Err(format!(
+            "--admin {} is not a loopback address: set --admin-token (or ADMIN_TOKEN) so \
+             the admin routes require a bearer token, or listen on 127.0.0.1",
+            args.admin
+        )
+        .into());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin).await?;
     let addr = listener.local_addr()?;
@@ -177,12 +194,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .rate_limits(built.limiter)
             .dead_letters(built.dlq);
     }
-    if let Some(token) = args.admin_token {
+    if let Some(token) = admin_token {
         admin = admin.bearer_token(token);
     }
     let admin = admin.into_router().route("/health", get(|| async { "ok" }));
+    // Peers trusted as proxies are not limited per address.
+    let trusted = std::sync::Arc::new(cfg.rate_limit.trusted_proxies.clone());
+    let exempt: std::sync::Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> =
+        std::sync::Arc::new(move |ip| trusted.iter().any(|net| net.contains(&ip)));
+    let admin_how = serve::Listener {
+        metrics: families.listener("admin"),
+        // Operators and a metrics scraper: a few connections.
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        exempt: exempt.clone(),
+    };
+    let admin_cfg = cfg.server.clone();
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(admin_listener, admin).await {
+        let never = std::future::pending::<()>();
+        if let Err(err) = serve::serve(admin_listener, admin, &admin_cfg, admin_how, never).await {
             tracing::error!(%err, "admin listener stopped");
         }
     });
@@ -201,24 +230,48 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl -s http://{admin_addr}/breakers");
         println!("  curl -s http://{admin_addr}/metrics");
     }
-    serve::serve(listener, app, &cfg.server, shutdown_signal()).await?;
+    let how = serve::Listener {
+        metrics: client_metrics,
+        max_connections: 0,
+        exempt,
+    };
+    serve::serve(listener, app, &cfg.server, how, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Connections the admin listener serves at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The front door's limits.
+#[derive(Clone)]
+struct FrontDoor {
+    max_uri: usize,
+    /// 0: no limit.
+    max_body: u64,
+    refused_body: prometheus::IntCounter,
 }
 
 /// Refuses, before any layer, what must never reach the upstream: a
 /// `Transfer-Encoding` other than `chunked` (hyper itself refuses two
 /// different `Content-Length`s and obs-folded heads, and lets a `chunked`
 /// `Transfer-Encoding` win over a `Content-Length`), a request target over
-/// `server.max_uri_bytes` (414). The upstream request is always re-framed
-/// by the client.
+/// `server.max_uri_bytes` (414), a `Content-Length` over
+/// `server.max_body_bytes` (413, before the body is read: a client that
+/// sent `Expect: 100-continue` is not told to continue). The upstream
+/// request is always re-framed by the client.
 async fn front_door(
-    State(max_uri): State<usize>,
+    State(door): State<FrontDoor>,
     req: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response<Body> {
     use http::{StatusCode, header};
+    let max_uri = door.max_uri;
     let h = req.headers();
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let refusal = if h
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -232,6 +285,12 @@ async fn front_door(
         Some((
             StatusCode::URI_TOO_LONG,
             format!("request target over {max_uri} bytes"),
+        ))
+    } else if door.max_body > 0 && declared.is_some_and(|n| n > door.max_body) {
+        door.refused_body.inc();
+        Some((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes", door.max_body),
         ))
     } else {
         None
@@ -252,8 +311,9 @@ async fn front_door(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/problem+json"),
     );
-    if status == StatusCode::BAD_REQUEST {
-        // The rest of the stream cannot be trusted to be framed as we think.
+    if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the stream cannot be trusted to be framed as we
+        // think, or is a body not worth reading.
         res.headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }

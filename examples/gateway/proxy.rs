@@ -158,6 +158,19 @@ fn client_too_slow(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The request failed because the client's body grew past
+/// `server.max_body_bytes`.
+fn client_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Why the upstream could not be reached, for the answer: a TLS failure
 /// (an untrusted certificate, a name mismatch) is said as such.
 fn unreachable(err: &(dyn std::error::Error + 'static)) -> &'static str {
@@ -316,6 +329,11 @@ where
                     let body = IdleTimeoutBody::new(body, idle);
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }
+                Err(err) if client_body_too_large(&err) => Ok(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    "the request body is over server.max_body_bytes",
+                )
+                .into_http_response(grpc)),
                 Err(err) if client_too_slow(&err) => Ok(Error::new(
                     ErrorKind::ClientTimeout,
                     "the request body stopped arriving",
