@@ -208,6 +208,11 @@ pub struct Config {
     pub limits: Vec<LimitConfig>,
     /// The tier table of tiered limits.
     pub tiers: TiersConfig,
+    /// A Redis Cluster hash tag for every counter (see
+    /// [`RateLimiterBuilder::hash_tag`](crate::RateLimiterBuilder::hash_tag)):
+    /// one round trip per decision on a cluster, all counters on one master.
+    /// Default: none.
+    pub hash_tag: Option<String>,
 }
 
 impl Default for Config {
@@ -222,6 +227,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limits: vec![LimitConfig::new(KeyKind::PeerIp)],
             tiers: TiersConfig::default(),
+            hash_tag: None,
         }
     }
 }
@@ -309,6 +315,12 @@ impl Config {
         }
         if let Some(s) = store {
             b = b.store(s);
+        }
+        if let Some(tag) = &self.hash_tag {
+            if tag.is_empty() {
+                return Err(bad("hash_tag: must not be empty".into()));
+            }
+            b = b.hash_tag(tag.clone());
         }
         if let Some(m) = metrics {
             b = b.metrics(m);

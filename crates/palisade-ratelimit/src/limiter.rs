@@ -283,6 +283,8 @@ pub(crate) struct Shared {
     any_tiered: bool,
     mode: Mode,
     store: Option<Store>,
+    /// Every store key under this Redis Cluster hash tag (one slot).
+    hash_tag: Option<Box<str>>,
     fail: FailPolicy,
     time: TimeSource,
     hasher: foldhash::quality::RandomState,
@@ -350,6 +352,7 @@ pub struct RateLimiterBuilder {
     resolve: Option<TierFn>,
     mode: Mode,
     store: Option<Store>,
+    hash_tag: Option<Box<str>>,
     fail: FailPolicy,
     max_keys: usize,
     clock: Clock,
@@ -373,6 +376,7 @@ impl Default for RateLimiterBuilder {
             resolve: None,
             mode: Mode::Enforce,
             store: None,
+            hash_tag: None,
             fail: FailPolicy::Open,
             max_keys: DEFAULT_MAX_KEYS,
             clock: Clock::Tokio,
@@ -414,6 +418,31 @@ impl RateLimiterBuilder {
     /// of in-process; GCRA limits only.
     pub fn store(mut self, store: Store) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Puts every counter of this limiter under one Redis Cluster hash tag
+    /// (`{tag}`), so all of a request's limits sit in one slot and each
+    /// decision is one script, one round trip, on a cluster too — where
+    /// limits in different slots take a peek then a count per slot. The
+    /// price: every counter of the limiter lives on one master. Without a
+    /// cluster it changes nothing but the key names.
+    ///
+    /// ```
+    /// use palisade_ratelimit::{Limit, RateLimiter};
+    /// use palisade_store::Store;
+    ///
+    /// let limiter = RateLimiter::builder()
+    ///     .limit(Limit::per_user())
+    ///     .limit(Limit::per_tool())
+    ///     .store(Store::in_memory())
+    ///     .hash_tag("ratelimit")
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = limiter;
+    /// ```
+    pub fn hash_tag(mut self, tag: impl Into<String>) -> Self {
+        self.hash_tag = Some(tag.into().into_boxed_str());
         self
     }
 
@@ -538,6 +567,7 @@ impl RateLimiterBuilder {
                 resolve: self.resolve,
                 mode: self.mode,
                 store: self.store,
+                hash_tag: self.hash_tag,
                 fail: self.fail,
                 time,
                 hasher: foldhash::quality::RandomState::default(),
@@ -804,10 +834,11 @@ impl RateLimiter {
             items(&mut |entry, slot, key, cost, shadow| {
                 let name = &shared.entries[entry].limit.name;
                 let (hash, key) = key.with_str(|k| {
-                    (
-                        shared.hash_bytes(k.as_bytes()),
-                        store.key("ratelimit", name, k, "v1"),
-                    )
+                    let stored = match &shared.hash_tag {
+                        None => store.key("ratelimit", name, k, "v1"),
+                        Some(tag) => store.grouped_key(tag, "ratelimit", name, k, "v1"),
+                    };
+                    (shared.hash_bytes(k.as_bytes()), stored)
                 });
                 plan.push(Planned {
                     entry,

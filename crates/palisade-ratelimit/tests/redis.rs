@@ -48,21 +48,27 @@ fn config(url: &str) -> StoreConfig {
 /// per hour together; with two limits (per user AND global), every user
 /// stays under its own limit too. Exactly the limit is admitted.
 async fn four_replicas_admit_exactly_the_limit(url: &str) {
+    four_replicas_admit_exactly_the_limit_tagged(url, None).await;
+}
+
+async fn four_replicas_admit_exactly_the_limit_tagged(url: &str, tag: Option<&str>) {
     const GLOBAL: u32 = 100;
     const PER_USER: u32 = 40;
     let mut replicas = Vec::new();
     for _ in 0..4 {
         let store = Store::connect_with(config(url)).await.unwrap();
-        let limiter = RateLimiter::builder()
+        let mut b = RateLimiter::builder()
             .limit(Limit::per_user().with_quota(Quota::per_hour(PER_USER)))
             .limit(Limit::new(
                 "global",
                 ConstKey("all"),
                 Quota::per_hour(GLOBAL),
             ))
-            .store(store)
-            .build()
-            .unwrap();
+            .store(store);
+        if let Some(tag) = tag {
+            b = b.hash_tag(tag);
+        }
+        let limiter = b.build().unwrap();
         replicas.push(service(limiter));
     }
     let admitted = Arc::new(AtomicU32::new(0));
@@ -285,4 +291,92 @@ async fn programmatic_checks_share_the_store() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("in-process only"), "{err}");
+}
+
+/// Script calls (`EVALSHA` / `EVAL`) served by the nodes at `ports`.
+fn script_calls(ports: &[u16]) -> u64 {
+    ports
+        .iter()
+        .map(|&p| {
+            let info = palisade_testkit::command(p, &["INFO", "commandstats"]).unwrap();
+            info.lines()
+                .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Three limits of one request on the 3-master cluster: under one hash tag
+/// the decision is one script call; spread over slots it takes more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_tag_makes_one_round_trip_per_decision_on_the_cluster() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    const N: u64 = 20;
+    let mut calls = Vec::new();
+    for tag in [Some("rl"), None] {
+        let store = Store::connect_with(config(&cluster.url())).await.unwrap();
+        let mut b = RateLimiter::builder()
+            .limit(Limit::per_user().with_quota(Quota::per_hour(1000)))
+            .limit(Limit::per_tool().with_quota(Quota::per_hour(1000)))
+            .limit(Limit::new("global", ConstKey("all"), Quota::per_hour(1000)))
+            .store(store);
+        if let Some(tag) = tag {
+            b = b.hash_tag(tag);
+        }
+        let svc = service(b.build().unwrap());
+        let request = |i: u64| {
+            let mut req = Request::new(Body::new());
+            req.extensions_mut()
+                .insert(UserId::new(format!("user-{}", i % 3)));
+            req.extensions_mut()
+                .insert(palisade_ratelimit::ToolName::new(format!("tool-{}", i % 5)));
+            req
+        };
+        // Warm up: every node has the script loaded.
+        for i in 0..10 {
+            assert_eq!(
+                svc.clone().oneshot(request(i)).await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+        let before = script_calls(&cluster.ports());
+        for i in 0..N {
+            assert_eq!(
+                svc.clone().oneshot(request(i)).await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+        calls.push(script_calls(&cluster.ports()) - before);
+    }
+    assert_eq!(calls[0], N, "hash-tagged: one script call per decision");
+    assert!(
+        calls[1] > N,
+        "spread over slots: more than one per decision ({})",
+        calls[1]
+    );
+}
+
+/// Under a hash tag the limits stay exact across replicas on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_tagged_limits_stay_exact_on_the_cluster() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    four_replicas_admit_exactly_the_limit_tagged(&cluster.url(), Some("rl")).await;
 }
