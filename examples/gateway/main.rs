@@ -9,6 +9,7 @@
 
 mod batch;
 mod demo;
+mod forwarding;
 mod proxy;
 mod serve;
 mod stack;
@@ -130,7 +131,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let registry = Registry::new();
-    let proxy = proxy::Proxy::new(&upstream, &cfg.upstream)?;
+    let proxy = proxy::Proxy::new(&upstream, &cfg.upstream, &cfg.rate_limit.trusted_proxies)?;
     let (stack, built) = if args.no_layers {
         (stack::bare(proxy), None)
     } else {

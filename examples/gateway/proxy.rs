@@ -43,10 +43,16 @@ pub struct Proxy {
     authority: http::uri::Authority,
     /// A response stream idle this long is cut (zero: never).
     idle_timeout: Duration,
+    /// Clients whose forwarding headers are believed.
+    trusted: std::sync::Arc<[ipnet::IpNet]>,
 }
 
 impl Proxy {
-    pub fn new(upstream: &Uri, cfg: &UpstreamSection) -> Result<Self, String> {
+    pub fn new(
+        upstream: &Uri,
+        cfg: &UpstreamSection,
+        trusted: &[ipnet::IpNet],
+    ) -> Result<Self, String> {
         let scheme = upstream
             .scheme()
             .cloned()
@@ -93,6 +99,7 @@ impl Proxy {
             scheme,
             authority,
             idle_timeout: cfg.idle_timeout,
+            trusted: trusted.into(),
         })
     }
 }
@@ -259,6 +266,18 @@ where
             self.client.clone()
         };
         let idle = self.idle_timeout;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        let client_version = parts.version;
+        let trusted = self.trusted.clone();
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(Error::new(ErrorKind::BadRequest, "invalid request target")
@@ -273,6 +292,13 @@ where
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.remove(header::HOST);
+            crate::forwarding::add_forwarding(
+                &mut parts.headers,
+                peer,
+                &trusted,
+                client_version,
+                client_host.as_ref(),
+            );
             if te_trailers {
                 parts
                     .headers
@@ -324,6 +350,7 @@ where
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    crate::forwarding::add_via(&mut parts.headers, parts.version);
                     // Answered in the client's own version by the server.
                     parts.version = http::Version::HTTP_11;
                     let body = IdleTimeoutBody::new(body, idle);
