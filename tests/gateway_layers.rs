@@ -254,3 +254,63 @@ async fn invalid_configuration_fails_at_start_naming_the_key() {
         "{err}"
     );
 }
+
+/// `enabled = false` in each section turns that layer off: the upstream's
+/// answer passes as it is (PII and all), nothing is cached, limited,
+/// shaped, retried or broken open.
+#[tokio::test]
+async fn every_layer_can_be_switched_off() {
+    let off = r#"
+[rate_limit]
+enabled = false
+
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 1
+
+[circuit_breaker]
+enabled = false
+failure_threshold = 1
+
+[retry]
+enabled = false
+initial_delay = "10ms"
+max_delay = "50ms"
+
+[cache]
+enabled = false
+
+[pii]
+enabled = false
+
+[shape]
+enabled = false
+"#;
+    let gw = Gateway::start_with_config(Some(off), &[], &[]);
+    // PII passes, no shaping, no cache, no limit (1 per minute otherwise).
+    for _ in 0..3 {
+        let res = get(&format!("{}/catalog?fields=items(id)", gw.url)).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.header("x-cache"), None, "no cache: {:?}", res.headers);
+        assert_eq!(res.header("x-ratelimit-limit"), None, "no limit headers");
+        assert_eq!(res.header("x-tokens-original"), None, "not shaped");
+    }
+    let user = get(&format!("{}/users/7", gw.url)).await;
+    assert_eq!(user.status, 200);
+    assert_eq!(user.json()["email"], "asha.rao@example.com", "not masked");
+    // No retry: the flaky upstream's first 503 is the answer.
+    let before = gw.upstream_hits().await;
+    assert_eq!(get(&format!("{}/flaky", gw.url)).await.status, 503);
+    assert_eq!(gw.upstream_hits().await, before + 1, "not retried");
+    // No breaker: failures never open it (threshold 1 otherwise).
+    let before = gw.upstream_hits().await;
+    for _ in 0..3 {
+        assert_eq!(get(&format!("{}/fail", gw.url)).await.status, 500);
+    }
+    assert_eq!(
+        gw.upstream_hits().await,
+        before + 3,
+        "one call each, never refused"
+    );
+}

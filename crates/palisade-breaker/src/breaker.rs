@@ -442,6 +442,7 @@ impl Breaker {
     ) -> Self {
         let window = settings.window();
         let initial = match settings.config.initial_mode {
+            _ if !settings.config.enabled => DISABLED,
             InitialMode::Closed => CLOSED,
             InitialMode::Disabled => DISABLED,
             InitialMode::MetricsOnly => METRICS_ONLY,

@@ -29,6 +29,9 @@ use std::time::Duration;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
+    /// `false` starts every breaker disabled: calls pass, nothing is
+    /// counted (the same as `initial_mode = "disabled"`; default `true`).
+    pub enabled: bool,
     /// Consecutive failures that trip the breaker (default 5; 0 turns this
     /// rule off).
     pub failure_threshold: u32,
@@ -88,6 +91,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            enabled: true,
             failure_threshold: 5,
             failure_rate_threshold: Some(0.5),
             sliding_window: SlidingWindow::Count { size: 100 },

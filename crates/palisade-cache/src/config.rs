@@ -20,6 +20,9 @@ use std::time::Duration;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
+    /// `false` turns the cache off: every request passes straight through
+    /// (default `true`).
+    pub enabled: bool,
     /// Name of this cache in metrics and logs (bounded label).
     pub name: String,
     /// L1 bound on entries (default 1000).
@@ -69,6 +72,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            enabled: true,
             name: "http".into(),
             l1_max_entries: 1000,
             l1_max_bytes: 64 << 20,
@@ -177,6 +181,8 @@ impl CacheBuilder {
     }
 
     setters! {
+        /// See [`Config::enabled`].
+        enabled: bool,
         /// See [`Config::name`].
         name: &str,
         /// See [`Config::l1_max_entries`].

@@ -128,6 +128,8 @@ impl Value for HttpValue {
 }
 
 pub(crate) struct Shared {
+    /// `false`: every request passes straight through.
+    enabled: bool,
     core: Arc<Core<HttpValue>>,
     rules: Rules,
     max_body: usize,
@@ -453,6 +455,7 @@ impl CacheBuilder {
         let core = Core::new(self.tier_settings(&cfg, "http"));
         Ok(CacheLayer {
             shared: Arc::new(Shared {
+                enabled: cfg.enabled,
                 core,
                 rules: Rules {
                     default_ttl: cfg.default_ttl,
@@ -685,6 +688,9 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
+        if !shared.enabled {
+            return ResponseFuture::pass(self.inner.call(req));
+        }
         if palisade_core::is_grpc_request(req.headers()) {
             // gRPC over HTTP/2 is not HTTP-cacheable: use CacheServiceLayer
             // on the typed service instead.

@@ -89,6 +89,8 @@ impl<R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for 
 }
 
 struct SvcShared<R> {
+    /// `false`: every call passes straight through.
+    enabled: bool,
     core: Arc<Core<SvcValue<R>>>,
     ttl: u64,
 }
@@ -196,6 +198,7 @@ where
         let core = Core::new(builder.tier_settings(&cfg, "svc"));
         Ok(Self {
             shared: Arc::new(SvcShared {
+                enabled: cfg.enabled,
                 core,
                 ttl: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             }),
@@ -380,6 +383,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        if !self.shared.enabled {
+            return SvcFuture {
+                kind: SvcKind::Pass {
+                    fut: self.inner.call(req),
+                },
+            };
+        }
         let Some(key) = self.key.extract(&req) else {
             self.shared.core.counters.bypassed.fetch_add(1, Relaxed);
             return SvcFuture {

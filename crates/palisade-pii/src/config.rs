@@ -63,6 +63,8 @@ pub enum Oversize {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PiiConfig {
+    /// `false` turns masking off: bodies pass untouched (default `true`).
+    pub enabled: bool,
     /// Which bodies are masked (default: responses).
     pub direction: Direction,
     /// The most a body is buffered to be masked whole (default 1 MiB).
@@ -93,6 +95,7 @@ pub struct PiiConfig {
 impl Default for PiiConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             direction: Direction::Response,
             max_body_bytes: 1 << 20,
             oversize: Oversize::Refuse,

@@ -29,6 +29,8 @@ use tower_service::Service;
 #[derive(Clone)]
 struct Shared {
     masker: PiiMasker,
+    /// `false`: bodies pass untouched.
+    enabled: bool,
     direction: Direction,
     limit: usize,
     oversize: Oversize,
@@ -120,6 +122,7 @@ impl PiiMaskLayer {
         Self {
             shared: Arc::new(Shared {
                 masker,
+                enabled: d.enabled,
                 direction: d.direction,
                 limit: d.max_body_bytes,
                 oversize: d.oversize,
@@ -140,6 +143,7 @@ impl PiiMaskLayer {
     pub fn from_config(config: &PiiConfig) -> Result<Self, BuildError> {
         let masker = PiiMasker::from_config(&config.masking)?;
         Ok(Self::new(masker)
+            .enabled(config.enabled)
             .direction(config.direction)
             .max_body_bytes(config.max_body_bytes)
             .oversize(config.oversize)
@@ -152,6 +156,19 @@ impl PiiMaskLayer {
     fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         f(Arc::make_mut(&mut self.shared));
         self
+    }
+
+    /// `false` turns masking off: bodies pass untouched (default `true`).
+    ///
+    /// ```
+    /// use palisade_pii::PiiMaskLayer;
+    ///
+    /// let off = PiiMaskLayer::default().enabled(false);
+    /// # let _ = off;
+    /// ```
+    #[must_use]
+    pub fn enabled(self, enabled: bool) -> Self {
+        self.update(|s| s.enabled = enabled)
     }
 
     /// Which bodies are masked.
@@ -618,9 +635,10 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = self.shared.clone();
         let grpc = palisade_core::is_grpc_request(req.headers());
-        let mask_req =
-            shared.direction.requests() && MediaKind::of(req.headers()) != MediaKind::Binary;
-        let mask_res = shared.direction.responses();
+        let mask_req = shared.enabled
+            && shared.direction.requests()
+            && MediaKind::of(req.headers()) != MediaKind::Binary;
+        let mask_res = shared.enabled && shared.direction.responses();
         let accepted = if mask_res {
             Accepted::from_headers(req.headers())
         } else {

@@ -189,6 +189,9 @@ fn default_tier_limits() -> BTreeMap<String, TierLimit> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `false` is `mode = "disabled"`: nothing is limited or counted
+    /// (default `true`).
+    pub enabled: bool,
     /// enforce (default), log_only or disabled.
     pub mode: Mode,
     /// The default algorithm (GCRA).
@@ -218,6 +221,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            enabled: true,
             mode: Mode::Enforce,
             algorithm: Algorithm::Gcra,
             on_store_error: FailPolicy::Open,
@@ -274,7 +278,11 @@ impl Config {
             table = table.tier(Tier::new(name.as_str()), tier_quota(name, v)?);
         }
         let mut b = RateLimiter::builder()
-            .mode(self.mode)
+            .mode(if self.enabled {
+                self.mode
+            } else {
+                Mode::Disabled
+            })
             .on_store_error(self.on_store_error)
             .max_keys(self.max_keys)
             .clock(self.clock)

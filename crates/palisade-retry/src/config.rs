@@ -35,6 +35,9 @@ use std::{fmt, sync::Arc, time::Duration};
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
+    /// `false` turns retry off: one attempt, no attempt timeout, deadline,
+    /// budget or hedge (default `true`).
+    pub enabled: bool,
     /// Attempts in all, the first included (≥ 1).
     pub max_attempts: u32,
     /// Delay before the first retry.
@@ -150,6 +153,7 @@ impl Config {
     /// capped at 10 s, no jitter.
     pub fn tool_gateway() -> Self {
         Self {
+            enabled: true,
             max_attempts: 3,
             initial_delay: Duration::from_secs(2),
             base: 2.0,
@@ -570,8 +574,18 @@ impl RetryLayerBuilder {
     /// let err = RetryLayer::builder().backoff(s, 0.5, s).build().unwrap_err();
     /// assert!(err.to_string().contains("base"), "{err}");
     /// ```
-    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+    pub fn build(mut self) -> Result<RetryLayer, ConfigError> {
         self.config.validate()?;
+        if !self.config.enabled {
+            // Off: the request passes once, unbounded by this layer.
+            let c = &mut self.config;
+            c.max_attempts = 1;
+            c.attempt_timeout = None;
+            c.deadline = None;
+            c.budget = None;
+            c.hedge = None;
+            self.budget = None;
+        }
         let c = &self.config;
         let mut statuses = [0u64; 4];
         for &s in &c.retry_statuses {

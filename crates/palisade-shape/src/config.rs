@@ -30,6 +30,9 @@ use crate::shaper::ShapeRules;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ShapeConfig {
+    /// `false` turns shaping off for every route: responses pass untouched
+    /// (default `true`; `rules.enabled` turns off the default rules only).
+    pub enabled: bool,
     /// Rules for requests that match no route.
     pub rules: ShapeRules,
     /// Per-route rules; the first route that matches wins.
@@ -50,6 +53,7 @@ pub struct ShapeConfig {
 impl Default for ShapeConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             rules: ShapeRules::default(),
             routes: Vec::new(),
             chars_per_token: 4.0,

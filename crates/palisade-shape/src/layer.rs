@@ -217,7 +217,7 @@ impl ShapeResponseLayerBuilder {
         };
         let compile = |rules: &ShapeRules| -> Result<RuleSet, ShapeError> {
             Ok(RuleSet {
-                enabled: rules.enabled,
+                enabled: config.enabled && rules.enabled,
                 shaper: Shaper::from_parts(Arc::new(rules.compile()?), estimator.clone()),
             })
         };
