@@ -191,6 +191,78 @@ async fn ambiguous_framing_and_oversized_heads_are_refused_before_the_upstream()
     assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
 }
 
+/// Two framings in one request (`Content-Length` and chunked): the gateway
+/// reads the body one way only (chunked, RFC 9112 §6.3), answers, and closes
+/// the connection, so bytes smuggled behind the first request are never
+/// read as a request; what goes upstream is re-framed by the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_framings_are_read_one_way_and_the_connection_closed() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(&[], &[]);
+    let before = gw.upstream_hits().await;
+    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
+    // Read by its Content-Length (4), the body would be "5\r\nh"; read as
+    // chunked it is "hello". A second request follows on the connection.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n\
+          GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let all = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the answer, then the close");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nhello"),
+        "the body read as chunked, nothing after: {text}"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "the smuggled request is never answered"
+    );
+    assert_eq!(
+        gw.upstream_hits().await,
+        before + 1,
+        "only the POST reached the upstream"
+    );
+}
+
+/// Bare-LF line ends are read as line ends and never forwarded as they
+/// came: the upstream gets the gateway's own CRLF framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_heads_are_reframed_with_crlf_for_the_upstream() {
+    let (upstream, mut seen) = recording_upstream().await;
+    let gw = Gateway::start_with_config(
+        Some("[upstream]\nresponse_timeout = \"1s\"\n[retry]\nmax_attempts = 1\n"),
+        &["--upstream", &upstream],
+        &[],
+    );
+    // The recording upstream never answers: the gateway gives up after 1 s
+    // (504) and closes the upstream connection, which hands over the bytes.
+    let got = status_line(
+        &addr(&gw.url),
+        b"GET /lf HTTP/1.1\nHost: x\nX-Probe: 1\nConnection: close\n\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+    let raw = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+        .await
+        .expect("the upstream connection is closed by the gateway")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("GET /lf HTTP/1.1\r\n"), "{text}");
+    assert!(text.contains("x-probe: 1\r\n"), "{text}");
+    let bare = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'));
+    assert!(!bare, "a bare LF reached the upstream: {text:?}");
+}
+
 /// A client that sends part of its body and then nothing is answered 408
 /// after `server.body_idle_timeout`, and the connection is not held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,8 +255,9 @@ struct FrontDoor {
 
 /// Refuses, before any layer, what must never reach the upstream: a
 /// `Transfer-Encoding` other than `chunked` (hyper itself refuses two
-/// different `Content-Length`s and obs-folded heads, and lets a `chunked`
-/// `Transfer-Encoding` win over a `Content-Length`), a request target over
+/// different `Content-Length`s and obs-folded heads; with both framings it
+/// reads the body as chunked and drops the `Content-Length`, as RFC 9112
+/// §6.3 says, and the upstream request is re-framed), a request target over
 /// `server.max_uri_bytes` (414), a `Content-Length` over
 /// `server.max_body_bytes` (413, before the body is read: a client that
 /// sent `Expect: 100-continue` is not told to continue). The upstream
@@ -281,6 +282,18 @@ async fn front_door(
         Some((
             StatusCode::BAD_REQUEST,
             "only `Transfer-Encoding: chunked` is accepted".to_owned(),
+        ))
+    } else if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        // Two framings: which one a server behind another proxy believes
+        // is how requests are smuggled (RFC 9112 §6.3).
+        Some((
+            StatusCode::BAD_REQUEST,
+            "both `Transfer-Encoding` and `Content-Length`".to_owned(),
+        ))
+    } else if h.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some() {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "more than one `Content-Length`".to_owned(),
         ))
     } else if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > max_uri {
         Some((
