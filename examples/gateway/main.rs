@@ -157,6 +157,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .route("/_batch", post(batch::handle))
         .fallback_service(stack)
         .with_state(state)
+        // MCP / JSON-RPC: the method and the tool are in the body; learn
+        // them (read ahead, passed on whole) so limits, breakers and caches
+        // can key by tool.
+        .layer(axum::middleware::from_fn(learn_json_rpc))
         // Answers compressed for clients that accept it; the layers inside
         // see (and PII masking decodes) what the upstream sent. Server-sent
         // events, gRPC and images are left as they are.
@@ -332,6 +336,23 @@ async fn front_door(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     res
+}
+
+/// Bodies read ahead to learn a JSON-RPC call; larger ones pass unread.
+const JSON_RPC_PEEK: usize = 64 * 1024;
+
+/// Learns the JSON-RPC call of a JSON `POST` (see
+/// `palisade::core::jsonrpc::peek`): its method and, for MCP's `tools/call`,
+/// the tool, as request extensions.
+async fn learn_json_rpc(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let json = req.method() == http::Method::POST
+        && palisade::core::body::media::MediaKind::of(req.headers())
+            == palisade::core::body::media::MediaKind::Json;
+    if !json {
+        return next.run(req).await;
+    }
+    let req = palisade::core::jsonrpc::peek(req, JSON_RPC_PEEK).await;
+    next.run(req.map(Body::new)).await
 }
 
 async fn observe(

@@ -4,6 +4,8 @@
 //!   tower-http's classifiers; the breaker, retry and metrics all consume it.
 //! - [`error_class`]: what a failed call's error says (the request never left,
 //!   timed out, failed on the way, or a layer refused it), by type.
+//! - [`jsonrpc`]: the JSON-RPC call (MCP method, tool) in a request body,
+//!   learned without consuming it.
 //! - [`key`]: which bucket a request belongs to (peer IP behind trusted proxies,
 //!   a header, an extension set by an auth layer, the path, a constant, tuples).
 //! - [`Error`]: the error every layer's own error converts into; it knows its
@@ -33,6 +35,7 @@ pub mod classify;
 pub mod config;
 mod error;
 pub mod error_class;
+pub mod jsonrpc;
 pub mod key;
 pub mod metrics;
 

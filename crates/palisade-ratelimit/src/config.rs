@@ -23,8 +23,14 @@ pub enum KeyKind {
     ApiKey,
     /// The [`UserId`](crate::UserId) extension; default 100/min.
     User,
-    /// The [`ToolName`](crate::ToolName) extension; default 50/min.
+    /// The [`ToolName`](crate::ToolName) extension (an MCP `tools/call`'s
+    /// tool, learned from the body by `palisade_core::jsonrpc::peek`);
+    /// default 50/min.
     Tool,
+    /// The JSON-RPC method (`tools/call`, `resources/read` …) of the
+    /// [`JsonRpcCall`](palisade_core::jsonrpc::JsonRpcCall) extension;
+    /// default 100/min.
+    Method,
     /// The request path; default 1000/min.
     Route,
     /// One bucket for every request; default 1000/min.
@@ -35,7 +41,7 @@ impl KeyKind {
     fn default_limit(self) -> u32 {
         match self {
             KeyKind::PeerIp => 60,
-            KeyKind::Header | KeyKind::ApiKey | KeyKind::User => 100,
+            KeyKind::Header | KeyKind::ApiKey | KeyKind::User | KeyKind::Method => 100,
             KeyKind::Tool => 50,
             KeyKind::Route | KeyKind::Global => 1000,
         }
@@ -48,6 +54,7 @@ impl KeyKind {
             KeyKind::ApiKey => "api_key",
             KeyKind::User => "user",
             KeyKind::Tool => "tool",
+            KeyKind::Method => "method",
             KeyKind::Route => "route",
             KeyKind::Global => "global",
         }
@@ -309,6 +316,15 @@ impl Config {
                 KeyKind::ApiKey => Limit::new(name.clone(), header(Some("x-api-key"))?, quota),
                 KeyKind::User => Limit::per_user().with_quota(quota),
                 KeyKind::Tool => Limit::per_tool().with_quota(quota),
+                KeyKind::Method => Limit::new(
+                    name.clone(),
+                    palisade_core::key::key_fn(|req: &http::Request<()>| {
+                        req.extensions()
+                            .get::<palisade_core::jsonrpc::JsonRpcCall>()
+                            .map(|c| c.method().to_owned())
+                    }),
+                    quota,
+                ),
                 KeyKind::Route => Limit::new(name.clone(), PathKey, quota),
                 KeyKind::Global => Limit::new(name.clone(), ConstKey("global"), quota),
             };

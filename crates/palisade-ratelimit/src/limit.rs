@@ -41,34 +41,11 @@ impl Display for UserId {
     }
 }
 
-/// A tool (or operation) name, set as a request extension by a router or
-/// an MCP gateway; the key of [`Limit::per_tool`].
-///
-/// ```
-/// use palisade_ratelimit::ToolName;
-///
-/// assert_eq!(ToolName::new("search").to_string(), "search");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ToolName(pub Arc<str>);
-
-impl ToolName {
-    /// A tool name.
-    pub fn new(name: impl Into<Arc<str>>) -> Self {
-        Self(name.into())
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Display for ToolName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// The tool a request calls (an MCP `tools/call`'s name, learned by
+/// [`palisade_core::jsonrpc::peek`], or an extension an authentication layer
+/// sets); the key of [`Limit::per_tool`]. Defined in `palisade-core`, so
+/// every layer keys by the same type.
+pub use palisade_core::jsonrpc::ToolName;
 
 /// A service tier (`anonymous`, `free`, `standard`, `premium`,
 /// `enterprise`, or any name of your own), resolved per request.
