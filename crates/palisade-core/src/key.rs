@@ -39,10 +39,13 @@ pub trait KeyExtractor<Req>: Clone + Send + Sync + 'static {
 
     /// Why `req` must be refused rather than served without a key.
     ///
-    /// A layer consults it only when [`extract`](Self::extract) returned
-    /// `None`; most extractors never refuse (the default). [`PeerIp`] with
-    /// [`MissingPeer::Refuse`] refuses a request whose server inserted no
-    /// peer address, with a 500 naming the missing setup.
+    /// A layer that honours refusals consults it before
+    /// [`extract`](Self::extract), and answers with the error instead of
+    /// extracting when it is `Some`. Most extractors never refuse (the
+    /// default). [`PeerIp`] with [`MissingPeer::Refuse`] refuses a request
+    /// whose server inserted no peer address, with a 500 naming the missing
+    /// setup (and counts it, as `extract` counts the other policies'). Tuples
+    /// refuse when any part does.
     ///
     /// ```
     /// use palisade_core::key::{HeaderKey, KeyExtractor, MissingPeer, PeerIp};
@@ -284,8 +287,14 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
     }
 
     fn refusal(&self, req: &Request<B>) -> Option<crate::Error> {
-        (self.missing == MissingPeer::Refuse && peer_of(req).is_none())
-            .then(|| crate::Error::new(crate::ErrorKind::Internal, MISSING_PEER_MESSAGE))
+        if self.missing != MissingPeer::Refuse || peer_of(req).is_some() {
+            return None;
+        }
+        missing_peer(self.missing);
+        Some(crate::Error::new(
+            crate::ErrorKind::Internal,
+            MISSING_PEER_MESSAGE,
+        ))
     }
 }
 
@@ -661,7 +670,11 @@ mod tests {
         let before = PeerIp::missing_count();
         assert_eq!(key.extract(&no_peer()), None);
         assert!(PeerIp::missing_count() > before, "counted");
+        // A layer consults `refusal` first, and does not extract after a
+        // refusal: the refusal is counted too.
+        let before = PeerIp::missing_count();
         let err = key.refusal(&no_peer()).expect("refused");
+        assert!(PeerIp::missing_count() > before, "counted");
         assert_eq!(err.kind(), crate::ErrorKind::Internal);
         assert_eq!(err.http_status(), 500);
         assert_eq!(err.grpc_code(), crate::GrpcCode::Internal);

@@ -119,9 +119,9 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let key = self.key.extract(&req);
-        let refused = match key {
-            None => self.key.refusal(&req),
+        let refused = self.key.refusal(&req);
+        let key = match refused {
+            None => self.key.extract(&req),
             Some(_) => None,
         };
         let clone = self.inner.clone();
