@@ -422,7 +422,7 @@ async fn oversized_selectors_and_targets_are_refused_before_the_upstream() {
             "{name}: the error does not echo the input"
         );
     }
-    // A request target far past every limit: a 4xx from the HTTP layer.
+    // A request target far past every limit: refused by the HTTP layer.
     // (the http crate will not even build such a URI: raw TCP).
     let huge = "a".repeat(1 << 20);
     let addr = gw.url.trim_start_matches("http://").to_owned();
@@ -438,9 +438,12 @@ async fn oversized_selectors_and_targets_are_refused_before_the_upstream() {
     })
     .await
     .expect("a huge target hung the gateway");
+    // The head is over `server.max_head_bytes`: 431 from the HTTP layer.
+    // The gateway closes without reading the rest, so the kernel may reset
+    // the connection before the answer is read: then nothing arrives.
     assert!(
-        head.is_empty() || head.starts_with("HTTP/1.1 4"),
-        "a 4xx or a closed connection: {head:?}"
+        head.is_empty() || head.starts_with("HTTP/1.1 431 "),
+        "431 or a reset connection: {head:?}"
     );
     assert_eq!(
         gw.upstream_hits().await,
@@ -450,6 +453,6 @@ async fn oversized_selectors_and_targets_are_refused_before_the_upstream() {
     figure(
         "hostile_selectors",
         "7 000-field (56 KB) and 5 000-deep selectors, 1 MiB target",
-        "400 / 4xx, 0 upstream calls",
+        "400 / 431, 0 upstream calls",
     );
 }
