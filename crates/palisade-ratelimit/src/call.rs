@@ -130,7 +130,7 @@ where
         let limit = self.limit.clone();
         Box::pin(async move {
             if let Some(err) = refused {
-                return Err(RateLimitError::KeyRefused(err).into());
+                return Err(RateLimitError::KeyRefused(Box::new(err)).into());
             }
             if let Some(key) = key {
                 let verdict = limiter.check_key(&limit, &key, 1).await?;

@@ -46,7 +46,7 @@ pub enum RateLimitError {
     /// `MissingPeer::Refuse` and no peer address); converts back into the
     /// extractor's error as it is.
     #[error("{0}")]
-    KeyRefused(Error),
+    KeyRefused(Box<Error>),
 }
 
 impl RateLimitError {
@@ -84,7 +84,7 @@ impl From<RateLimitError> for Error {
             err @ (RateLimitError::InvalidConfig(_) | RateLimitError::UnknownLimit(_)) => {
                 Error::new(ErrorKind::Internal, "rate limiter misconfigured").with_source(err)
             }
-            RateLimitError::KeyRefused(inner) => inner,
+            RateLimitError::KeyRefused(inner) => *inner,
         }
     }
 }
