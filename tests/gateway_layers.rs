@@ -239,6 +239,12 @@ async fn metrics_cover_every_layer_and_the_admin_token_guards_them() {
     ] {
         assert!(text.contains(family), "{family} missing from /metrics");
     }
+    // The gateway hands every request its peer address: the counter of
+    // requests without one is exported, and stays at zero.
+    assert!(
+        text.lines().any(|l| l == "palisade_missing_peer_total 0"),
+        "palisade_missing_peer_total 0 missing from /metrics"
+    );
 }
 
 #[tokio::test]
