@@ -202,3 +202,25 @@ async fn call_layer_refuses_without_calling_the_service() {
     svc.oneshot(req).await.unwrap();
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// Shadow limits and log-only mode observe only: they never refuse, not
+/// even a request without a peer.
+#[tokio::test]
+async fn shadow_limits_and_log_only_mode_never_refuse() {
+    let client = client("127.0.0.1");
+    let addr = serve(per_ip(MissingPeer::Refuse, 1000).shadow(true), false).await;
+    assert_eq!(get(&client, addr, false).await.0, StatusCode::OK);
+
+    let limiter = RateLimiter::builder()
+        .limit(per_ip(MissingPeer::Refuse, 1000))
+        .mode(palisade_ratelimit::Mode::LogOnly)
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(RateLimitLayer::new(limiter));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(get(&client, addr, false).await.0, StatusCode::OK);
+}
