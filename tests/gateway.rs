@@ -116,7 +116,9 @@ async fn sigterm_finishes_in_flight_requests() {
     let slow_url = format!("{}/slow?ms=300", gw.url);
     let slow = tokio::spawn(async move { get(&slow_url).await });
     // Wait (by polling the upstream's own counter) until the slow request is in flight.
-    let mut polls = 0;
+    // Another process: no event to wait on, so poll with a time bound (not
+    // a count of polls, which says nothing about how long it waited).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let hits: u64 = get(&format!("{upstream}/hits"))
             .await
@@ -126,9 +128,11 @@ async fn sigterm_finishes_in_flight_requests() {
         if hits > hits_before {
             break;
         }
-        polls += 1;
-        assert!(polls < 10_000, "slow request never reached the upstream");
-        tokio::task::yield_now().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow request never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     gw.terminate();
     let res = slow.await.unwrap();

@@ -131,6 +131,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let registry = Registry::new();
+    // Requests that reached a per-IP key without a peer address (a setup
+    // mistake; the gateway always inserts the peer, so this stays at 0).
+    palisade::core::metrics::register_missing_peer(&registry)?;
     let proxy = proxy::Proxy::new(&upstream, &cfg.upstream, &cfg.rate_limit.trusted_proxies)?;
     let (stack, built) = if args.no_layers {
         (stack::bare(proxy), None)

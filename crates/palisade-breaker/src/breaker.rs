@@ -229,6 +229,8 @@ pub(crate) struct Settings {
     pub(crate) shared: bool,
     /// Failed store operations of the shared state (never fail calls).
     pub(crate) store_errors: AtomicU64,
+    /// Rounds the shared-state task has completed.
+    pub(crate) store_syncs: AtomicU64,
 }
 
 impl Settings {
@@ -252,6 +254,7 @@ impl Settings {
             events: events.unwrap_or_else(|| broadcast::channel(64).0),
             shared: false,
             store_errors: AtomicU64::new(0),
+            store_syncs: AtomicU64::new(0),
         })
     }
 
@@ -1093,6 +1096,43 @@ impl Breaker {
             retry_after,
             times_opened: inner.entered[OPEN as usize].load(Relaxed),
         }
+    }
+
+    /// How many rounds with the store the background task of a shared
+    /// breaker has completed (0 for a breaker that is not shared; per-key
+    /// breakers count their group's rounds).
+    ///
+    /// A round writes the local changes made before it started and reads
+    /// the store (every breaker on a poll, new per-key breakers on a
+    /// wake-up), failed or not. So "one more round than before" is the
+    /// event to wait for after a local change, or once a poll is due.
+    ///
+    /// ```
+    /// use palisade_breaker::{CircuitBreakerLayer, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = palisade_store::Store::in_memory();
+    /// let shared = || {
+    ///     CircuitBreakerLayer::builder("payments")
+    ///         .shared(&store)
+    ///         .build()
+    ///         .unwrap()
+    ///         .breaker()
+    ///         .unwrap()
+    /// };
+    /// let a = shared();
+    /// let before = a.store_syncs();
+    /// a.trip(None);
+    /// palisade_testkit::yield_until("the trip was written", || a.store_syncs() > before).await;
+    /// // A replica created now reads the trip at once.
+    /// let b = shared();
+    /// palisade_testkit::yield_until("b read the store", || b.store_syncs() > 0).await;
+    /// assert_eq!(b.state(), State::Open);
+    /// # }
+    /// ```
+    pub fn store_syncs(&self) -> u64 {
+        self.inner.settings.store_syncs.load(Relaxed)
     }
 
     /// How many times the breaker entered `state`.

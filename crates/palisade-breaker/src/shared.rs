@@ -29,7 +29,7 @@
 //!   dropped.
 
 use crate::{
-    breaker::{Breaker, Reason, State, StateChange, WeakBreaker},
+    breaker::{Breaker, Reason, Settings, State, StateChange, WeakBreaker},
     config::ConfigError,
     keyed::Group,
 };
@@ -123,6 +123,7 @@ impl Target {
 fn spawn(
     link: &Arc<Link>,
     target: Target,
+    settings: Arc<Settings>,
     store: Store,
     poll: Duration,
 ) -> Result<(), ConfigError> {
@@ -131,6 +132,7 @@ fn spawn(
         link: Arc::downgrade(link),
         wake: link.wake.clone(),
         target,
+        settings,
         store,
         poll,
         seen: HashMap::new(),
@@ -155,7 +157,13 @@ pub(crate) fn attach_single(breaker: &Breaker, store: Store) -> Result<(), Confi
     let link = new_link();
     breaker.set_hook(link.owning_hook());
     let poll = breaker.config().shared_poll_interval;
-    spawn(&link, Target::Single(breaker.downgrade()), store, poll)
+    spawn(
+        &link,
+        Target::Single(breaker.downgrade()),
+        breaker.settings().clone(),
+        store,
+        poll,
+    )
 }
 
 /// Shares every breaker of a per-key group through `store`.
@@ -170,7 +178,13 @@ pub(crate) fn attach_group(group: &Arc<Group>, store: Store) -> Result<(), Confi
         on_new.on_new(b);
     }));
     let poll = group.settings.config.shared_poll_interval;
-    spawn(&link, Target::Group(Arc::downgrade(group)), store, poll)
+    spawn(
+        &link,
+        Target::Group(Arc::downgrade(group)),
+        group.settings.clone(),
+        store,
+        poll,
+    )
 }
 
 /// The shared value of one breaker.
@@ -288,6 +302,8 @@ struct Task {
     link: Weak<Link>,
     wake: Arc<Notify>,
     target: Target,
+    /// Where completed rounds are counted (`Breaker::store_syncs`).
+    settings: Arc<Settings>,
     store: Store,
     poll: Duration,
     seen: HashMap<String, Seen>,
@@ -309,6 +325,7 @@ impl Task {
             if !self.round(&link, full).await {
                 return;
             }
+            self.settings.store_syncs.fetch_add(1, Relaxed);
         }
     }
 

@@ -13,11 +13,28 @@ use tokio::time::advance;
 
 const POLL: Duration = Duration::from_secs(1);
 
-/// Lets spawned tasks run (the paused clock does not move).
-async fn settle() {
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+/// Each replica's completed rounds with the store so far.
+fn syncs(replicas: &[&Breaker]) -> Vec<u64> {
+    replicas.iter().map(|b| b.store_syncs()).collect()
+}
+
+/// Waits (bounded; the paused clock does not move) until every replica
+/// has completed a round with the store since `before` was taken: its
+/// local changes made before then are written, a poll then due is read.
+async fn synced(replicas: &[&Breaker], before: &[u64]) {
+    palisade_testkit::yield_until("a round with the store", || {
+        replicas
+            .iter()
+            .zip(before)
+            .all(|(b, n)| b.store_syncs() > *n)
+    })
+    .await;
+}
+
+/// Waits until every replica's task has made its first round (the poll at
+/// its start).
+async fn started(replicas: &[&Breaker]) {
+    synced(replicas, &vec![0; replicas.len()]).await;
 }
 
 fn fail(b: &Breaker, n: usize) {
@@ -54,22 +71,24 @@ async fn a_trip_reaches_the_other_replica_at_its_next_poll_exactly() {
     let (ra, rb) = (BreakerRegistry::new(), BreakerRegistry::new());
     let a = replica(&store, &ra, POLL);
     let b = replica(&store, &rb, POLL);
-    settle().await;
+    started(&[&a, &b]).await;
 
     advance(Duration::from_millis(500)).await;
+    let before = syncs(&[&a]);
     fail(&a, 2);
     assert_eq!(a.state(), State::Open);
-    settle().await;
-    // B counts locally and has not polled yet: it still lets calls through.
+    synced(&[&a], &before).await;
+    // A's trip is in the store. B counts locally and has not polled yet:
+    // it still lets calls through.
     assert_eq!(b.state(), State::Closed);
     assert!(b.call_sync(|| Ok::<_, ()>(())).is_ok());
 
     advance(Duration::from_millis(499)).await;
-    settle().await;
     assert_eq!(b.state(), State::Closed, "before B's poll at t = 1 s");
 
+    let before = syncs(&[&b]);
     advance(Duration::from_millis(1)).await;
-    settle().await;
+    synced(&[&b], &before).await;
     assert_eq!(b.state(), State::Open, "at B's poll, one interval later");
     let open = b.try_acquire().unwrap_err();
     // A opened at t = 0.5 s for 10 s; B shares the end (to the millisecond).
@@ -81,18 +100,21 @@ async fn a_trip_reaches_the_other_replica_at_its_next_poll_exactly() {
     assert_eq!(b.snapshot().consecutive_failures, 0);
 
     // Both go half-open on their own when the shared open time ends.
+    let before = syncs(&[&a, &b]);
     advance(Duration::from_millis(9_501)).await;
-    settle().await;
+    synced(&[&a, &b], &before).await;
     assert_eq!(a.state(), State::HalfOpen);
     assert_eq!(b.state(), State::HalfOpen);
     // B's trials succeed: B closes, and A follows at its next poll.
+    let before = syncs(&[&b]);
     for _ in 0..2 {
         b.call_sync(|| Ok::<_, ()>(())).unwrap();
     }
     assert_eq!(b.state(), State::Closed);
-    settle().await;
+    synced(&[&b], &before).await;
+    let before = syncs(&[&a]);
     advance(POLL).await;
-    settle().await;
+    synced(&[&a], &before).await;
     assert_eq!(a.state(), State::Closed);
     assert_eq!(store_errors(&ra), 0.0);
 }
@@ -103,13 +125,16 @@ async fn reset_force_open_and_disable_through_the_registry_are_shared() {
     let (ra, rb) = (BreakerRegistry::new(), BreakerRegistry::new());
     let a = replica(&store, &ra, POLL);
     let b = replica(&store, &rb, POLL);
-    settle().await;
+    started(&[&a, &b]).await;
 
+    // A change on A is written, then read by B at its next poll.
     let step = async |f: &dyn Fn(), want: State| {
+        let before = syncs(&[&a]);
         f();
-        settle().await;
+        synced(&[&a], &before).await;
+        let before = syncs(&[&b]);
         advance(POLL).await;
-        settle().await;
+        synced(&[&b], &before).await;
         assert_eq!(b.state(), want);
     };
     step(&|| fail(&a, 2), State::Open).await;
@@ -120,10 +145,12 @@ async fn reset_force_open_and_disable_through_the_registry_are_shared() {
     step(&|| assert!(ra.metrics_only("payments")), State::MetricsOnly).await;
     step(&|| assert!(ra.reset("payments")), State::Closed).await;
     // And back: a manual change on B reaches A.
+    let before = syncs(&[&b]);
     rb.force_open("payments");
-    settle().await;
+    synced(&[&b], &before).await;
+    let before = syncs(&[&a]);
     advance(POLL).await;
-    settle().await;
+    synced(&[&a], &before).await;
     assert_eq!(a.state(), State::ForcedOpen);
 }
 
@@ -134,36 +161,43 @@ async fn a_trip_does_not_undo_a_forced_open_elsewhere_and_a_close_gives_way() {
     // A long poll, so both replicas act before either reads the other.
     let a = replica(&store, &ra, Duration::from_secs(3600));
     let b = replica(&store, &rb, Duration::from_secs(3600));
-    settle().await;
+    started(&[&a, &b]).await;
+    let before = syncs(&[&b]);
     b.force_open();
-    settle().await;
+    synced(&[&b], &before).await;
     // A trips without having seen B's forced open: its write loses the
     // compare-and-swap, and A adopts the forced-open state.
+    let before = syncs(&[&a]);
     fail(&a, 2);
-    settle().await;
+    synced(&[&a], &before).await;
     assert_eq!(a.state(), State::ForcedOpen);
 
     // A manual reset wins over anything.
+    let before = syncs(&[&a]);
     a.reset();
-    settle().await;
+    synced(&[&a], &before).await;
+    let before = syncs(&[&a, &b]);
     advance(Duration::from_secs(3600)).await;
-    settle().await;
+    synced(&[&a, &b], &before).await;
     assert_eq!(b.state(), State::Closed);
 
     // B opens for 1 s and goes half-open; meanwhile A trips (B's open time
     // is over, so A's trip is written over it).
+    let before = syncs(&[&b]);
     b.trip(Some(Duration::from_secs(1)));
-    settle().await;
+    synced(&[&b], &before).await;
     advance(Duration::from_secs(1)).await;
     assert_eq!(b.state(), State::HalfOpen);
+    let before = syncs(&[&a]);
     fail(&a, 2);
-    settle().await;
+    synced(&[&a], &before).await;
     // B's trials succeed, but its close loses the compare-and-swap against
     // A's newer trip: B gives way and opens for A's time.
+    let before = syncs(&[&b]);
     for _ in 0..2 {
         b.call_sync(|| Ok::<_, ()>(())).unwrap();
     }
-    settle().await;
+    synced(&[&b], &before).await;
     assert_eq!(b.state(), State::Open);
     let left = b.snapshot().retry_after.unwrap();
     assert!(left > Duration::from_millis(9_990), "{left:?}");
@@ -183,20 +217,30 @@ async fn per_key_breakers_share_by_key_and_new_keys_read_at_once() {
     };
     let (a, b) = (layer(), layer());
     let (ka, kb): (&KeyedBreakers<_>, &KeyedBreakers<_>) = (a.breakers(), b.breakers());
-    settle().await;
+    // Per-key breakers count their group's rounds; the key-less one stands
+    // for each group.
+    let (sa, sb) = (ka.breakers()[0].clone(), kb.breakers()[0].clone());
+    started(&[&sa, &sb]).await;
+    let before = syncs(&[&sa]);
     ka.get("search".to_owned()).trip(None);
-    settle().await;
+    synced(&[&sa], &before).await;
     // B has no breaker for "search" yet: creating it reads the store at
     // once, without waiting for the poll.
+    let before = syncs(&[&sb]);
     let b_search = kb.get("search".to_owned());
-    settle().await;
+    synced(&[&sb], &before).await;
     assert_eq!(b_search.state(), State::Open);
+    let before = syncs(&[&sb]);
     assert_eq!(kb.get("fetch".to_owned()).state(), State::Closed);
-    // An existing key follows at the next poll.
+    synced(&[&sb], &before).await;
+    // An existing key follows at the next poll, not before.
+    let before = syncs(&[&sa]);
     ka.get("fetch".to_owned()).force_open();
-    settle().await;
+    synced(&[&sa], &before).await;
+    assert_eq!(kb.get("fetch".to_owned()).state(), State::Closed);
+    let before = syncs(&[&sb]);
     advance(POLL).await;
-    settle().await;
+    synced(&[&sb], &before).await;
     assert_eq!(kb.get("fetch".to_owned()).state(), State::ForcedOpen);
     // The key-less breaker is its own circuit.
     assert_eq!(kb.breakers()[0].state(), State::Closed);
@@ -212,11 +256,12 @@ async fn bad_data_in_the_store_is_counted_and_overwritten() {
         .await
         .unwrap();
     let a = replica(&store, &registry, POLL);
-    settle().await;
+    started(&[&a]).await;
     assert_eq!(store_errors(&registry), 1.0);
     assert!(a.call_sync(|| Ok::<_, ()>(())).is_ok());
+    let before = syncs(&[&a]);
     fail(&a, 2);
-    settle().await;
+    synced(&[&a], &before).await;
     let raw = store.get(&key).await.unwrap().unwrap();
     assert!(raw.starts_with(b"1 open "), "{raw:?}");
 }
@@ -237,20 +282,27 @@ async fn the_background_task_ends_with_the_layer() {
         .build()
         .unwrap();
     let k = keyed.breakers().get("x".to_owned());
-    settle().await;
-    assert_eq!(metrics.num_alive_tasks(), 2);
+    let alive = async |n: usize, what: &str| {
+        palisade_testkit::yield_until(what, || metrics.num_alive_tasks() == n).await;
+    };
+    alive(2, "both tasks run").await;
     drop(keyed);
-    settle().await;
     // A per-key breaker handle alone does not keep the group's task.
-    assert_eq!(metrics.num_alive_tasks(), 1);
+    alive(1, "the group's task ended").await;
     drop(k);
     drop(single);
-    settle().await;
-    // The registry still names "one": its task stays until it is removed.
+    // The registry still names "one": its task stays until it is removed,
+    // and still polls.
+    let one = || registry.get("one").expect("registered");
+    let before = syncs(&[&one()]);
+    advance(one().config().shared_poll_interval).await;
+    palisade_testkit::yield_until("the task of \"one\" polled", || {
+        one().store_syncs() > before[0]
+    })
+    .await;
     assert_eq!(metrics.num_alive_tasks(), 1);
     registry.remove("one");
-    settle().await;
-    assert_eq!(metrics.num_alive_tasks(), 0);
+    alive(0, "the task of \"one\" ended").await;
 }
 
 #[test]

@@ -269,8 +269,7 @@ async fn open_time_grows_on_repeated_trips_and_resets_on_close() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn jitter_stays_within_its_spread() {
+fn open_times(jitter: f64, trips: usize) -> Vec<Duration> {
     let b = Breaker::new(
         "t",
         cfg(|c| {
@@ -278,24 +277,45 @@ async fn jitter_stays_within_its_spread() {
             c.recovery_backoff = Some(RecoveryBackoff {
                 multiplier: 1.0,
                 max: Duration::from_secs(1000),
-                jitter: 0.2,
+                jitter,
             });
         }),
     )
     .unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        b.trip(None);
-        let after = b.try_acquire().unwrap_err().retry_after().unwrap();
+    (0..trips)
+        .map(|_| {
+            b.trip(None);
+            let after = b.try_acquire().unwrap_err().retry_after().unwrap();
+            b.reset();
+            after
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_stays_within_its_spread_and_fills_it() {
+    let times = open_times(0.2, 400);
+    for after in &times {
         assert!(
-            (Duration::from_secs(80)..=Duration::from_secs(120)).contains(&after),
+            (Duration::from_secs(80)..=Duration::from_secs(120)).contains(after),
             "{after:?}"
         );
-        seen.insert(after);
-        b.reset();
     }
-    // Jitter that is really there: twenty trips do not all wait alike.
-    assert!(seen.len() > 1, "no jitter: {seen:?}");
+    // Jitter that is really there: the waits differ, and cover the spread
+    // (±20 %: 80 s to 120 s) rather than huddle around 100 s. Uniform over
+    // the spread, 400 trips all above 90 s (or all below 110 s) happen with
+    // a probability of 0.75^400.
+    let distinct: std::collections::BTreeSet<_> = times.iter().collect();
+    assert!(distinct.len() > 200, "no jitter: {distinct:?}");
+    let (min, max) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(*min < Duration::from_secs(90), "never low: {min:?}");
+    assert!(*max > Duration::from_secs(110), "never high: {max:?}");
+    // Without jitter every trip waits the same.
+    let exact = open_times(0.0, 20);
+    assert!(
+        exact.iter().all(|t| *t == Duration::from_secs(100)),
+        "{exact:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -292,7 +292,10 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         .layer(layer.clone())
         .service(up.router());
     assert_eq!(call(&mut svc, req("/swr/1")).await.0, "MISS");
-    up.version.store(2, std::sync::atomic::Ordering::SeqCst);
+    let stored_v1 = layer.handle().stats().bytes;
+    // Version 10: the refreshed body is one byte longer than v1's, so the
+    // cache's byte count tells when the refresh has replaced the entry.
+    up.version.store(10, std::sync::atomic::Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(15)).await;
     for _ in 0..5 {
         assert_eq!(
@@ -300,15 +303,15 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
             ("STALE".into(), "swr/1 v1".into())
         );
     }
-    // Let the one background refresh run.
-    palisade_testkit::yield_until("the refresh ran", || layer.handle().stats().misses >= 2).await;
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    // Wait for the one background refresh to store its answer.
+    palisade_testkit::yield_until("the refresh stored v10", || {
+        layer.handle().stats().bytes > stored_v1
+    })
+    .await;
     assert_eq!(up.hits("swr"), 2);
     assert_eq!(
         call(&mut svc, req("/swr/1")).await,
-        ("HIT".into(), "swr/1 v2".into())
+        ("HIT".into(), "swr/1 v10".into())
     );
     // Past the stale-while-revalidate window: a plain miss.
     tokio::time::advance(Duration::from_secs(100)).await;

@@ -105,14 +105,33 @@ async fn concurrent_calls_for_one_key_make_one_call() {
                 Ok::<_, std::convert::Infallible>(format!("result for {q}"))
             }
         });
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let svc = svc.clone();
-            tokio::spawn(async move { svc.oneshot("tool:weather".to_string()).await.unwrap() })
+    let call = |parked: Option<Arc<AtomicUsize>>| {
+        let mut fut = Box::pin(svc.clone().oneshot("tool:weather".to_string()));
+        let mut first = true;
+        tokio::spawn(async move {
+            // Counts the call as parked when its first poll is pending:
+            // without a store there is nothing to wait for before joining
+            // the leader's flight, so that is the call waiting for it.
+            std::future::poll_fn(|cx| {
+                let poll = fut.as_mut().poll(cx);
+                if std::mem::take(&mut first)
+                    && poll.is_pending()
+                    && let Some(parked) = &parked
+                {
+                    parked.fetch_add(1, SeqCst);
+                }
+                poll
+            })
+            .await
+            .unwrap()
         })
-        .collect();
+    };
+    let mut tasks = vec![call(None)];
     palisade_testkit::yield_until("the leader called", || calls.load(SeqCst) > 0).await;
-    tokio::task::yield_now().await;
+    let parked = Arc::new(AtomicUsize::new(0));
+    tasks.extend((0..49).map(|_| call(Some(parked.clone()))));
+    palisade_testkit::yield_until("49 calls wait for the leader", || parked.load(SeqCst) == 49)
+        .await;
     gate.send_replace(true);
     for t in tasks {
         assert_eq!(t.await.unwrap(), "result for tool:weather");

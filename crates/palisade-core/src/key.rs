@@ -36,6 +36,30 @@ pub trait KeyExtractor<Req>: Clone + Send + Sync + 'static {
 
     /// The key of `req`, if it has one.
     fn extract(&self, req: &Req) -> Option<Self::Key>;
+
+    /// Why `req` must be refused rather than served without a key.
+    ///
+    /// A layer that honours refusals consults it before
+    /// [`extract`](Self::extract), and answers with the error instead of
+    /// extracting when it is `Some`. Most extractors never refuse (the
+    /// default). [`PeerIp`] with [`MissingPeer::Refuse`] refuses a request
+    /// whose server inserted no peer address, with a 500 naming the missing
+    /// setup (and counts it, as `extract` counts the other policies'). Tuples
+    /// refuse when any part does.
+    ///
+    /// ```
+    /// use palisade_core::key::{HeaderKey, KeyExtractor, MissingPeer, PeerIp};
+    ///
+    /// let req = http::Request::new(()); // no peer address, no header
+    /// assert!(HeaderKey::new("x-api-key").refusal(&req).is_none());
+    /// let strict = PeerIp::new().when_missing(MissingPeer::Refuse);
+    /// assert!(strict.extract(&req).is_none());
+    /// assert_eq!(strict.refusal(&req).unwrap().http_status(), 500);
+    /// ```
+    fn refusal(&self, req: &Req) -> Option<crate::Error> {
+        let _ = req;
+        None
+    }
 }
 
 /// The address of the directly connected peer, as a request extension.
@@ -97,7 +121,17 @@ pub enum MissingPeer {
     /// No key: a limit keyed this way is skipped for the request (logged
     /// once and counted all the same).
     Skip,
+    /// No key, and the request is refused: [`KeyExtractor::refusal`] gives
+    /// a 500 (gRPC `INTERNAL`) whose message names the missing setup, so the
+    /// mistake shows on the first request instead of in production traffic
+    /// (logged once and counted all the same).
+    Refuse,
 }
+
+/// The client-facing message of a [`MissingPeer::Refuse`] refusal.
+pub const MISSING_PEER_MESSAGE: &str = "no peer address on the request: insert \
+     `palisade_core::key::PeerAddr` into its extensions, serve axum with \
+     `into_make_service_with_connect_info::<SocketAddr>()`, or use tonic's server";
 
 /// Requests seen without a peer address, process-wide.
 static MISSING_PEERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -116,7 +150,7 @@ fn missing_peer(policy: MissingPeer) -> Option<IpAddr> {
     }
     match policy {
         MissingPeer::SharedKey => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        MissingPeer::Skip => None,
+        MissingPeer::Skip | MissingPeer::Refuse => None,
     }
 }
 
@@ -141,7 +175,9 @@ impl PeerIp {
         self
     }
 
-    /// Requests seen so far, in this process, without a peer address.
+    /// Requests seen so far, in this process, without a peer address
+    /// (exported as `palisade_missing_peer_total` by
+    /// [`register_missing_peer`](crate::metrics::register_missing_peer)).
     pub fn missing_count() -> u64 {
         MISSING_PEERS.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -248,6 +284,17 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
             Some(peer) => Some(self.client_ip(peer, req.headers())),
             None => missing_peer(self.missing),
         }
+    }
+
+    fn refusal(&self, req: &Request<B>) -> Option<crate::Error> {
+        if self.missing != MissingPeer::Refuse || peer_of(req).is_some() {
+            return None;
+        }
+        missing_peer(self.missing);
+        Some(crate::Error::new(
+            crate::ErrorKind::Internal,
+            MISSING_PEER_MESSAGE,
+        ))
     }
 }
 
@@ -467,6 +514,11 @@ where
     fn extract(&self, req: &Req) -> Option<Self::Key> {
         Some(Pair(self.0.extract(req)?, self.1.extract(req)?))
     }
+
+    /// The first part's refusal, else the second's.
+    fn refusal(&self, req: &Req) -> Option<crate::Error> {
+        self.0.refusal(req).or_else(|| self.1.refusal(req))
+    }
 }
 
 impl<Req, A, B, C> KeyExtractor<Req> for (A, B, C)
@@ -483,6 +535,14 @@ where
             self.1.extract(req)?,
             self.2.extract(req)?,
         ))
+    }
+
+    /// The first part's refusal that there is.
+    fn refusal(&self, req: &Req) -> Option<crate::Error> {
+        self.0
+            .refusal(req)
+            .or_else(|| self.1.refusal(req))
+            .or_else(|| self.2.refusal(req))
     }
 }
 
@@ -574,6 +634,80 @@ mod tests {
         );
         assert_eq!(trusted().when_missing(MissingPeer::Skip).extract(&r), None);
         assert!(PeerIp::missing_count() >= 2);
+    }
+
+    fn no_peer() -> Request<()> {
+        Request::builder()
+            .header("x-forwarded-for", "1.1.1.1")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn shared_key_policy_gives_one_key_and_never_refuses() {
+        let key = trusted().when_missing(MissingPeer::SharedKey);
+        let before = PeerIp::missing_count();
+        assert_eq!(
+            key.extract(&no_peer()),
+            Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        );
+        assert!(PeerIp::missing_count() > before, "counted");
+        assert!(key.refusal(&no_peer()).is_none());
+    }
+
+    #[test]
+    fn skip_policy_gives_no_key_and_never_refuses() {
+        let key = trusted().when_missing(MissingPeer::Skip);
+        let before = PeerIp::missing_count();
+        assert_eq!(key.extract(&no_peer()), None);
+        assert!(PeerIp::missing_count() > before, "counted");
+        assert!(key.refusal(&no_peer()).is_none());
+    }
+
+    #[test]
+    fn refuse_policy_gives_no_key_and_a_500_naming_the_setup() {
+        let key = trusted().when_missing(MissingPeer::Refuse);
+        let before = PeerIp::missing_count();
+        assert_eq!(key.extract(&no_peer()), None);
+        assert!(PeerIp::missing_count() > before, "counted");
+        // A layer consults `refusal` first, and does not extract after a
+        // refusal: the refusal is counted too.
+        let before = PeerIp::missing_count();
+        let err = key.refusal(&no_peer()).expect("refused");
+        assert!(PeerIp::missing_count() > before, "counted");
+        assert_eq!(err.kind(), crate::ErrorKind::Internal);
+        assert_eq!(err.http_status(), 500);
+        assert_eq!(err.grpc_code(), crate::GrpcCode::Internal);
+        for setup in [
+            "PeerAddr",
+            "into_make_service_with_connect_info::<SocketAddr>()",
+            "tonic",
+        ] {
+            assert!(err.message().contains(setup), "{setup}: {}", err.message());
+        }
+        // A request with a peer is keyed, never refused.
+        let r = req("198.51.100.1:1", &[]);
+        assert_eq!(key.extract(&r).unwrap().to_string(), "198.51.100.1");
+        assert!(key.refusal(&r).is_none());
+    }
+
+    #[test]
+    fn tuples_forward_the_refusal_of_any_part() {
+        let strict = PeerIp::new().when_missing(MissingPeer::Refuse);
+        let r = Request::builder()
+            .header("x-api-key", "abc")
+            .body(())
+            .unwrap();
+        let pair = (HeaderKey::new("x-api-key"), strict.clone());
+        assert_eq!(pair.extract(&r), None);
+        assert_eq!(pair.refusal(&r).unwrap().http_status(), 500);
+        let triple = (ConstKey("a"), HeaderKey::new("x-api-key"), strict);
+        assert_eq!(triple.extract(&r), None);
+        assert_eq!(triple.refusal(&r).unwrap().http_status(), 500);
+        // Parts that merely lack a key do not refuse.
+        let lenient = (HeaderKey::new("x-user"), PeerIp::new());
+        assert_eq!(lenient.extract(&r), None);
+        assert!(lenient.refusal(&r).is_none());
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! ```
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    core::{Collector, Desc},
+    proto::MetricFamily,
 };
 
 /// Latency buckets in seconds, from 100 µs to 30 s.
@@ -79,6 +81,66 @@ pub fn register_histogram_vec(
     register(registry, HistogramVec::new(opts, labels)?)
 }
 
+/// The name of the counter of requests seen without a peer address.
+pub const MISSING_PEER_TOTAL: &str = "palisade_missing_peer_total";
+
+/// Exports [`PeerIp::missing_count`](crate::key::PeerIp::missing_count), the
+/// process-wide count of requests that reached a `PeerIp` key without a
+/// peer address, as the counter `palisade_missing_peer_total`.
+///
+/// The counter reads the process-wide count when gathered, so it includes
+/// requests seen before registration, and may be registered on several
+/// registries.
+///
+/// ```
+/// use palisade_core::key::{KeyExtractor, PeerIp};
+///
+/// let registry = prometheus::Registry::new();
+/// palisade_core::metrics::register_missing_peer(&registry).unwrap();
+/// let _ = PeerIp::new().extract(&http::Request::new(())); // no peer address
+/// let family = &registry.gather()[0];
+/// assert_eq!(family.name(), "palisade_missing_peer_total");
+/// assert!(family.get_metric()[0].get_counter().get_value() >= 1.0);
+/// ```
+///
+/// # Errors
+/// When the registry already holds a metric of that name.
+pub fn register_missing_peer(registry: &Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(MissingPeerCollector::new()?))
+}
+
+/// Reads the process-wide missing-peer count at each gather.
+struct MissingPeerCollector {
+    descs: Vec<Desc>,
+}
+
+const MISSING_PEER_HELP: &str = "Requests keyed by peer IP that carried no peer address (a server setup mistake: no PeerAddr, axum ConnectInfo or tonic connect info).";
+
+impl MissingPeerCollector {
+    fn new() -> prometheus::Result<Self> {
+        let counter = IntCounter::new(MISSING_PEER_TOTAL, MISSING_PEER_HELP)?;
+        Ok(Self {
+            descs: counter.desc().into_iter().cloned().collect(),
+        })
+    }
+}
+
+impl Collector for MissingPeerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        match IntCounter::new(MISSING_PEER_TOTAL, MISSING_PEER_HELP) {
+            Ok(counter) => {
+                counter.inc_by(crate::key::PeerIp::missing_count());
+                counter.collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +155,42 @@ mod tests {
         let h = register_histogram_vec(&r, "palisade_latency_seconds", "x", &[], None).unwrap();
         h.with_label_values(&[] as &[&str]).observe(0.003);
         assert_eq!(r.gather().len(), 2);
+    }
+
+    fn missing_peer_value(r: &Registry) -> u64 {
+        let families = r.gather();
+        let family = families
+            .iter()
+            .find(|f| f.name() == MISSING_PEER_TOTAL)
+            .expect("registered");
+        family.get_metric()[0].get_counter().get_value() as u64
+    }
+
+    #[test]
+    fn missing_peer_counter_follows_the_process_wide_count() {
+        use crate::key::{KeyExtractor, MissingPeer, PeerIp};
+        let r = Registry::new();
+        register_missing_peer(&r).unwrap();
+        assert!(register_missing_peer(&r).is_err(), "one per registry");
+        // Other tests count concurrently: the counter only ever moves up,
+        // by at least what this test adds.
+        let before = missing_peer_value(&r);
+        let req = http::Request::new(());
+        for policy in [
+            MissingPeer::SharedKey,
+            MissingPeer::Skip,
+            MissingPeer::Refuse,
+        ] {
+            let _ = PeerIp::new().when_missing(policy).extract(&req);
+        }
+        let after = missing_peer_value(&r);
+        assert!(after >= before + 3, "{before} -> {after}");
+        assert!(after <= PeerIp::missing_count());
+        // A peer address is not counted.
+        let mut with_peer = http::Request::new(());
+        with_peer
+            .extensions_mut()
+            .insert(crate::key::PeerAddr("192.0.2.1:1".parse().unwrap()));
+        assert!(PeerIp::new().extract(&with_peer).is_some());
     }
 }

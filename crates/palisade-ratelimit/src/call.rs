@@ -119,12 +119,19 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let key = self.key.extract(&req);
+        let refused = self.key.refusal(&req);
+        let key = match refused {
+            None => self.key.extract(&req),
+            Some(_) => None,
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         let limit = self.limit.clone();
         Box::pin(async move {
+            if let Some(err) = refused {
+                return Err(RateLimitError::KeyRefused(Box::new(err)).into());
+            }
             if let Some(key) = key {
                 let verdict = limiter.check_key(&limit, &key, 1).await?;
                 if let Some(err) = verdict.into_error() {

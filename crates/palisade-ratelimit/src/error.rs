@@ -42,6 +42,11 @@ pub enum RateLimitError {
     /// A programmatic check named a limit the limiter does not have.
     #[error("no rate limit named {0:?}")]
     UnknownLimit(String),
+    /// The key extractor refused a request that has no key (a `PeerIp` with
+    /// `MissingPeer::Refuse` and no peer address); converts back into the
+    /// extractor's error as it is.
+    #[error("{0}")]
+    KeyRefused(Box<Error>),
 }
 
 impl RateLimitError {
@@ -62,8 +67,8 @@ impl RateLimitError {
 
 impl From<RateLimitError> for Error {
     fn from(err: RateLimitError) -> Self {
-        match &err {
-            RateLimitError::Exceeded { .. } => {
+        match err {
+            err @ RateLimitError::Exceeded { .. } => {
                 let mut e = Error::new(ErrorKind::RateLimited, "rate limit exceeded")
                     .with_problem_type(QUOTA_EXCEEDED);
                 if let Some(after) = err.retry_after() {
@@ -71,14 +76,15 @@ impl From<RateLimitError> for Error {
                 }
                 e.with_source(err)
             }
-            RateLimitError::StoreUnavailable(_) => {
+            err @ RateLimitError::StoreUnavailable(_) => {
                 Error::new(ErrorKind::Unavailable, "rate limiting is unavailable")
                     .with_retry_after(Duration::from_secs(1))
                     .with_source(err)
             }
-            RateLimitError::InvalidConfig(_) | RateLimitError::UnknownLimit(_) => {
+            err @ (RateLimitError::InvalidConfig(_) | RateLimitError::UnknownLimit(_)) => {
                 Error::new(ErrorKind::Internal, "rate limiter misconfigured").with_source(err)
             }
+            RateLimitError::KeyRefused(inner) => *inner,
         }
     }
 }

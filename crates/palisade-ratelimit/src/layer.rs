@@ -288,6 +288,21 @@ impl<S> RateLimit<S> {
 
 type CheckFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 
+/// The first enforced limit whose key extractor refuses `req` (a `PeerIp`
+/// with `MissingPeer::Refuse` and no peer address). Shadow limits and
+/// log-only mode observe only: they never refuse.
+fn refusal_of(limiter: &RateLimiter, req: &Request<()>) -> Option<palisade_core::Error> {
+    if limiter.mode() != crate::Mode::Enforce {
+        return None;
+    }
+    let err = limiter
+        .limits()
+        .filter(|l| !l.shadow)
+        .find_map(|l| l.refusal(req))?;
+    tracing::debug!(kind = %err.kind(), "rate limit refused a request without a key");
+    Some(err)
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
@@ -308,6 +323,14 @@ where
         }
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
+        if let Some(err) = refusal_of(&self.limiter, &head) {
+            return ResponseFuture {
+                state: State::Fail {
+                    err: Some(err),
+                    grpc: is_grpc_request(head.headers()),
+                },
+            };
+        }
         let pending = self.limiter.begin(&head);
         let req = Request::from_parts(head.into_parts().0, body);
         match pending {
@@ -353,6 +376,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, S, B> {
         Refuse { verdict: Option<Verdict>, grpc: bool, style: HeaderStyle },
+        Fail { err: Option<palisade_core::Error>, grpc: bool },
         Check {
             check: CheckFuture,
             // Boxed: the store path allocates anyway, and the future stays
@@ -400,6 +424,10 @@ where
                 } => {
                     let verdict = verdict.take().expect("polled after completion");
                     return Poll::Ready(Ok(refusal(verdict, *grpc, *style)));
+                }
+                StateProj::Fail { err, grpc } => {
+                    let err = err.take().expect("polled after completion");
+                    return Poll::Ready(Ok(err.into_http_response(*grpc)));
                 }
                 StateProj::Check {
                     check,

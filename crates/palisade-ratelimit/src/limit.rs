@@ -200,6 +200,8 @@ impl Tiers {
 /// A key extractor with its key type erased, reading a body-less request.
 pub(crate) trait DynKey: Send + Sync + 'static {
     fn visit(&self, req: &Request<()>, f: &mut dyn FnMut(KeyRef<'_>));
+    /// [`KeyExtractor::refusal`]: why a key-less request must be refused.
+    fn refusal(&self, req: &Request<()>) -> Option<palisade_core::Error>;
 }
 
 impl<E: KeyExtractor<Request<()>>> DynKey for E {
@@ -208,6 +210,11 @@ impl<E: KeyExtractor<Request<()>>> DynKey for E {
         if let Some(key) = self.extract(req) {
             visit_key(&key, f);
         }
+    }
+
+    #[inline]
+    fn refusal(&self, req: &Request<()>) -> Option<palisade_core::Error> {
+        KeyExtractor::refusal(self, req)
     }
 }
 
@@ -226,7 +233,11 @@ pub(crate) enum QuotaSource {
 ///
 /// Key extractors come from [`palisade_core::key`] and read the request
 /// without its body (`Request<()>`); requests without a key (no user id,
-/// no such header) skip the limit.
+/// no such header) skip the limit, unless the extractor refuses them (see
+/// [`KeyExtractor::refusal`]: a [`PeerIp`] with
+/// [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse)), in
+/// which case the layer answers with that error (500) when the limit is
+/// enforced; shadow limits and log-only mode never refuse.
 ///
 /// ```
 /// use palisade_core::key::HeaderKey;
@@ -384,5 +395,22 @@ impl Limit {
     /// Whether the limit is a shadow limit.
     pub fn is_shadow(&self) -> bool {
         self.shadow
+    }
+
+    /// Why this limit's key extractor refuses `req`, which has no key (see
+    /// [`KeyExtractor::refusal`]); `None` when it has a key or is merely
+    /// skipped.
+    ///
+    /// ```
+    /// use palisade_core::key::{MissingPeer, PeerIp};
+    /// use palisade_ratelimit::{Limit, Quota};
+    ///
+    /// let strict = Limit::new("ip", PeerIp::new().when_missing(MissingPeer::Refuse), Quota::per_minute(60));
+    /// let req = http::Request::new(()); // the server inserted no peer address
+    /// assert_eq!(strict.refusal(&req).unwrap().http_status(), 500);
+    /// assert!(Limit::per_ip().refusal(&req).is_none(), "shares one key instead");
+    /// ```
+    pub fn refusal(&self, req: &Request<()>) -> Option<palisade_core::Error> {
+        self.key.refusal(req)
     }
 }

@@ -133,35 +133,91 @@ mod tests {
         }
     }
 
+    /// `n` delays from `delay`, checking each is within `[low, high]`, and
+    /// that they vary and spread over the range: some in its lowest
+    /// quarter, some in its highest, and mostly distinct. A constant delay,
+    /// or one that only wobbles a little, fails (for uniform samples, 1000
+    /// all outside one quarter happen with a probability of 0.75^1000).
+    fn assert_spread(
+        what: &str,
+        low: Duration,
+        high: Duration,
+        mut delay: impl FnMut() -> Duration,
+    ) {
+        let samples: Vec<Duration> = (0..1000).map(|_| delay()).collect();
+        for d in &samples {
+            assert!(
+                *d >= low && *d <= high,
+                "{what}: {d:?} outside {low:?}..={high:?}"
+            );
+        }
+        let quarter = (high - low) / 4;
+        assert!(
+            samples.iter().any(|d| *d < low + quarter),
+            "{what}: never in the lowest quarter"
+        );
+        assert!(
+            samples.iter().any(|d| *d > high - quarter),
+            "{what}: never in the highest quarter"
+        );
+        let distinct: std::collections::HashSet<_> = samples.iter().collect();
+        assert!(
+            distinct.len() > 900,
+            "{what}: {} distinct delays",
+            distinct.len()
+        );
+    }
+
     #[test]
-    fn jitters_stay_in_their_ranges() {
+    fn full_jitter_spreads_from_zero_to_the_delay() {
         let full = Backoff::new(2 * S, 2.0, 10 * S, Jitter::Full);
+        assert_spread("full", Duration::ZERO, 8 * S, || {
+            full.delay(3, Duration::ZERO)
+        });
+    }
+
+    #[test]
+    fn equal_jitter_spreads_over_the_upper_half() {
         let equal = Backoff::new(2 * S, 2.0, 10 * S, Jitter::Equal);
+        assert_spread("equal", 4 * S, 8 * S, || equal.delay(3, Duration::ZERO));
+        // Capped delays are jittered too.
+        assert_spread("equal, capped", 5 * S, 10 * S, || {
+            equal.delay(9, Duration::ZERO)
+        });
+    }
+
+    #[test]
+    fn decorrelated_jitter_spreads_up_to_three_times_the_previous_delay() {
         let deco = Backoff::new(S, 2.0, 10 * S, Jitter::Decorrelated);
-        let mut seen_full = std::collections::HashSet::new();
-        let mut seen_equal = std::collections::HashSet::new();
-        let mut seen_deco = std::collections::HashSet::new();
+        // First retry: between the initial delay and three times it.
+        assert_spread("decorrelated, first", S, 3 * S, || {
+            deco.delay(1, Duration::ZERO)
+        });
+        // It follows the previous delay (not the retry number): after 3 s,
+        // up to 9 s, whatever the retry.
+        assert_spread("decorrelated, after 3 s", S, 9 * S, || deco.delay(1, 3 * S));
+        // And is capped.
+        assert_spread("decorrelated, capped", S, 10 * S, || deco.delay(7, 8 * S));
+        // A chain of delays, each fed the last, stays in its range and varies.
         let mut prev = Duration::ZERO;
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
-            let d = full.delay(3, Duration::ZERO);
-            assert!(d <= 8 * S);
-            seen_full.insert(d);
-            let d = equal.delay(3, Duration::ZERO);
-            assert!(d >= 4 * S && d <= 8 * S, "{d:?}");
-            seen_equal.insert(d);
             let d = deco.delay(2, prev);
-            seen_deco.insert(d);
             let upper = if prev.is_zero() {
                 3 * S
             } else {
                 (prev * 3).min(10 * S)
             };
             assert!(d >= S && d <= upper, "{d:?} after {prev:?}");
+            seen.insert(d);
             prev = d;
         }
-        // Each jitter really varies: a constant delay fails here.
-        assert!(seen_full.len() > 900, "full jitter is random");
-        assert!(seen_equal.len() > 900, "equal jitter is random");
-        assert!(seen_deco.len() > 900, "decorrelated jitter is random");
+        assert!(seen.len() > 900, "decorrelated jitter is random");
+    }
+
+    #[test]
+    fn no_jitter_is_exact() {
+        let none = Backoff::new(2 * S, 2.0, 10 * S, Jitter::None);
+        assert!((0..100).all(|_| none.delay(3, Duration::ZERO) == 8 * S));
     }
 }

@@ -181,10 +181,13 @@ impl<K: KeyExtractor<R>, R> BulkheadLayer<K, R> {
     /// let layer = BulkheadLayer::per_key(1, key_fn(|(tenant, _): &(u32, bool)| Some(*tenant)));
     /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     /// let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    /// let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    /// let signal = entered.clone();
     /// let svc = ServiceBuilder::new().layer(layer.for_services()).service_fn(move |(t, slow): (u32, bool)| {
-    ///     let rx = rx.clone();
+    ///     let (rx, signal) = (rx.clone(), signal.clone());
     ///     async move {
     ///         if slow {
+    ///             signal.notify_one(); // holding tenant 1's slot
     ///             let rx = rx.lock().await.take().unwrap();
     ///             let _ = rx.await;
     ///         }
@@ -192,7 +195,7 @@ impl<K: KeyExtractor<R>, R> BulkheadLayer<K, R> {
     ///     }
     /// });
     /// let slow = tokio::spawn(svc.clone().oneshot((1, true)));
-    /// tokio::task::yield_now().await; // the slow call now holds tenant 1's slot
+    /// tokio::time::timeout(std::time::Duration::from_secs(10), entered.notified()).await.unwrap();
     /// let err = svc.clone().oneshot((1, false)).await.unwrap_err();
     /// assert!(matches!(err, BulkheadError::Full { max: 1 }));
     /// assert_eq!(svc.clone().oneshot((2, false)).await.unwrap(), 2); // another tenant
@@ -522,7 +525,6 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::Full;
     use palisade_core::key::HeaderKey;
-    use tokio::sync::Notify;
     use tower::ServiceExt;
 
     fn req(tool: &str) -> Request<()> {
@@ -531,15 +533,27 @@ mod tests {
 
     #[tokio::test]
     async fn full_resource_answers_503_others_are_unaffected() {
-        let gate = Arc::new(Notify::new());
-        let g = gate.clone();
+        use std::time::Duration;
+        use tokio::sync::watch;
+        // Calls the inner service has received (each holds a permit), and
+        // the gate they wait behind: events, so nothing depends on how
+        // many polls a spawned call takes to get in.
+        let (entered, mut seen) = watch::channel(0usize);
+        let (gate, open) = watch::channel(false);
         let inner = tower::service_fn(move |_req: Request<()>| {
-            let g = g.clone();
+            entered.send_modify(|n| *n += 1);
+            let mut open = open.clone();
             async move {
-                g.notified().await;
+                let _ = open.wait_for(|open| *open).await;
                 Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
             }
         });
+        let mut until = async |n: usize| {
+            tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|got| *got >= n))
+                .await
+                .expect("bounded wait")
+                .unwrap();
+        };
         let registry = prometheus::Registry::new();
         let metrics = RetryMetrics::register(&registry).unwrap();
         let layer = BulkheadLayer::per_key(2, HeaderKey::new("x-tool")).metrics(&metrics, "tools");
@@ -547,8 +561,7 @@ mod tests {
         // Two calls to "search" hold its two permits.
         let a = tokio::spawn(svc.clone().oneshot(req("search")));
         let b = tokio::spawn(svc.clone().oneshot(req("search")));
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
+        until(2).await;
         let res = svc.clone().oneshot(req("search")).await.unwrap();
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers()["retry-after"], "1");
@@ -559,18 +572,16 @@ mod tests {
             .unwrap();
         let res = svc.clone().oneshot(grpc).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "14");
-        // Another tool still has room.
+        // Another tool still has room: its call gets in while search is full.
         let other = tokio::spawn(svc.clone().oneshot(req("fetch")));
-        tokio::task::yield_now().await;
-        gate.notify_waiters();
+        until(3).await;
+        gate.send_replace(true);
         for h in [a, b, other] {
             assert_eq!(h.await.unwrap().unwrap().status(), 200);
         }
         // Permits are back.
-        let done = tokio::spawn(svc.clone().oneshot(req("search")));
-        tokio::task::yield_now().await;
-        gate.notify_waiters();
-        assert_eq!(done.await.unwrap().unwrap().status(), 200);
+        let res = svc.clone().oneshot(req("search")).await.unwrap();
+        assert_eq!(res.status(), 200);
         drop(svc);
         assert_eq!(layer.limits.by_key.len(), 0, "idle keys are dropped");
         let rejected = registry
