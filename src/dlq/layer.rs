@@ -94,20 +94,7 @@ pub struct DeadLetters<S> {
 }
 
 impl<S> DeadLetters<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 impl<S: Clone> Clone for DeadLetters<S> {

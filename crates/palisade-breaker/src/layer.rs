@@ -533,20 +533,7 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures, K = SingleBreaker, O = TypedE
 }
 
 impl<S, C, K, O> CircuitBreaker<S, C, K, O> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 impl<S, C, K, O, Req> Service<Req> for CircuitBreaker<S, C, K, O>

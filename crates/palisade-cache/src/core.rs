@@ -285,10 +285,10 @@ impl<V: Value> Core<V> {
                     .invalidate_entries_if(move |k, _| k.starts_with(p.as_str()));
             }
             Purge::Matching(m) => {
-                let m = m.clone();
+                let m = store_glob(m);
                 let _ = self
                     .l1
-                    .invalidate_entries_if(move |k, _| glob(m.as_bytes(), k.as_bytes()));
+                    .invalidate_entries_if(move |k, _| Store::glob_match(&m, k.as_bytes()));
             }
             Purge::All => self.l1.invalidate_all(),
         }
@@ -533,9 +533,9 @@ impl<V: Value> Core<V> {
     /// Removes every key matching the glob `pattern` (`*`, `?`, `\`
     /// escapes) from both tiers.
     pub(crate) async fn invalidate_matching(&self, pattern: &str) -> Result<u64, CacheError> {
-        let owned = pattern.to_owned();
+        let glob = store_glob(pattern);
         self.l1
-            .invalidate_entries_if(move |k, _| glob(owned.as_bytes(), k.as_bytes()))
+            .invalidate_entries_if(move |k, _| Store::glob_match(&glob, k.as_bytes()))
             .map_err(|e| CacheError::Invalid(e.to_string()))?;
         self.announce(Purge::Matching(pattern.to_owned())).await;
         let Some(l2) = &self.l2 else { return Ok(0) };
@@ -607,46 +607,35 @@ fn escape_part(l2: &L2, part: &str) -> String {
     full[base.len() - 2..full.len() - 2].to_owned()
 }
 
-/// Redis-style glob (`*`, `?`, `\x`) over bytes.
-pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p + 1, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == text[t] => {
-                    p += 2;
-                    t += 1;
-                    continue;
-                }
-                c if c != b'\\' && c == text[t] => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                _ => {}
+/// A purge pattern (`*`, `?`, `\x` escapes; everything else literal) as a
+/// store glob, for [`Store::glob_match`]: `[` and `]` are escaped, and a
+/// trailing lone `\` (which escapes nothing, so the pattern matches no key)
+/// becomes an empty class, which matches nothing either.
+fn store_glob(pattern: &str) -> Vec<u8> {
+    let pattern = pattern.as_bytes();
+    let mut out = Vec::with_capacity(pattern.len() + 2);
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'\\' if i + 1 < pattern.len() => {
+                out.extend_from_slice(&pattern[i..i + 2]);
+                i += 2;
+                continue;
             }
+            b'\\' => out.extend_from_slice(b"[]"),
+            c @ (b'[' | b']') => out.extend_from_slice(&[b'\\', c]),
+            c => out.push(c),
         }
-        match star {
-            Some((sp, st)) => {
-                p = sp;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
+        i += 1;
     }
-    pattern[p..].iter().all(|&c| c == b'*')
+    out
+}
+
+/// Whether the L1 key `text` matches the purge `pattern`.
+#[cfg(test)]
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let pattern = std::str::from_utf8(pattern).expect("patterns are strings");
+    Store::glob_match(&store_glob(pattern), text)
 }
 
 /// The leader's hold on a flight; followers wake when it drops.
@@ -729,5 +718,13 @@ mod tests {
         assert!(!glob(b"a\\*c", b"abc"));
         assert!(glob(b"*x*y", b"aaxbby"));
         assert!(!glob(b"*x*y", b"aaxbb"));
+        // No classes: brackets are literal.
+        assert!(glob(b"a[b]*", b"a[b]c"));
+        assert!(!glob(b"a[b]*", b"abc"));
+        assert!(glob(b"a\\[*", b"a[x"));
+        // A trailing lone backslash escapes nothing: no key matches.
+        assert!(!glob(b"a\\", b"a\\"));
+        assert!(!glob(b"*\\", b"a"));
+        assert!(!glob(b"*\\", b""));
     }
 }

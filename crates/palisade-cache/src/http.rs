@@ -539,20 +539,7 @@ impl<S, K: Clone> Cache<S, K> {
         CacheHandle::new(self.shared.core.clone())
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 impl<S: Clone, K: Clone> Clone for Cache<S, K> {

@@ -292,20 +292,7 @@ impl<S, R, K> CacheService<S, R, K> {
         CacheHandle::new(self.shared.core.clone())
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 type BoxSvcFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;

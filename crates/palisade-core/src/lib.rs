@@ -13,6 +13,8 @@
 //! - [`PalisadeBody`]: the one body type a layer returns when it answers itself
 //!   (429, 503, a cache hit) or rewrites a body (masked, shaped).
 //! - [`metrics`] and [`config`]: helpers for Prometheus and serde.
+//! - [`inner_accessors!`]: the `get_ref` / `get_mut` / `into_inner` methods
+//!   of every layer's service type.
 //!
 //! # Example
 //!
@@ -45,3 +47,73 @@ pub use tower_http::classify::GrpcCode;
 
 /// A boxed error, as tower and hyper use it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Writes the inner-service accessors of a middleware service type:
+/// `get_ref`, `get_mut` and `into_inner`, over the field that holds the
+/// wrapped service.
+///
+/// Use it inside the type's inherent `impl` block as
+/// `inner_accessors!(field: Type)`; name the methods after a `;` to write
+/// only some of them (`inner_accessors!(field: Type; get_ref, into_inner)`).
+///
+/// ```
+/// /// A middleware wrapping a service.
+/// pub struct Wrap<S> {
+///     inner: S,
+///     label: &'static str,
+/// }
+///
+/// impl<S> Wrap<S> {
+///     palisade_core::inner_accessors!(inner: S);
+///
+///     /// The label.
+///     pub fn label(&self) -> &str {
+///         self.label
+///     }
+/// }
+///
+/// let mut w = Wrap { inner: 1u8, label: "w" };
+/// *w.get_mut() += 1;
+/// assert_eq!((*w.get_ref(), w.label()), (2, "w"));
+/// assert_eq!(w.into_inner(), 2);
+///
+/// /// A middleware whose inner service is never handed out mutably.
+/// pub struct ReadOnly<S> {
+///     inner: S,
+/// }
+///
+/// impl<S> ReadOnly<S> {
+///     palisade_core::inner_accessors!(inner: S; get_ref, into_inner);
+/// }
+///
+/// let r = ReadOnly { inner: "svc" };
+/// assert_eq!(*r.get_ref(), "svc");
+/// assert_eq!(r.into_inner(), "svc");
+/// ```
+#[macro_export]
+macro_rules! inner_accessors {
+    ($field:ident : $inner:ty) => {
+        $crate::inner_accessors!($field: $inner; get_ref, get_mut, into_inner);
+    };
+    ($field:ident : $inner:ty; $($method:ident),+ $(,)?) => {
+        $($crate::inner_accessors!(@$method $field $inner);)+
+    };
+    (@get_ref $field:ident $inner:ty) => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &$inner {
+            &self.$field
+        }
+    };
+    (@get_mut $field:ident $inner:ty) => {
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut $inner {
+            &mut self.$field
+        }
+    };
+    (@into_inner $field:ident $inner:ty) => {
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> $inner {
+            self.$field
+        }
+    };
+}

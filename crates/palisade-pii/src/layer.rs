@@ -263,20 +263,7 @@ impl<S: fmt::Debug> fmt::Debug for PiiMask<S> {
 }
 
 impl<S> PiiMask<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 /// What the answer to a message is encoded in.

@@ -270,20 +270,7 @@ impl<S> RateLimit<S> {
         RateLimitLayer::new(limiter)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 type CheckFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;

@@ -2,6 +2,7 @@
 
 use crate::quota::{Algorithm, Decision, Quota};
 use dashmap::DashMap;
+use palisade_store::gcra::gcra_step;
 use std::{
     fmt,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
@@ -407,46 +408,29 @@ fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// GCRA on one atomic TAT (nanoseconds since the limiter's start).
+/// GCRA on one atomic TAT (nanoseconds since the limiter's start): the
+/// store's [`gcra_step`] in a compare-and-swap loop.
 #[inline]
 fn gcra(cell: &AtomicU64, now: u64, t: u64, inv_t: f64, limit: u32, cost: u32) -> Decision {
     let tau = t * u64::from(limit);
     let inc = t * u64::from(cost);
     let mut tat = cell.load(Relaxed);
     loop {
-        let base = tat.max(now);
-        let new_tat = base + inc;
-        let diff = new_tat - now;
-        if diff > tau {
-            return Decision {
-                allowed: false,
-                limit,
-                remaining: clamp_u32(div(tau.saturating_sub(base - now), t, inv_t)).min(limit),
-                reset_after: Duration::from_nanos(base - now),
-                retry_after: Some(Duration::from_nanos(diff - tau)),
-            };
+        let s = gcra_step(tat, now, inc, tau);
+        if s.allowed
+            && inc != 0
+            && let Err(actual) = cell.compare_exchange_weak(tat, s.new_tat, Relaxed, Relaxed)
+        {
+            tat = actual;
+            continue;
         }
-        if inc == 0 {
-            return Decision {
-                allowed: true,
-                limit,
-                remaining: clamp_u32(div(tau - diff, t, inv_t)).min(limit),
-                reset_after: Duration::from_nanos(diff),
-                retry_after: None,
-            };
-        }
-        match cell.compare_exchange_weak(tat, new_tat, Relaxed, Relaxed) {
-            Ok(_) => {
-                return Decision {
-                    allowed: true,
-                    limit,
-                    remaining: clamp_u32(div(tau - diff, t, inv_t)).min(limit),
-                    reset_after: Duration::from_nanos(diff),
-                    retry_after: None,
-                };
-            }
-            Err(actual) => tat = actual,
-        }
+        return Decision {
+            allowed: s.allowed,
+            limit,
+            remaining: clamp_u32(div(s.slack, t, inv_t)).min(limit),
+            reset_after: Duration::from_nanos(s.reset_after),
+            retry_after: (!s.allowed).then(|| Duration::from_nanos(s.retry_after)),
+        };
     }
 }
 

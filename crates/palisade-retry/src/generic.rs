@@ -290,20 +290,7 @@ pub struct ServiceRetry<S, C> {
 }
 
 impl<S, C> ServiceRetry<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, owned.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for ServiceRetry<S, C> {

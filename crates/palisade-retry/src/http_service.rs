@@ -52,20 +52,7 @@ impl<S> Retry<S> {
         Self { inner, policy }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, owned.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S);
 }
 
 impl<S: fmt::Debug> fmt::Debug for Retry<S> {

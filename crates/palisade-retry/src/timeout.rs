@@ -171,15 +171,7 @@ pub struct ServiceTimeout<S> {
 }
 
 impl<S> ServiceTimeout<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, owned.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S; get_ref, into_inner);
 }
 
 impl<S, Req> Service<Req> for ServiceTimeout<S>
@@ -280,15 +272,7 @@ impl<S> Timeout<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, owned.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    palisade_core::inner_accessors!(inner: S; get_ref, into_inner);
 }
 
 /// The `grpc-timeout` header: an integer of at most 8 digits and a unit.

@@ -1,10 +1,8 @@
 //! The store's error type.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
-/// A boxed error source.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+pub use palisade_core::BoxError;
 
 /// What can go wrong talking to the store.
 ///

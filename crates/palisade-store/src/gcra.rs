@@ -28,6 +28,9 @@
 //!   `retry_after = (base + cost * T - tau) - now` — after waiting that long
 //!   the same request fits.
 //!
+//! [`gcra_step`] is this step, in any time unit; the Redis Lua script is
+//! its one transcription.
+//!
 //! The key expires `reset_after` (rounded up to a millisecond) after each
 //! allowed request, when its state is indistinguishable from "empty".
 //! A `cost` of 0 is a pure peek: it never changes the state.
@@ -171,42 +174,95 @@ pub(crate) struct Params {
     pub(crate) limit: u32,
 }
 
+/// One GCRA step, in whatever whole time unit the caller counts (the store
+/// counts microseconds, `palisade-ratelimit`'s in-process limiter
+/// nanoseconds): the [arithmetic](crate::gcra#arithmetic) every limiter shares,
+/// written once.
+///
+/// `tat` is the key's theoretical arrival time (0 when absent), `inc` the
+/// request's `cost * T` and `tau` the rule's tolerance `limit * T`. Nothing
+/// is stored: when the step is allowed and `inc` is not 0, the caller
+/// stores [`new_tat`](GcraStep::new_tat) (with a compare-and-swap, in a
+/// transaction, …). Divide [`slack`](GcraStep::slack) by `T` for the
+/// requests of cost 1 still allowed. No allocation, no division; the only
+/// overflow possible is `max(tat, now) + inc`.
+///
+/// ```
+/// use palisade_store::gcra::gcra_step;
+///
+/// // 10 per minute, in seconds: T = 6, tau = 60; a full bucket at t = 100.
+/// let s = gcra_step(0, 100, 6, 60);
+/// assert!(s.allowed);
+/// assert_eq!((s.new_tat, s.slack / 6, s.reset_after), (106, 9, 6));
+/// // Ten requests later the bucket is empty: wait one interval.
+/// let s = gcra_step(160, 100, 6, 60);
+/// assert!(!s.allowed);
+/// assert_eq!((s.slack / 6, s.reset_after, s.retry_after), (0, 60, 6));
+/// ```
+#[inline]
+pub fn gcra_step(tat: u64, now: u64, inc: u64, tau: u64) -> GcraStep {
+    let base = tat.max(now);
+    let new_tat = base + inc;
+    let diff = new_tat - now;
+    if diff <= tau {
+        GcraStep {
+            allowed: true,
+            new_tat,
+            slack: tau - diff,
+            reset_after: diff,
+            retry_after: 0,
+        }
+    } else {
+        GcraStep {
+            allowed: false,
+            new_tat,
+            slack: tau.saturating_sub(base - now),
+            reset_after: base - now,
+            retry_after: diff - tau,
+        }
+    }
+}
+
+/// The outcome of [`gcra_step`], in the caller's time unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcraStep {
+    /// Whether the request fits.
+    pub allowed: bool,
+    /// `max(tat, now) + inc`: the TAT to store when allowed (and `inc` is
+    /// not 0); meaningless when denied, where nothing is stored.
+    pub new_tat: u64,
+    /// The tolerance left after the request when allowed, or right now when
+    /// denied; `slack / T` requests of cost 1 still fit.
+    pub slack: u64,
+    /// Time until the key is back to a full burst.
+    pub reset_after: u64,
+    /// When denied, how long until the same request fits; 0 when allowed.
+    pub retry_after: u64,
+}
+
 /// One decision: the outcome and, when allowed with a non-zero cost, the new
 /// TAT to store.
 pub(crate) fn decide(tat: u64, now: u64, p: Params) -> (RateDecision, Option<u64>) {
-    let base = tat.max(now);
-    let new_tat = base + p.cost * p.t;
-    let diff = new_tat - now;
-    if diff <= p.tau {
-        let d = RateDecision {
-            allowed: true,
-            limit: p.limit,
-            remaining: remaining((p.tau - diff) / p.t, p.limit),
-            reset_after: Duration::from_micros(diff),
-            retry_after: None,
-        };
-        (d, (p.cost > 0).then_some(new_tat))
-    } else {
-        let d = RateDecision {
-            allowed: false,
-            limit: p.limit,
-            remaining: remaining(p.tau.saturating_sub(base - now) / p.t, p.limit),
-            reset_after: Duration::from_micros(base - now),
-            retry_after: Some(Duration::from_micros(diff - p.tau)),
-        };
-        (d, None)
-    }
+    let s = gcra_step(tat, now, p.cost * p.t, p.tau);
+    let d = RateDecision {
+        allowed: s.allowed,
+        limit: p.limit,
+        remaining: remaining(s.slack / p.t, p.limit),
+        reset_after: Duration::from_micros(s.reset_after),
+        retry_after: (!s.allowed).then(|| Duration::from_micros(s.retry_after)),
+    };
+    (d, (s.allowed && p.cost > 0).then_some(s.new_tat))
 }
 
 /// The state of a key as seen by a check that did not consume (for the
 /// passing checks of a denied batch).
 pub(crate) fn unconsumed(tat: u64, now: u64, p: Params) -> RateDecision {
-    let base = tat.max(now);
+    let s = gcra_step(tat, now, 0, p.tau);
     RateDecision {
         allowed: true,
         limit: p.limit,
-        remaining: remaining(p.tau.saturating_sub(base - now) / p.t, p.limit),
-        reset_after: Duration::from_micros(base - now),
+        remaining: remaining(s.slack / p.t, p.limit),
+        reset_after: Duration::from_micros(s.reset_after),
         retry_after: None,
     }
 }

@@ -294,6 +294,22 @@ impl Store {
         key::glob_escape(s)
     }
 
+    /// Whether `text` matches the glob `pattern` as Redis matches keys
+    /// (`SCAN MATCH`, [`delete_matching`](Store::delete_matching) on every
+    /// backend): `*`, `?`, `[abc]`, `[^a]`, `[a-z]` and `\x` escapes,
+    /// byte-wise.
+    ///
+    /// ```
+    /// use palisade_store::Store;
+    ///
+    /// assert!(Store::glob_match(b"user:[0-9]*", b"user:42"));
+    /// assert!(!Store::glob_match(b"a\\*", b"ab"));
+    /// assert!(Store::glob_match(Store::glob_escape("a*").as_bytes(), b"a*"));
+    /// ```
+    pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+        key::glob_match(pattern, text)
+    }
+
     /// The value at `key`, or `None`.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         dispatch!(self, m => m.get(key), r => r.get(key).await)
