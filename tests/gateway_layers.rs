@@ -322,3 +322,48 @@ enabled = false
         "one call each, never refused"
     );
 }
+
+/// MCP / JSON-RPC: the tool of a `tools/call` is learned from the body, so
+/// a per-tool limit (`key = "tool"`) holds per tool on one endpoint.
+#[tokio::test]
+async fn per_tool_limits_read_the_tool_from_json_rpc_bodies() {
+    let cfg = r#"
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 1000
+
+[[rate_limit.limits]]
+name = "tool"
+key = "tool"
+limit = 2
+"#;
+    let gw = Gateway::start_with_config(Some(cfg), &[], &[]);
+    let call = |id: u32, tool: &str| {
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"q": "x"}}
+        })
+    };
+    let url = format!("{}/echo", gw.url);
+    let mut statuses = Vec::new();
+    for id in 0..3 {
+        let res = support::post_json(&url, &call(id, "search")).await;
+        statuses.push(res.status.as_u16());
+        if res.status == 200 {
+            assert_eq!(
+                res.json()["params"]["name"],
+                "search",
+                "the body went on whole"
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429], "two calls of `search` a minute");
+    let other = support::post_json(&url, &call(9, "fetch")).await;
+    assert_eq!(other.status, 200, "another tool has its own budget");
+    // Not JSON-RPC: no tool, the tool limit does not apply.
+    for _ in 0..3 {
+        let plain = support::post_json(&url, &serde_json::json!({"hello": 1})).await;
+        assert_eq!(plain.status, 200);
+    }
+}
