@@ -295,29 +295,8 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     assert_eq!(res.status, 200, "{}", res.text());
 }
 
-/// Python with the `h2` package: `.ci/run` makes `target/pyvenv`; elsewhere
-/// set `PALISADE_PYTHON` or the HTTP/2 tests skip (under CI they fail).
 fn python_with_h2() -> Option<std::path::PathBuf> {
-    let candidate = std::env::var_os("PALISADE_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
-        });
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import h2, hyperframe, hpack"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(candidate);
-    }
-    if palisade_testkit::is_ci() {
-        panic!(
-            "{} with the h2 package is needed under CI (.ci/run makes target/pyvenv)",
-            candidate.display()
-        );
-    }
-    eprintln!("skipping: no Python with the h2 package (set PALISADE_PYTHON)");
-    None
+    support::python_with("h2, hyperframe, hpack", "the h2 package")
 }
 
 /// Runs `tests/h2/attack.py MODE HOST PORT ARGS…` (bounded); its JSON report.

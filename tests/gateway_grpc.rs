@@ -13,26 +13,7 @@ use support::Gateway;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("PALISADE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
-        });
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(candidate);
-    }
-    if palisade_testkit::is_ci() {
-        panic!(
-            "{} with grpcio is needed under CI (.ci/run makes target/pyvenv)",
-            candidate.display()
-        );
-    }
-    eprintln!("skipping: no Python with grpcio (set PALISADE_PYTHON)");
-    None
+    support::python_with("grpc", "grpcio")
 }
 
 fn peer_script() -> PathBuf {

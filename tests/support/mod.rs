@@ -14,6 +14,33 @@ use std::{
     time::Duration,
 };
 
+/// A Python that can `import` `modules` (a protocol peer from a package
+/// registry): `PALISADE_PYTHON`, or the venv `.ci/run` makes under
+/// `target/`. Missing: a failure under CI, a skip (`None`) elsewhere;
+/// `what` names the package in the message.
+pub fn python_with(modules: &str, what: &str) -> Option<PathBuf> {
+    let candidate = std::env::var_os("PALISADE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
+        });
+    let ok = Command::new(&candidate)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    if palisade_testkit::is_ci() {
+        panic!(
+            "{} with {what} is needed under CI (.ci/run makes target/pyvenv)",
+            candidate.display()
+        );
+    }
+    eprintln!("skipping: no Python with {what} (set PALISADE_PYTHON)");
+    None
+}
+
 /// The gateway example's binary, built by `cargo test` next to the tests.
 pub fn gateway_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
