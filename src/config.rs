@@ -2,7 +2,7 @@
 //! environment, checked at start-up with errors that name the key.
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
-//! limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
+//! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
 //! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
 //! defaults are the ones users know). `examples/gateway.toml` is a commented
 //! example.
@@ -264,6 +264,64 @@ impl ServerSection {
     }
 }
 
+/// MCP awareness (`[mcp]`): for an upstream that is an MCP server (or any
+/// JSON-RPC service over HTTP), the circuit breaker is kept per tool and
+/// judges replies, not only statuses.
+///
+/// With `enabled = true`:
+/// - each tool called through `tools/call` has its own breaker (other
+///   JSON-RPC methods and non-JSON-RPC requests share one), so one failing
+///   tool's circuit opens while the others keep answering;
+/// - a reply that carries a JSON-RPC `error` (except the codes that blame the
+///   caller: -32700, -32600 to -32602) is a failure, and so is a tool result
+///   with `isError: true` unless `tool_errors_fail = false`, in a JSON body or
+///   in the event stream answering the call;
+/// - an open circuit answers a JSON-RPC call with a JSON-RPC error reply to
+///   its id (`-32000`, with `data.status` and `data.retryAfter`), with HTTP
+///   status `open_status` (default 200, which every MCP client reads; 503
+///   for clients that look at statuses).
+///
+/// ```
+/// use palisade::config::PalisadeConfig;
+///
+/// let cfg = PalisadeConfig::from_sources(Some("[mcp]\nenabled = true"), []).unwrap();
+/// assert!(cfg.mcp.enabled && cfg.mcp.tool_errors_fail);
+/// assert_eq!(cfg.mcp.open_status, 200);
+/// let err = PalisadeConfig::from_sources(Some("[mcp]\nopen_status = 42"), []).unwrap_err();
+/// assert_eq!(err.key(), Some("mcp.open_status"));
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct McpSection {
+    /// Per-tool breakers judging JSON-RPC replies (default off).
+    pub enabled: bool,
+    /// A tool result with `isError: true` counts as a failure (default on).
+    pub tool_errors_fail: bool,
+    /// The HTTP status of the JSON-RPC error answering a call to an open
+    /// circuit: 200 (default) or 503.
+    pub open_status: u16,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tool_errors_fail: true,
+            open_status: 200,
+        }
+    }
+}
+
+impl McpSection {
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if !matches!(self.open_status, 200 | 503) {
+            return Err(("open_status", "must be 200 or 503"));
+        }
+        Ok(())
+    }
+}
+
 /// Every layer's configuration (see the [module docs](self)).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -275,6 +333,8 @@ pub struct PalisadeConfig {
     pub upstream: UpstreamSection,
     /// The listener's limits on clients.
     pub server: ServerSection,
+    /// MCP awareness: per-tool breakers judging JSON-RPC replies.
+    pub mcp: McpSection,
     /// The circuit breaker.
     #[cfg(feature = "breaker")]
     pub circuit_breaker: palisade_breaker::Config,
@@ -475,6 +535,9 @@ impl PalisadeConfig {
         self.server
             .validate()
             .map_err(|(field, why)| (format!("server.{field}"), why.to_owned()))?;
+        self.mcp
+            .validate()
+            .map_err(|(field, why)| (format!("mcp.{field}"), why.to_owned()))?;
         #[cfg(feature = "breaker")]
         if let Err(e) = self.circuit_breaker.validate() {
             return Err(match e {

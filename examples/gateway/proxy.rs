@@ -278,6 +278,12 @@ where
         });
         let client_version = parts.version;
         let trusted = self.trusted.clone();
+        // The JSON-RPC call a response answers goes with it, so a
+        // classifier can tell a call's reply stream from a server's own.
+        let json_rpc = parts
+            .extensions
+            .get::<palisade::core::jsonrpc::JsonRpcCall>()
+            .cloned();
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(Error::new(ErrorKind::BadRequest, "invalid request target")
@@ -353,6 +359,9 @@ where
                     crate::forwarding::add_via(&mut parts.headers, parts.version);
                     // Answered in the client's own version by the server.
                     parts.version = http::Version::HTTP_11;
+                    if let Some(call) = json_rpc {
+                        parts.extensions.insert(call);
+                    }
                     let body = IdleTimeoutBody::new(body, idle);
                     Ok(Response::from_parts(parts, PalisadeBody::inner(body)))
                 }

@@ -5,10 +5,13 @@ use crate::proxy::Proxy;
 use axum::body::Body;
 use http::{Request, Response};
 use palisade::StackBuilder;
-use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer};
+use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer, SharedClassifier};
 use palisade::cache::{CacheBuilder, CacheHandle, CacheLayer, CacheMetrics};
 use palisade::config::PalisadeConfig;
 use palisade::core::BoxError;
+use palisade::core::classify::{JsonRpcFailures, ServerErrorsAsFailures};
+use palisade::core::jsonrpc::ToolName;
+use palisade::core::key::ExtensionKey;
 use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
@@ -97,11 +100,33 @@ pub fn full(
         // A trip on one replica opens the circuit on all of them.
         breaker = breaker.shared(store);
     }
-    let breaker = breaker
-        .http()
-        .registry(&breakers)
-        .build()
-        .map_err(|e| format!("circuit_breaker: {e}"))?;
+    let breaker = breaker.http().registry(&breakers);
+    let breaker = if cfg.mcp.enabled {
+        // One breaker per MCP tool, judging JSON-RPC replies; an open one
+        // answers the call with a JSON-RPC error carrying its id.
+        let failures = JsonRpcFailures {
+            tool_errors: cfg.mcp.tool_errors_fail,
+            ..JsonRpcFailures::default()
+        };
+        let status = http::StatusCode::from_u16(cfg.mcp.open_status)
+            .map_err(|e| format!("mcp.open_status: {e}"))?;
+        Either::Right(
+            breaker
+                .classifier(SharedClassifier::new(
+                    ServerErrorsAsFailures::default().json_rpc(failures),
+                ))
+                .json_rpc_answers(status)
+                .per_key(ExtensionKey::<ToolName>::new())
+                .build()
+                .map_err(|e| format!("circuit_breaker: {e}"))?,
+        )
+    } else {
+        Either::Left(
+            breaker
+                .build()
+                .map_err(|e| format!("circuit_breaker: {e}"))?,
+        )
+    };
 
     let masking = masker.clone();
     let dlq = DeadLetterQueue::new(store.clone())
@@ -122,7 +147,7 @@ pub fn full(
         // is a failure for the breaker.
         .timeout(response_timeout(cfg))
         .retry(retry)
-        .circuit_breaker(breaker)
+        .layer(breaker)
         .service(proxy);
     Ok(Built {
         stack: BoxCloneSyncService::new(service),

@@ -363,10 +363,36 @@ impl<C, K> Builder<C, K, TypedError> {
             break_fn: self.break_fn,
             classifier: SharedClassifier::new(ServerErrorsAsFailures::default()),
             keys: self.keys,
-            on_open: HttpAnswer,
+            on_open: HttpAnswer::default(),
             registry: self.registry,
             store: self.store,
         }
+    }
+}
+
+impl<C, K> Builder<C, K, HttpAnswer> {
+    /// Answers an open circuit to a JSON-RPC call (MCP's `tools/call` …)
+    /// with a JSON-RPC error reply carrying the call's id, with HTTP
+    /// `status` (200 for clients that read only the body, or 503), instead
+    /// of a problem+json 503. The call is known from the request's
+    /// [`JsonRpcCall`](palisade_core::jsonrpc::JsonRpcCall) extension
+    /// (set by [`palisade_core::jsonrpc::peek`]); other requests get the
+    /// HTTP answer.
+    ///
+    /// ```
+    /// use palisade_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder("tools")
+    ///     .http()
+    ///     .json_rpc_answers(http::StatusCode::OK)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn json_rpc_answers(mut self, status: http::StatusCode) -> Self {
+        self.on_open = HttpAnswer::json_rpc(status);
+        self
     }
 }
 

@@ -12,8 +12,9 @@ use crate::breaker::Permit;
 use crate::error::{BreakerError, CircuitOpen};
 use futures_util::future::{MapOk, Ready, TryFutureExt, ready};
 use http::{Request, Response};
-use palisade_core::body::BodyEnd;
+use palisade_core::body::{BodyEnd, OnEnd};
 use palisade_core::classify::{AtEnd, Outcome};
+use palisade_core::jsonrpc::JsonRpcCall;
 use palisade_core::{PalisadeBody, is_grpc_request};
 use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
@@ -41,19 +42,23 @@ pub trait Wrap<Res, E> {
     }
 }
 
-/// The body of `res`, recording `permit` when it ends.
+/// The body of `res`, recording `permit` when it ends (or, for a body
+/// judged by its JSON-RPC reply, as soon as the reply has been read).
 fn watched<B>(res: Response<B>, permit: Permit, at_end: AtEnd) -> Response<PalisadeBody<B>> {
+    let scan = at_end.reply_scan(res.headers());
     res.map(|body| {
-        PalisadeBody::watched(
-            body,
-            Box::new(move |end| {
-                permit.record(match end {
-                    BodyEnd::Trailers(t) => at_end.classify(Some(t)),
-                    BodyEnd::Finished => at_end.classify(None),
-                    _ => Outcome::Failure,
-                });
-            }),
-        )
+        let on_end: OnEnd = Box::new(move |end| {
+            permit.record(match end {
+                BodyEnd::Trailers(t) => at_end.classify(Some(t)),
+                BodyEnd::Finished => at_end.classify(None),
+                BodyEnd::Replied(reply) => at_end.judge_reply(reply),
+                _ => Outcome::Failure,
+            });
+        });
+        match scan {
+            Some(scan) => PalisadeBody::watched_for_reply(body, scan, on_end),
+            None => PalisadeBody::watched(body, on_end),
+        }
     })
 }
 
@@ -99,9 +104,26 @@ impl<Req, Res, E> OnOpen<Req, Res, E> for TypedError {
 
 /// HTTP services: an open circuit is answered at once with 503 and
 /// `Retry-After` (gRPC requests: `grpc-status` 14, `UNAVAILABLE`), so axum
-/// needs no `HandleErrorLayer`.
+/// needs no `HandleErrorLayer`. With
+/// [`.json_rpc_answers(status)`](crate::Builder::json_rpc_answers), a
+/// JSON-RPC call (a request carrying a
+/// [`JsonRpcCall`](palisade_core::jsonrpc::JsonRpcCall) with an id) is
+/// answered with a JSON-RPC error reply to its id instead, so MCP clients
+/// see their own call fail.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HttpAnswer;
+pub struct HttpAnswer {
+    json_rpc: Option<http::StatusCode>,
+}
+
+impl HttpAnswer {
+    /// JSON-RPC calls answered with a JSON-RPC error reply, with HTTP
+    /// `status` (see [`Builder::json_rpc_answers`](crate::Builder::json_rpc_answers)).
+    pub(crate) fn json_rpc(status: http::StatusCode) -> Self {
+        Self {
+            json_rpc: Some(status),
+        }
+    }
+}
 
 impl<ResB, E> Wrap<Response<ResB>, E> for HttpAnswer {
     type Response = Response<PalisadeBody<ResB>>;
@@ -126,6 +148,16 @@ impl<ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpAnswer {
     type Future = Ready<Result<Self::Response, E>>;
 
     fn open(&self, req: Request<ReqB>, open: CircuitOpen) -> Self::Future {
+        if let Some(status) = self.json_rpc
+            && let Some(id) = req
+                .extensions()
+                .get::<JsonRpcCall>()
+                .and_then(JsonRpcCall::id)
+        {
+            return ready(Ok(
+                palisade_core::Error::from(open).into_json_rpc_response(id, status)
+            ));
+        }
         let grpc = is_grpc_request(req.headers());
         ready(Ok(palisade_core::Error::from(open).into_http_response(grpc)))
     }

@@ -18,6 +18,7 @@
 //! ```
 
 use crate::GrpcCode;
+use crate::jsonrpc::{JsonRpcReply, ReplyScan};
 use http::Response;
 use std::fmt;
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
@@ -76,12 +77,76 @@ pub trait Classify<Res, E>: Clone + Send + Sync + 'static {
 pub struct AtEnd {
     /// Bit `n` set: gRPC code `n` is a failure.
     grpc_failures: u32,
+    /// A JSON-RPC reply is judged instead (see
+    /// [`ServerErrorsAsFailures::json_rpc`]).
+    json_rpc: Option<JsonRpcFailures>,
+}
+
+/// Which JSON-RPC replies in a successful HTTP response count as failures
+/// (see [`ServerErrorsAsFailures::json_rpc`]): MCP tools answer their errors
+/// inside a 200.
+///
+/// ```
+/// use palisade_core::classify::JsonRpcFailures;
+///
+/// let strict = JsonRpcFailures::default();
+/// assert!(strict.errors && strict.tool_errors);
+/// let lenient = JsonRpcFailures { tool_errors: false, ..JsonRpcFailures::default() };
+/// assert!(!lenient.tool_errors);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonRpcFailures {
+    /// A JSON-RPC `error` object fails, unless its code blames the caller
+    /// (see [`JsonRpcReply::is_caller_fault`]). Default: on.
+    pub errors: bool,
+    /// A tool result with `isError: true` fails. Default: on.
+    pub tool_errors: bool,
+    /// The largest JSON reply (or event) read for its verdict; a larger one
+    /// is judged by its status alone. Default: 1 MiB.
+    pub limit: usize,
+}
+
+impl Default for JsonRpcFailures {
+    fn default() -> Self {
+        Self {
+            errors: true,
+            tool_errors: true,
+            limit: 1 << 20,
+        }
+    }
 }
 
 impl AtEnd {
+    /// The scan that finds the JSON-RPC reply in a body with these
+    /// headers, when this response is judged by its reply.
+    #[must_use]
+    pub fn reply_scan(self, headers: &http::HeaderMap) -> Option<ReplyScan> {
+        self.json_rpc
+            .and_then(|f| ReplyScan::for_response(headers, f.limit))
+    }
+
+    /// The outcome, given the JSON-RPC reply the body carried (`None`: none
+    /// was found; the status, a success, stands).
+    #[must_use]
+    pub fn judge_reply(self, reply: Option<JsonRpcReply>) -> Outcome {
+        let Some(f) = self.json_rpc else {
+            return Outcome::Success;
+        };
+        match reply {
+            Some(JsonRpcReply::ToolError) if f.tool_errors => Outcome::Failure,
+            Some(r @ JsonRpcReply::Error { .. }) if f.errors && !r.is_caller_fault() => {
+                Outcome::Failure
+            }
+            _ => Outcome::Success,
+        }
+    }
+
     /// The outcome, given the trailers (`None`: the body ended without).
     #[must_use]
     pub fn classify(self, trailers: Option<&http::HeaderMap>) -> Outcome {
+        if self.json_rpc.is_some() {
+            return Outcome::Success;
+        }
         let code = trailers
             .and_then(|t| t.get("grpc-status"))
             .and_then(|v| v.to_str().ok())
@@ -147,6 +212,37 @@ impl<Res, E> Classify<Res, E> for ErrorsAsFailures {
 #[derive(Clone, Debug, Default)]
 pub struct ServerErrorsAsFailures {
     grpc: GrpcErrorsAsFailures,
+    json_rpc: Option<JsonRpcFailures>,
+}
+
+impl ServerErrorsAsFailures {
+    /// Also judges a successful JSON or server-sent-event response by the
+    /// JSON-RPC reply in its body (MCP over streamable HTTP answers a failed
+    /// tool with a 200): the body streams on untouched and the outcome is
+    /// known when the reply has been read. An event stream is read only when
+    /// the response carries the [`JsonRpcCall`](crate::jsonrpc::JsonRpcCall)
+    /// it answers as an extension (a server's long-lived `GET` stream is not
+    /// a call); a JSON body always.
+    ///
+    /// ```
+    /// use palisade_core::classify::{Classify, JsonRpcFailures, Outcome, ServerErrorsAsFailures};
+    /// use palisade_core::jsonrpc::JsonRpcReply;
+    ///
+    /// let c = ServerErrorsAsFailures::default().json_rpc(JsonRpcFailures::default());
+    /// let res = http::Response::builder()
+    ///     .header("content-type", "application/json")
+    ///     .body(())
+    ///     .unwrap();
+    /// let at_end = Classify::<_, ()>::at_end(&c, &res).unwrap();
+    /// assert_eq!(at_end.judge_reply(Some(JsonRpcReply::ToolError)), Outcome::Failure);
+    /// assert_eq!(at_end.judge_reply(Some(JsonRpcReply::Error { code: -32602 })), Outcome::Success);
+    /// assert_eq!(at_end.judge_reply(Some(JsonRpcReply::Result)), Outcome::Success);
+    /// ```
+    #[must_use]
+    pub fn json_rpc(mut self, failures: JsonRpcFailures) -> Self {
+        self.json_rpc = Some(failures);
+        self
+    }
 }
 
 impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
@@ -164,6 +260,25 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
 
     #[inline]
     fn at_end(&self, res: &Response<B>) -> Option<AtEnd> {
+        if let Some(f) = self.json_rpc
+            && res.status().is_success()
+        {
+            use crate::body::media::MediaKind;
+            let judged = match MediaKind::of(res.headers()) {
+                MediaKind::Json => true,
+                MediaKind::EventStream => res
+                    .extensions()
+                    .get::<crate::jsonrpc::JsonRpcCall>()
+                    .is_some_and(|call| call.id().is_some()),
+                _ => false,
+            };
+            if judged {
+                return Some(AtEnd {
+                    grpc_failures: 0,
+                    json_rpc: Some(f),
+                });
+            }
+        }
         <GrpcErrorsAsFailures as Classify<Response<B>, E>>::at_end(&self.grpc, res)
     }
 }
@@ -282,6 +397,7 @@ impl<B, E> Classify<Response<B>, E> for GrpcErrorsAsFailures {
                 .failures
                 .iter()
                 .fold(0u32, |mask, code| mask | (1 << (*code as u32))),
+            json_rpc: None,
         })
     }
 }

@@ -253,6 +253,73 @@ impl Error {
         response.extensions_mut().insert(self.kind);
         response
     }
+
+    /// Renders the error as a JSON-RPC error reply to the call with id `id`
+    /// (JSON text, as [`JsonRpcCall::id`](crate::jsonrpc::JsonRpcCall::id)
+    /// gives it), so an MCP client sees the failure of its own call: code
+    /// `-32000`, the message, and `data` with the HTTP status and the
+    /// seconds to wait. `status` is the HTTP status of the answer: 200 for
+    /// clients that only read the body, or the error's own status.
+    /// `Retry-After` and the error's headers are set as for HTTP.
+    ///
+    /// ```
+    /// use palisade_core::{Error, ErrorKind};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = Error::new(ErrorKind::CircuitOpen, "tool search is failing")
+    ///     .with_retry_after(Duration::from_secs(30));
+    /// let res = err.into_json_rpc_response::<http_body_util::Empty<bytes::Bytes>>("\"req-1\"", http::StatusCode::OK);
+    /// assert_eq!(res.status(), 200);
+    /// assert_eq!(res.headers()["retry-after"], "30");
+    /// let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    /// let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(reply["id"], "req-1");
+    /// assert_eq!(reply["error"]["code"], -32000);
+    /// assert_eq!(reply["error"]["data"]["status"], 503);
+    /// # }
+    /// ```
+    pub fn into_json_rpc_response<B>(
+        self,
+        id: &str,
+        status: StatusCode,
+    ) -> Response<PalisadeBody<B>> {
+        let mut headers = self.headers;
+        let http_status = self.kind.http_status();
+        let retry_after = self.retry_after.map(retry_after_secs);
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // The id came from a parsed request, so it is valid JSON; anything
+        // else is answered with a null id, as JSON-RPC says.
+        let id = if serde_json::from_str::<&serde_json::value::RawValue>(id).is_ok() {
+            id
+        } else {
+            "null"
+        };
+        let mut out = String::with_capacity(128 + self.message.len());
+        out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+        out.push_str(id);
+        out.push_str(",\"error\":{\"code\":-32000,\"message\":");
+        push_json_string(&mut out, &self.message);
+        out.push_str(",\"data\":{\"status\":");
+        out.push_str(http_status.as_str());
+        if let Some(secs) = retry_after {
+            out.push_str(",\"retryAfter\":");
+            out.push_str(&secs.to_string());
+        }
+        out.push_str("}}}");
+        let mut response = Response::new(PalisadeBody::full(out));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response.extensions_mut().insert(self.kind);
+        response
+    }
 }
 
 /// Whether a request speaks gRPC (`content-type: application/grpc…`), so a

@@ -164,6 +164,238 @@ where
     Request::from_parts(parts, body)
 }
 
+/// What a JSON-RPC response says about the call it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JsonRpcReply {
+    /// A `result` (for a tool call, one without `isError: true`).
+    Result,
+    /// A tool call whose `result` says `isError: true`: the tool ran and
+    /// failed.
+    ToolError,
+    /// A JSON-RPC `error` object, with its code.
+    Error {
+        /// The error's `code`.
+        code: i64,
+    },
+}
+
+impl JsonRpcReply {
+    /// Reads one JSON-RPC message; `None` when it is not a JSON-RPC 2.0
+    /// response (not JSON, a request or notification, no `result` and no
+    /// `error`). A batch is judged by its worst reply.
+    ///
+    /// ```
+    /// use palisade_core::jsonrpc::JsonRpcReply;
+    ///
+    /// let ok = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#;
+    /// let tool = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"boom"}],"isError":true}}"#;
+    /// let rpc = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"internal"}}"#;
+    /// assert_eq!(JsonRpcReply::parse(ok), Some(JsonRpcReply::Result));
+    /// assert_eq!(JsonRpcReply::parse(tool), Some(JsonRpcReply::ToolError));
+    /// assert_eq!(JsonRpcReply::parse(rpc), Some(JsonRpcReply::Error { code: -32603 }));
+    /// assert_eq!(JsonRpcReply::parse(br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#), None);
+    /// ```
+    #[must_use]
+    pub fn parse(message: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            jsonrpc: std::borrow::Cow<'a, str>,
+            #[serde(default)]
+            method: Option<serde::de::IgnoredAny>,
+            #[serde(default, borrow)]
+            result: Option<&'a serde_json::value::RawValue>,
+            #[serde(default)]
+            error: Option<RawError>,
+        }
+        #[derive(Deserialize)]
+        struct RawError {
+            #[serde(default)]
+            code: i64,
+        }
+        #[derive(Deserialize)]
+        struct ToolResult {
+            #[serde(default, rename = "isError")]
+            is_error: bool,
+        }
+        fn one(raw: Raw<'_>) -> Option<JsonRpcReply> {
+            if raw.jsonrpc != "2.0" || raw.method.is_some() {
+                return None;
+            }
+            if let Some(error) = raw.error {
+                return Some(JsonRpcReply::Error { code: error.code });
+            }
+            let result = raw.result?;
+            let tool_error =
+                serde_json::from_str::<ToolResult>(result.get()).is_ok_and(|r| r.is_error);
+            Some(if tool_error {
+                JsonRpcReply::ToolError
+            } else {
+                JsonRpcReply::Result
+            })
+        }
+        let start = message.iter().position(|b| !b.is_ascii_whitespace())?;
+        if message[start] == b'[' {
+            let batch: Vec<Raw<'_>> = serde_json::from_slice(message).ok()?;
+            batch.into_iter().filter_map(one).max_by_key(|r| match r {
+                JsonRpcReply::Result => 0,
+                JsonRpcReply::ToolError => 1,
+                JsonRpcReply::Error { .. } => 2,
+            })
+        } else {
+            one(serde_json::from_slice(message).ok()?)
+        }
+    }
+
+    /// Whether the error blames the caller (parse error, invalid request,
+    /// unknown method, invalid params: codes -32700 and -32600 to -32602),
+    /// like an HTTP 4xx: the callee is not unhealthy for it.
+    #[must_use]
+    pub fn is_caller_fault(self) -> bool {
+        matches!(
+            self,
+            JsonRpcReply::Error {
+                code: -32700 | -32602..=-32600
+            }
+        )
+    }
+}
+
+/// Finds the JSON-RPC reply in a response body as it streams, without
+/// holding the stream back: a JSON body is kept (by reference, up to a
+/// limit) and read at its end; a server-sent event stream is read event by
+/// event, and the reply is known as soon as the event carrying it is
+/// complete (an MCP server may send progress notifications first).
+///
+/// ```
+/// use palisade_core::jsonrpc::{JsonRpcReply, ReplyScan};
+///
+/// let mut sse = ReplyScan::events(1 << 20);
+/// assert_eq!(sse.push(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"), None);
+/// assert_eq!(sse.push(b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"isError\":true}}\n\n"), Some(JsonRpcReply::ToolError));
+///
+/// let mut json = ReplyScan::json(1 << 20);
+/// assert_eq!(json.push(br#"{"jsonrpc":"2.0","id":3,"#), None);
+/// assert_eq!(json.push(br#""error":{"code":-32000,"message":"down"}}"#), None);
+/// assert_eq!(json.finish(), Some(JsonRpcReply::Error { code: -32000 }));
+/// ```
+#[derive(Debug)]
+pub struct ReplyScan {
+    splitter: Option<crate::body::framing::Splitter>,
+    held: bytes::BytesMut,
+    limit: usize,
+    /// Over the limit: nothing more is read.
+    gave_up: bool,
+}
+
+impl ReplyScan {
+    /// A scan of one JSON document of at most `limit` bytes (a larger one
+    /// is not judged).
+    #[must_use]
+    pub fn json(limit: usize) -> Self {
+        Self {
+            splitter: None,
+            held: bytes::BytesMut::new(),
+            limit,
+            gave_up: false,
+        }
+    }
+
+    /// A scan of a server-sent event stream whose events are at most
+    /// `limit` bytes each.
+    #[must_use]
+    pub fn events(limit: usize) -> Self {
+        Self {
+            splitter: Some(crate::body::framing::Splitter::new(
+                crate::body::framing::Framing::Events,
+            )),
+            held: bytes::BytesMut::new(),
+            limit,
+            gave_up: false,
+        }
+    }
+
+    /// The scan for a response with these headers: JSON or server-sent
+    /// events; `None` for any other body.
+    #[must_use]
+    pub fn for_response(headers: &http::HeaderMap, limit: usize) -> Option<Self> {
+        use crate::body::media::MediaKind;
+        match MediaKind::of(headers) {
+            MediaKind::Json => Some(Self::json(limit)),
+            MediaKind::EventStream => Some(Self::events(limit)),
+            _ => None,
+        }
+    }
+
+    /// Reads the next bytes of the body; `Some` once the reply is known
+    /// (server-sent events only: a JSON document is judged by
+    /// [`finish`](Self::finish)).
+    pub fn push(&mut self, data: &[u8]) -> Option<JsonRpcReply> {
+        if self.gave_up {
+            return None;
+        }
+        let Some(splitter) = &mut self.splitter else {
+            if self.held.len() + data.len() > self.limit {
+                self.give_up();
+            } else {
+                self.held.extend_from_slice(data);
+            }
+            return None;
+        };
+        splitter.push(data);
+        while let Some(event) = splitter.next_unit() {
+            if let Some(reply) = event_reply(&event, &mut self.held) {
+                return Some(reply);
+            }
+        }
+        if splitter.pending() > self.limit {
+            self.give_up();
+        }
+        None
+    }
+
+    /// The reply, at the end of the body.
+    #[must_use]
+    pub fn finish(mut self) -> Option<JsonRpcReply> {
+        if self.gave_up {
+            return None;
+        }
+        match &mut self.splitter {
+            None => JsonRpcReply::parse(&self.held),
+            Some(splitter) => {
+                let rest = splitter.take_pending();
+                event_reply(&rest, &mut self.held)
+            }
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.gave_up = true;
+        self.held = bytes::BytesMut::new();
+        self.splitter = None;
+    }
+}
+
+/// The reply carried by one server-sent event (its `data:` lines joined
+/// by newlines, as the event-stream format says), if any.
+fn event_reply(event: &[u8], data: &mut bytes::BytesMut) -> Option<JsonRpcReply> {
+    data.clear();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(value) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.extend_from_slice(b"\n");
+            }
+            data.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    JsonRpcReply::parse(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +467,63 @@ mod tests {
             req.extensions().get::<JsonRpcCall>().unwrap().target(),
             Some("from-body")
         );
+    }
+
+    #[test]
+    fn replies_are_found_in_any_chunking() {
+        let stream = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\r\n\r\n: ping\n\nid: 9\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\n\
+data: \"error\":{\"code\":-32001,\"message\":\"x\"}}\n\n";
+        for size in 1..stream.len() {
+            let mut scan = ReplyScan::events(4096);
+            let mut found = None;
+            for chunk in stream.as_bytes().chunks(size) {
+                if let Some(r) = scan.push(chunk) {
+                    found = Some(r);
+                    break;
+                }
+            }
+            assert_eq!(
+                found,
+                Some(JsonRpcReply::Error { code: -32001 }),
+                "chunks of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_bodies_and_non_replies_are_not_judged() {
+        let mut json = ReplyScan::json(8);
+        assert_eq!(
+            json.push(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1}}"#),
+            None
+        );
+        assert_eq!(json.finish(), None);
+        let mut sse = ReplyScan::events(16);
+        assert_eq!(sse.push(&[b'x'; 64]), None);
+        assert_eq!(
+            sse.push(b"\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"),
+            None
+        );
+        let mut request = ReplyScan::json(1024);
+        let _ = request.push(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
+        assert_eq!(request.finish(), None);
+        assert_eq!(JsonRpcReply::parse(br#"{"id":1,"result":{}}"#), None);
+        assert_eq!(
+            JsonRpcReply::parse(br#"{"jsonrpc":"2.0","id":1,"result":7}"#),
+            Some(JsonRpcReply::Result)
+        );
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"result":{"isError":true}}]"#;
+        assert_eq!(JsonRpcReply::parse(batch), Some(JsonRpcReply::ToolError));
+    }
+
+    #[test]
+    fn caller_faults_are_the_protocol_codes() {
+        for code in [-32700, -32600, -32601, -32602] {
+            assert!(JsonRpcReply::Error { code }.is_caller_fault(), "{code}");
+        }
+        for code in [-32603, -32000, -32099, 1] {
+            assert!(!JsonRpcReply::Error { code }.is_caller_fault(), "{code}");
+        }
+        assert!(!JsonRpcReply::ToolError.is_caller_fault());
     }
 }

@@ -4,6 +4,7 @@ use crate::limiter::{Outcome, Pending, RateLimiter, Verdict, decide_store};
 use crate::quota::Decision;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use palisade_core::jsonrpc::JsonRpcCall;
 use palisade_core::{PalisadeBody, is_grpc_request};
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
@@ -151,9 +152,42 @@ pub(crate) fn sf_string(s: &str) -> String {
     out
 }
 
+/// How a refusal is written for one request: HTTP (problem+json), gRPC
+/// (a status), or, for a JSON-RPC call (an MCP `tools/call` …), a JSON-RPC
+/// error reply to the call's id, so the client sees its own call refused.
+#[derive(Clone, Debug)]
+enum Answer {
+    Http,
+    Grpc,
+    JsonRpc(JsonRpcCall),
+}
+
+impl Answer {
+    fn of<B>(req: &Request<B>) -> Self {
+        if is_grpc_request(req.headers()) {
+            return Answer::Grpc;
+        }
+        match req.extensions().get::<JsonRpcCall>() {
+            Some(call) if call.id().is_some() => Answer::JsonRpc(call.clone()),
+            _ => Answer::Http,
+        }
+    }
+
+    fn render<B>(&self, err: palisade_core::Error) -> Response<PalisadeBody<B>> {
+        match self {
+            Answer::Http => err.into_http_response(false),
+            Answer::Grpc => err.into_http_response(true),
+            Answer::JsonRpc(call) => {
+                let status = err.http_status();
+                err.into_json_rpc_response(call.id().unwrap_or("null"), status)
+            }
+        }
+    }
+}
+
 /// Renders a refusal: 429 (or 503 when failing closed) with `Retry-After`
 /// and the limit headers; gRPC gets `RESOURCE_EXHAUSTED` / `UNAVAILABLE`.
-fn refusal<B>(verdict: Verdict, grpc: bool, style: HeaderStyle) -> Response<PalisadeBody<B>> {
+fn refusal<B>(verdict: Verdict, answer: &Answer, style: HeaderStyle) -> Response<PalisadeBody<B>> {
     let mut headers = HeaderMap::new();
     write_headers(&mut headers, &verdict, style);
     let err = match verdict.into_error() {
@@ -166,7 +200,7 @@ fn refusal<B>(verdict: Verdict, grpc: bool, style: HeaderStyle) -> Response<Pali
             err = err.with_header(name, value);
         }
     }
-    err.into_http_response(grpc)
+    answer.render(err)
 }
 
 /// Applies a [`RateLimiter`] to a service. See [`RateLimit`].
@@ -314,7 +348,7 @@ where
             return ResponseFuture {
                 state: State::Fail {
                     err: Some(err),
-                    grpc: is_grpc_request(head.headers()),
+                    answer: Answer::of(&head),
                 },
             };
         }
@@ -325,8 +359,8 @@ where
                 state: State::Refuse {
                     verdict: Some(verdict),
                     // Only a refusal needs to know (allowed requests skip
-                    // the header lookup).
-                    grpc: is_grpc_request(req.headers()),
+                    // the lookups).
+                    answer: Answer::of(&req),
                     style,
                 },
             },
@@ -334,7 +368,6 @@ where
                 ResponseFuture::call(self.inner.call(req), Some(verdict), style)
             }
             Pending::Store(plan) => {
-                let grpc = is_grpc_request(req.headers());
                 // The inner service is ready; keep it for after the check.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
@@ -342,7 +375,6 @@ where
                     state: State::Check {
                         check: Box::pin(decide_store(self.limiter.shared.clone(), plan)),
                         call: Some(Box::new((inner, req))),
-                        grpc,
                         style,
                     },
                 }
@@ -362,14 +394,13 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, S, B> {
-        Refuse { verdict: Option<Verdict>, grpc: bool, style: HeaderStyle },
-        Fail { err: Option<palisade_core::Error>, grpc: bool },
+        Refuse { verdict: Option<Verdict>, answer: Answer, style: HeaderStyle },
+        Fail { err: Option<palisade_core::Error>, answer: Answer },
         Check {
             check: CheckFuture,
             // Boxed: the store path allocates anyway, and the future stays
             // small for the in-process path.
             call: Option<Box<(S, Request<B>)>>,
-            grpc: bool,
             style: HeaderStyle,
         },
         Call { #[pin] fut: F, verdict: Option<Verdict>, style: HeaderStyle },
@@ -406,29 +437,24 @@ where
             match self.as_mut().project().state.project() {
                 StateProj::Refuse {
                     verdict,
-                    grpc,
+                    answer,
                     style,
                 } => {
                     let verdict = verdict.take().expect("polled after completion");
-                    return Poll::Ready(Ok(refusal(verdict, *grpc, *style)));
+                    return Poll::Ready(Ok(refusal(verdict, answer, *style)));
                 }
-                StateProj::Fail { err, grpc } => {
+                StateProj::Fail { err, answer } => {
                     let err = err.take().expect("polled after completion");
-                    return Poll::Ready(Ok(err.into_http_response(*grpc)));
+                    return Poll::Ready(Ok(answer.render(err)));
                 }
-                StateProj::Check {
-                    check,
-                    call,
-                    grpc,
-                    style,
-                } => {
+                StateProj::Check { check, call, style } => {
                     let verdict = ready!(check.as_mut().poll(cx));
                     let style = *style;
                     if !verdict.is_allowed() {
-                        let grpc = *grpc;
+                        let answer = Answer::of(&call.as_ref().expect("polled after completion").1);
                         self.as_mut().project().state.set(State::Refuse {
                             verdict: Some(verdict),
-                            grpc,
+                            answer,
                             style,
                         });
                         continue;

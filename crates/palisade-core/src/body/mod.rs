@@ -78,7 +78,11 @@ pin_project! {
             error: Option<BoxError>,
         },
         Stream { body: UnsyncBoxBody<Bytes, BoxError> },
-        Watched { #[pin] body: B, on_end: Option<OnEnd> },
+        Watched {
+            #[pin] body: B,
+            on_end: Option<OnEnd>,
+            scan: Option<Box<crate::jsonrpc::ReplyScan>>,
+        },
     }
 }
 
@@ -92,6 +96,10 @@ pub enum BodyEnd<'a> {
     Finished,
     /// With an error.
     Failed,
+    /// A body watched for its JSON-RPC reply (see
+    /// [`PalisadeBody::watched_for_reply`]): the reply, as soon as it was
+    /// read (`None`: the body ended without one, or it was too large).
+    Replied(Option<crate::jsonrpc::JsonRpcReply>),
 }
 
 /// Called once when a watched body ends.
@@ -200,6 +208,47 @@ impl<B> PalisadeBody<B> {
             kind: Kind::Watched {
                 body,
                 on_end: Some(on_end),
+                scan: None,
+            },
+        }
+    }
+
+    /// The inner body, untouched and unheld, read by `scan` as it streams:
+    /// `on_end` gets [`BodyEnd::Replied`] as soon as the JSON-RPC reply is
+    /// known (an MCP server's event stream may go on after it), or at the
+    /// end; [`BodyEnd::Failed`] if the body fails first.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use palisade_core::body::{BodyEnd, PalisadeBody};
+    /// use palisade_core::jsonrpc::{JsonRpcReply, ReplyScan};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let seen = Arc::new(Mutex::new(None));
+    /// let s = seen.clone();
+    /// let reply = r#"{"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#;
+    /// let body = PalisadeBody::watched_for_reply(
+    ///     Full::new(Bytes::from_static(reply.as_bytes())),
+    ///     ReplyScan::json(1 << 20),
+    ///     Box::new(move |end| {
+    ///         if let BodyEnd::Replied(r) = end {
+    ///             *s.lock().unwrap() = r;
+    ///         }
+    ///     }),
+    /// );
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), reply);
+    /// assert_eq!(*seen.lock().unwrap(), Some(JsonRpcReply::ToolError));
+    /// # }
+    /// ```
+    pub fn watched_for_reply(body: B, scan: crate::jsonrpc::ReplyScan, on_end: OnEnd) -> Self {
+        Self {
+            kind: Kind::Watched {
+                body,
+                on_end: Some(on_end),
+                scan: Some(Box::new(scan)),
             },
         }
     }
@@ -269,19 +318,32 @@ where
                 Poll::Ready(error.take().map(Err))
             }
             KindProj::Stream { body } => Pin::new(body).poll_frame(cx),
-            KindProj::Watched { body, on_end } => {
+            KindProj::Watched { body, on_end, scan } => {
                 let polled = body.poll_frame(cx);
                 if let Poll::Ready(ready) = &polled
                     && let Some(f) = on_end.take()
                 {
                     match ready {
-                        Some(Ok(frame)) => match frame.trailers_ref() {
-                            Some(t) => f(BodyEnd::Trailers(t)),
+                        Some(Ok(frame)) => match (frame.trailers_ref(), scan.as_deref_mut()) {
+                            (Some(t), None) => f(BodyEnd::Trailers(t)),
+                            (Some(_), Some(_)) => {
+                                f(BodyEnd::Replied(scan.take().and_then(|s| s.finish())));
+                            }
+                            (None, Some(s)) => match frame.data_ref().and_then(|d| s.push(d)) {
+                                Some(reply) => {
+                                    *scan = None;
+                                    f(BodyEnd::Replied(Some(reply)));
+                                }
+                                None => *on_end = Some(f),
+                            },
                             // Not the end yet.
-                            None => *on_end = Some(f),
+                            (None, None) => *on_end = Some(f),
                         },
                         Some(Err(_)) => f(BodyEnd::Failed),
-                        None => f(BodyEnd::Finished),
+                        None => match scan.take() {
+                            Some(s) => f(BodyEnd::Replied(s.finish())),
+                            None => f(BodyEnd::Finished),
+                        },
                     }
                 }
                 polled.map_err(Into::into)
@@ -306,7 +368,7 @@ where
             }
             Kind::Stream { body } => body.is_end_stream(),
             // The end must be polled so it is seen.
-            Kind::Watched { body, on_end } => on_end.is_none() && body.is_end_stream(),
+            Kind::Watched { body, on_end, .. } => on_end.is_none() && body.is_end_stream(),
         }
     }
 

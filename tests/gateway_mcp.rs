@@ -1,0 +1,189 @@
+//! MCP through the gateway binary, between peers written with the official
+//! MCP Python SDK (PyPI `mcp`: its `MCPServer` over streamable HTTP, and its
+//! `Client`), with `[mcp] enabled = true`: the session works through the
+//! gateway (initialize, session id, list, call), a per-tool limit refuses
+//! one tool's fourth call while another tool answers, a tool that answers
+//! `isError` opens its own breaker only, and the open breaker answers the
+//! call with a JSON-RPC error the SDK reads. Run against the server's event
+//! stream replies and its JSON replies.
+//!
+//! Needs Python with `mcp`: `.ci/run` makes `target/pyvenv`; elsewhere set
+//! `PALISADE_PYTHON` or the test skips (under CI it fails).
+
+mod support;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+use support::Gateway;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn python() -> Option<PathBuf> {
+    support::python_with("mcp", "the MCP SDK (pip install mcp)")
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mcp")
+        .join(name)
+}
+
+/// The SDK's MCP server, and its port.
+async fn mcp_server(python: &PathBuf, json: bool) -> (tokio::process::Child, u16) {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script("server.py"));
+    if json {
+        cmd.arg("--json");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the MCP server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the MCP server prints its port within 60 s")
+        .unwrap()
+        .expect("a port line");
+    let port = line
+        .trim_start_matches("listening on ")
+        .trim()
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// Runs the SDK client against `url` with `steps`; one JSON value a step.
+async fn client(python: &PathBuf, url: &str, steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python)
+            .arg(script("client.py"))
+            .arg(url)
+            .arg(steps.to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the MCP client finishes within 90 s")
+    .expect("run the MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the MCP client failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+const CONFIG: &str = r#"
+[mcp]
+enabled = true
+
+[circuit_breaker]
+failure_threshold = 2
+recovery_timeout = "10m"
+
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 100000
+
+[[rate_limit.limits]]
+name = "tool"
+key = "tool"
+limit = 3
+"#;
+
+async fn per_tool_limits_and_breakers(json: bool) {
+    let Some(python) = python() else { return };
+    let (_server, port) = mcp_server(&python, json).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gw = Gateway::start_with_config(Some(CONFIG), &["--upstream", &upstream], &[]);
+    let call = |tool: &str, args: serde_json::Value| serde_json::json!(["call", tool, args]);
+    let steps = serde_json::json!([
+        ["list"],
+        call("echo", serde_json::json!({"text": "one"})),
+        call("echo", serde_json::json!({"text": "two"})),
+        call("echo", serde_json::json!({"text": "three"})),
+        call("echo", serde_json::json!({"text": "four"})),
+        call("search", serde_json::json!({"q": "x"})),
+        call("broken", serde_json::json!({})),
+        call("broken", serde_json::json!({})),
+        call("broken", serde_json::json!({})),
+        call("search", serde_json::json!({"q": "y"})),
+    ]);
+    let out = client(&python, &format!("{}/mcp", gw.url), steps).await;
+    let mode = if json {
+        "JSON replies"
+    } else {
+        "event-stream replies"
+    };
+    assert_eq!(out.len(), 10, "{mode}: one line a step: {out:#?}");
+    assert_eq!(
+        out[0]["tools"],
+        serde_json::json!(["broken", "echo", "search"])
+    );
+    for (i, text) in [(1, "one"), (2, "two"), (3, "three")] {
+        assert_eq!(out[i]["is_error"], false, "{mode}: {:?}", out[i]);
+        assert_eq!(out[i]["text"], text, "{mode}");
+    }
+    let refused = out[4]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{mode}: the fourth call of echo is refused: {:?}", out[4]));
+    assert!(
+        refused.contains("rate limit"),
+        "{mode}: the SDK reads the gateway's JSON-RPC refusal: {refused}"
+    );
+    assert_eq!(
+        out[5]["is_error"], false,
+        "{mode}: search answers: {:?}",
+        out[5]
+    );
+    assert!(out[5]["text"].as_str().unwrap().contains("x-1"), "{mode}");
+    for i in [6, 7] {
+        assert_eq!(
+            out[i]["is_error"], true,
+            "{mode}: the tool error: {:?}",
+            out[i]
+        );
+        assert!(
+            out[i]["text"].as_str().unwrap().contains("broken"),
+            "{mode}"
+        );
+    }
+    let open = out[8]["error"].as_str().unwrap_or_else(|| {
+        panic!(
+            "{mode}: broken's breaker is open after two tool errors: {:?}",
+            out[8]
+        )
+    });
+    assert!(
+        open.contains("circuit breaker is open"),
+        "{mode}: the JSON-RPC error of the open breaker: {open}"
+    );
+    assert_eq!(
+        out[9]["is_error"], false,
+        "{mode}: search's breaker is its own: {:?}",
+        out[9]
+    );
+    assert!(out[9]["text"].as_str().unwrap().contains("y-1"), "{mode}");
+
+    // The admin view: broken's breaker open, the others closed.
+    let breakers = support::get(&format!("{}/breakers", gw.admin)).await;
+    let text = breakers.text();
+    assert!(text.contains("broken"), "per-tool breakers listed: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sdk_through_the_gateway_with_event_stream_replies() {
+    per_tool_limits_and_breakers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sdk_through_the_gateway_with_json_replies() {
+    per_tool_limits_and_breakers(true).await;
+}
