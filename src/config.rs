@@ -3,9 +3,15 @@
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
 //! limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
-//! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
-//! defaults are the ones users know). `examples/gateway.toml` is a commented
-//! example.
+//! `[cache]`, `[pii]`, `[shape]`, `[adaptive_concurrency]`, `[fault]`, each
+//! the layer crate's own `Config` (the defaults are the ones users know;
+//! the last two are off unless `enabled = true`). `examples/gateway.toml`
+//! is a commented example.
+//!
+//! | section | keys (defaults) |
+//! |---|---|
+//! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s) |
+//! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `[[fault.rules]]` with `path_prefix`, `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
 //!
@@ -293,6 +299,12 @@ pub struct PalisadeConfig {
     /// Response shaping.
     #[cfg(feature = "shape")]
     pub shape: palisade_shape::ShapeConfig,
+    /// The adaptive concurrency limit on the upstream (off by default).
+    #[cfg(feature = "adaptive")]
+    pub adaptive_concurrency: palisade_adaptive::AdaptiveConfig,
+    /// Fault injection (off by default).
+    #[cfg(feature = "fault")]
+    pub fault: palisade_fault::FaultConfig,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -497,6 +509,14 @@ impl PalisadeConfig {
                 },
                 other => ("cache".to_owned(), other.to_string()),
             });
+        }
+        #[cfg(feature = "adaptive")]
+        if let Err(e) = self.adaptive_concurrency.validate() {
+            return Err((format!("adaptive_concurrency.{}", e.field), e.reason));
+        }
+        #[cfg(feature = "fault")]
+        if let Err(e) = self.fault.validate() {
+            return Err((format!("fault.{}", e.field), e.reason));
         }
         Ok(())
     }
@@ -730,5 +750,63 @@ mod tests {
 
         let err = PalisadeConfig::from_sources(Some("[colour]\nred = 1\n"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[cfg(all(feature = "adaptive", feature = "fault"))]
+    #[test]
+    fn adaptive_and_fault_sections_are_off_by_default_and_checked() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(!cfg.adaptive_concurrency.enabled);
+        assert!(!cfg.fault.enabled);
+        let file = r#"
+            [adaptive_concurrency]
+            enabled = true
+            algorithm = "gradient"
+            max_queue = 10
+            queue_timeout = "200ms"
+            [fault]
+            enabled = true
+            trusted_peers = ["127.0.0.1/32"]
+            [[fault.rules]]
+            path_prefix = "/slow"
+            delay = "1s"
+            delay_percent = 25
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert_eq!(cfg.adaptive_concurrency.max_queue, 10);
+        assert_eq!(cfg.fault.rules[0].delay, Some(Duration::from_secs(1)));
+        for (vars, key) in [
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__MIN_LIMIT", "0")][..],
+                "adaptive_concurrency.min_limit",
+            ),
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__BACKOFF_RATIO", "2.0")][..],
+                "adaptive_concurrency.backoff_ratio",
+            ),
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__ALGORITHM", "vegas")][..],
+                "adaptive_concurrency.algorithm",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(vars[0].0), "{err}");
+        }
+        let err = PalisadeConfig::from_sources(
+            Some("[[fault.rules]]\nstatus = 200\n"),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("fault.rules[0].status"), "{err}");
+        let err = PalisadeConfig::from_sources(
+            Some("[[fault.rules]]\nabort_percent = 200\n"),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("fault.rules[0].abort_percent"), "{err}");
+        let err =
+            PalisadeConfig::from_sources(Some("[fault]\nenable = true\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Configuration: a serde [`FaultConfig`] (off by default) and
 //! [`FaultLayer::from_config`].
 
-use crate::{BuildError, Fault, FaultLayer, Rule, layer::grpc_code};
+use crate::{BuildError, Fault, FaultLayer, FaultLayerBuilder, Rule, layer::grpc_code};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -149,6 +149,42 @@ impl FaultConfig {
     }
 }
 
+impl FaultConfig {
+    /// The builder this configuration describes (with no rule and no
+    /// trusted caller unless `enabled`), to add metrics to.
+    ///
+    /// ```
+    /// use palisade_fault::{FaultConfig, FaultMetrics};
+    ///
+    /// let metrics = FaultMetrics::register(&prometheus::Registry::new()).unwrap();
+    /// let layer = FaultConfig::default().builder().unwrap().metrics(&metrics, "upstream").build().unwrap();
+    /// assert!(!layer.is_active());
+    /// ```
+    ///
+    /// # Errors
+    /// As [`FaultConfig::validate`].
+    pub fn builder(&self) -> Result<FaultLayerBuilder, ConfigError> {
+        self.validate()?;
+        let mut b = FaultLayer::builder();
+        if !self.enabled {
+            return Ok(b);
+        }
+        b = b.trust_peers(self.trusted_peers.iter().copied());
+        if let Some(token) = &self.header_token {
+            b = b.trust_token(token.clone());
+        }
+        if let Some(seed) = self.seed {
+            b = b.seed(seed);
+        }
+        for rule in &self.rules {
+            if let Ok(rule) = rule.rule() {
+                b = b.rule(rule);
+            }
+        }
+        Ok(b)
+    }
+}
+
 impl FaultLayer {
     /// The layer `cfg` describes: one that injects nothing unless
     /// `cfg.enabled`.
@@ -156,23 +192,7 @@ impl FaultLayer {
     /// # Errors
     /// As [`FaultConfig::validate`].
     pub fn from_config(cfg: &FaultConfig) -> Result<Self, ConfigError> {
-        cfg.validate()?;
-        if !cfg.enabled {
-            return Ok(Self::off());
-        }
-        let mut b = Self::builder().trust_peers(cfg.trusted_peers.iter().copied());
-        if let Some(token) = &cfg.header_token {
-            b = b.trust_token(token.clone());
-        }
-        if let Some(seed) = cfg.seed {
-            b = b.seed(seed);
-        }
-        for rule in &cfg.rules {
-            if let Ok(rule) = rule.rule() {
-                b = b.rule(rule);
-            }
-        }
-        b.build().map_err(|e| ConfigError {
+        cfg.builder()?.build().map_err(|e| ConfigError {
             field: e.field().to_owned(),
             reason: e.to_string(),
         })
