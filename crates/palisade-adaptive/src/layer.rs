@@ -50,18 +50,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn limiter<Q: Hash + fmt::Display>(&self, key: Option<&Q>) -> Arc<Limiter> {
-        let Some(key) = key else {
-            return self.keyless.clone();
-        };
+    fn limiter<Q: Hash + fmt::Display>(&self, key: Option<&Q>) -> Option<Arc<Limiter>> {
+        let key = key?;
         let h = self.hasher.hash_one(key);
         if let Some(l) = self.by_key.get(&h) {
-            return l.clone();
+            return Some(l.clone());
         }
-        self.by_key
-            .entry(h)
-            .or_insert_with(|| Arc::new(Limiter::new(self.settings.initial, key.to_string())))
-            .clone()
+        Some(
+            self.by_key
+                .entry(h)
+                .or_insert_with(|| Arc::new(Limiter::new(self.settings.initial, key.to_string())))
+                .clone(),
+        )
     }
 }
 
@@ -151,7 +151,7 @@ impl<K> AdaptiveLayer<K> {
         ServiceAdaptiveLayer { layer: self }
     }
 
-    fn limiter_for<R>(&self, req: &R) -> Arc<Limiter>
+    fn limiter_for<R>(&self, req: &R) -> Slot
     where
         K: KeyExtractor<R>,
     {
@@ -279,7 +279,6 @@ impl<K> AdaptiveLayerBuilder<K> {
                     initial: initial as f64,
                     max_queue: self.queue.0,
                     queue_timeout: self.queue.1,
-                    epoch: Instant::now(),
                     gauges,
                 },
                 measure: self.measure,
@@ -294,44 +293,61 @@ impl<K> AdaptiveLayerBuilder<K> {
 
 /// A slot held by a call; freed (and learnt from) once.
 struct Guard {
-    limiter: Arc<Limiter>,
     shared: Arc<Shared>,
-    started: Instant,
+    /// `None`: the keyless limiter (no second `Arc` to clone per call).
+    limiter: Option<Arc<Limiter>>,
+    /// When the call was admitted (read only for the gradient).
+    started: Option<Instant>,
     in_flight: usize,
+    cuts: u64,
     done: bool,
 }
 
 impl Guard {
+    fn release(&self, sample: Sample) {
+        let limiter = self.limiter.as_deref().unwrap_or(&self.shared.keyless);
+        limiter.release(
+            &self.shared.settings,
+            self.started,
+            self.in_flight,
+            self.cuts,
+            sample,
+        );
+    }
+
     fn finish(mut self, sample: Sample) {
         self.done = true;
-        self.limiter
-            .release(&self.shared.settings, self.started, self.in_flight, sample);
+        self.release(sample);
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
-            self.limiter.release(
-                &self.shared.settings,
-                self.started,
-                self.in_flight,
-                Sample::Ignore,
-            );
+            self.release(Sample::Ignore);
         }
     }
 }
 
-fn admit(shared: &Arc<Shared>, limiter: Arc<Limiter>) -> Result<Guard, Arc<Limiter>> {
-    match limiter.try_acquire(&shared.settings) {
-        Some(in_flight) => Ok(Guard {
-            limiter,
+/// Which limiter a call goes to: `None` for the keyless one.
+type Slot = Option<Arc<Limiter>>;
+
+fn limiter_of<'a>(shared: &'a Shared, slot: &'a Slot) -> &'a Limiter {
+    slot.as_deref().unwrap_or(&shared.keyless)
+}
+
+fn admit(shared: &Arc<Shared>, slot: Slot) -> Result<Guard, Slot> {
+    match limiter_of(shared, &slot).try_acquire(&shared.settings) {
+        Some((in_flight, cuts)) => Ok(Guard {
             shared: shared.clone(),
-            started: Instant::now(),
+            limiter: slot,
+            started: matches!(shared.settings.algorithm, Algorithm::Gradient { .. })
+                .then(Instant::now),
             in_flight,
+            cuts,
             done: false,
         }),
-        None => Err(limiter),
+        None => Err(slot),
     }
 }
 
@@ -350,9 +366,9 @@ impl Drop for Waiting<'_> {
 type Wait = Pin<Box<dyn Future<Output = Option<Guard>> + Send>>;
 
 /// Waits in `limiter`'s queue, if it has room.
-fn enqueue(shared: &Arc<Shared>, limiter: Arc<Limiter>) -> Option<Wait> {
+fn enqueue(shared: &Arc<Shared>, slot: Slot) -> Option<Wait> {
     let s = &shared.settings;
-    limiter
+    limiter_of(shared, &slot)
         .queued
         .fetch_update(AcqRel, Acquire, |n| (n < s.max_queue).then_some(n + 1))
         .ok()?;
@@ -361,14 +377,15 @@ fn enqueue(shared: &Arc<Shared>, limiter: Arc<Limiter>) -> Option<Wait> {
     }
     let shared = shared.clone();
     Some(Box::pin(async move {
-        let _waiting = Waiting(&limiter, &shared.settings);
+        let limiter = limiter_of(&shared, &slot);
+        let _waiting = Waiting(limiter, &shared.settings);
         let deadline = shared.settings.queue_timeout;
         let wait = async {
             loop {
                 let notified = limiter.freed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Ok(guard) = admit(&shared, limiter.clone()) {
+                if let Ok(guard) = admit(&shared, slot.clone()) {
                     return guard;
                 }
                 notified.await;
@@ -470,9 +487,9 @@ where
                 fut: self.inner.call(req),
                 guard: Some(guard),
             },
-            Err(limiter) => {
-                let limit = limiter.limit();
-                match enqueue(shared, limiter) {
+            Err(slot) => {
+                let limit = limiter_of(shared, &slot).limit();
+                match enqueue(shared, slot) {
                     Some(wait) => {
                         let clone = self.inner.clone();
                         State::Queued {
@@ -709,9 +726,9 @@ where
                 fut: self.inner.call(req),
                 guard: Some(guard),
             },
-            Err(limiter) => {
-                let limit = limiter.limit();
-                match enqueue(shared, limiter) {
+            Err(slot) => {
+                let limit = limiter_of(shared, &slot).limit();
+                match enqueue(shared, slot) {
                     Some(wait) => {
                         let clone = self.inner.clone();
                         State::Queued {

@@ -183,7 +183,11 @@ impl<E: Into<palisade_core::BoxError>> From<AdaptiveError<E>> for palisade_core:
         use palisade_core::{Error, ErrorKind};
         match err {
             AdaptiveError::Refused { limit } => layer::refusal(limit),
-            AdaptiveError::QueueTimeout => layer::refusal(0),
+            AdaptiveError::QueueTimeout => Error::new(
+                ErrorKind::Overloaded,
+                "no concurrency slot within the queue deadline",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)),
             AdaptiveError::Inner(e) => {
                 Error::new(ErrorKind::Upstream, "the service failed").with_source(e)
             }

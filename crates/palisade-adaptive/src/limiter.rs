@@ -17,7 +17,6 @@ pub(crate) struct Settings {
     pub(crate) initial: f64,
     pub(crate) max_queue: usize,
     pub(crate) queue_timeout: Duration,
-    pub(crate) epoch: Instant,
     pub(crate) gauges: Option<Gauges>,
 }
 
@@ -36,9 +35,9 @@ pub(crate) struct Limiter {
     pub(crate) queued: AtomicUsize,
     /// No-load latency in seconds, an `f64`'s bits (0: none yet).
     long_rtt: AtomicU64,
-    /// Nanoseconds after the epoch of the last cut: a refusal of a call
-    /// admitted before it is the same congestion, and not cut for again.
-    last_cut: AtomicU64,
+    /// Cuts so far: a refusal of a call admitted before the last cut is the
+    /// same congestion, and not cut for again.
+    cuts: AtomicU64,
     pub(crate) freed: Notify,
     /// The key, for logs.
     label: String,
@@ -69,7 +68,7 @@ impl Limiter {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             long_rtt: AtomicU64::new(0),
-            last_cut: AtomicU64::new(0),
+            cuts: AtomicU64::new(0),
             freed: Notify::new(),
             label,
         }
@@ -83,13 +82,15 @@ impl Limiter {
         self.in_flight.load(Relaxed)
     }
 
-    /// Takes a slot if one is free; the calls in flight before it.
-    pub(crate) fn try_acquire(&self, s: &Settings) -> Option<usize> {
+    /// Takes a slot if one is free: the calls in flight before it, and the
+    /// count of cuts so far.
+    pub(crate) fn try_acquire(&self, s: &Settings) -> Option<(usize, u64)> {
         let limit = self.limit();
         let got = self
             .in_flight
             .fetch_update(AcqRel, Relaxed, |n| (n < limit).then_some(n + 1))
-            .ok();
+            .ok()
+            .map(|n| (n, self.cuts.load(Acquire)));
         if got.is_some()
             && let Some(g) = &s.gauges
         {
@@ -98,13 +99,15 @@ impl Limiter {
         got
     }
 
-    /// Frees a slot taken at `started` with `in_flight` calls before it,
-    /// and learns from the call.
+    /// Frees a slot taken at `started` (timed for the gradient only) with
+    /// `in_flight` calls before it and `cuts` cuts so far, and learns from
+    /// the call.
     pub(crate) fn release(
         &self,
         s: &Settings,
-        started: Instant,
+        started: Option<Instant>,
         in_flight: usize,
+        cuts: u64,
         sample: Sample,
     ) {
         self.in_flight.fetch_sub(1, AcqRel);
@@ -112,7 +115,7 @@ impl Limiter {
             g.in_flight.dec();
         }
         if sample != Sample::Ignore {
-            self.learn(s, started, in_flight, sample == Sample::Dropped);
+            self.learn(s, started, in_flight, cuts, sample == Sample::Dropped);
         }
         if self.queued.load(Acquire) > 0 {
             self.freed.notify_one();
@@ -122,19 +125,20 @@ impl Limiter {
     fn learn(
         &self,
         s: &Settings,
-        started: Instant,
+        started: Option<Instant>,
         in_flight: usize,
+        cuts: u64,
         dropped: bool,
     ) {
-        let now = Instant::now();
-        let rtt = now.saturating_duration_since(started).as_secs_f64();
-        let since_epoch = |t: Instant| t.saturating_duration_since(s.epoch).as_nanos() as u64;
         let old = f64::from_bits(self.limit.load(Relaxed));
         let new = if dropped {
-            if since_epoch(started) < self.last_cut.load(Relaxed) {
+            if self
+                .cuts
+                .compare_exchange(cuts, cuts + 1, AcqRel, Relaxed)
+                .is_err()
+            {
                 return; // already cut for this congestion
             }
-            self.last_cut.store(since_epoch(now).max(1), Relaxed);
             let ratio = match s.algorithm {
                 Algorithm::Aimd { backoff_ratio } => backoff_ratio,
                 Algorithm::Gradient { .. } => 0.9,
@@ -154,6 +158,10 @@ impl Limiter {
                     tolerance,
                     smoothing,
                 } => {
+                    let Some(started) = started else { return };
+                    let rtt = Instant::now()
+                        .saturating_duration_since(started)
+                        .as_secs_f64();
                     let long = self.long_rtt(rtt, old);
                     if (in_flight + 1) * 2 < old as usize || rtt <= 0.0 {
                         return;
@@ -169,6 +177,9 @@ impl Limiter {
             }
         };
         let new = new.clamp(s.min, s.max);
+        if new == old {
+            return;
+        }
         // A concurrent update may win; the next sample corrects it.
         self.limit.store(new.to_bits(), Relaxed);
         if new as usize != old as usize {
