@@ -793,17 +793,12 @@ mod tests {
             assert_eq!(err.key(), Some(key), "{err}");
             assert!(err.to_string().contains(vars[0].0), "{err}");
         }
-        let err = PalisadeConfig::from_sources(
-            Some("[[fault.rules]]\nstatus = 200\n"),
-            env(&[]),
-        )
-        .unwrap_err();
+        let err = PalisadeConfig::from_sources(Some("[[fault.rules]]\nstatus = 200\n"), env(&[]))
+            .unwrap_err();
         assert_eq!(err.key(), Some("fault.rules[0].status"), "{err}");
-        let err = PalisadeConfig::from_sources(
-            Some("[[fault.rules]]\nabort_percent = 200\n"),
-            env(&[]),
-        )
-        .unwrap_err();
+        let err =
+            PalisadeConfig::from_sources(Some("[[fault.rules]]\nabort_percent = 200\n"), env(&[]))
+                .unwrap_err();
         assert_eq!(err.key(), Some("fault.rules[0].abort_percent"), "{err}");
         let err =
             PalisadeConfig::from_sources(Some("[fault]\nenable = true\n"), env(&[])).unwrap_err();

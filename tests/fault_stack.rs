@@ -62,19 +62,36 @@ async fn retry_retries_injected_errors() {
         .service_fn(upstream.clone());
     let res = svc.oneshot(Request::new(String::new())).await.unwrap();
     assert_eq!(res.status(), 503);
-    assert_eq!(injected(&registry, "error"), 3, "each attempt met the fault");
+    assert_eq!(
+        injected(&registry, "error"),
+        3,
+        "each attempt met the fault"
+    );
     assert_eq!(calls.load(SeqCst), 0);
 
     // Half the attempts fail: retries hide most of it, as with a flaky
     // upstream (all three fail for 1 call in 8).
     let (layer, registry) = faults(Fault::new().error(503, 50.0), 2);
     let svc = StackBuilder::new()
-        .retry(RetryLayer::builder().max_attempts(3).no_budget().build().unwrap())
+        .retry(
+            RetryLayer::builder()
+                .max_attempts(3)
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
         .fault(layer)
         .service_fn(upstream);
     let mut ok = 0;
     for _ in 0..200 {
-        if svc.clone().oneshot(Request::new(String::new())).await.unwrap().status() == 200 {
+        if svc
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
             ok += 1;
         }
     }
@@ -103,9 +120,16 @@ async fn the_breaker_opens_on_injected_errors() {
     }
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), 503);
-    assert_eq!(res.extensions().get::<ErrorKind>(), Some(&ErrorKind::CircuitOpen));
+    assert_eq!(
+        res.extensions().get::<ErrorKind>(),
+        Some(&ErrorKind::CircuitOpen)
+    );
     assert!(res.headers().contains_key("retry-after"));
-    assert_eq!(injected(&registry, "error"), 5, "the open circuit calls nothing");
+    assert_eq!(
+        injected(&registry, "error"),
+        5,
+        "the open circuit calls nothing"
+    );
 }
 
 #[tokio::test(start_paused = true)]

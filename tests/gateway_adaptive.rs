@@ -45,7 +45,11 @@ async fn the_adaptive_limit_refuses_past_it_with_a_real_slow_upstream() {
     let refused = get(&format!("{}/slow?ms=1&n=3", gw.url)).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert!(refused.text().contains("concurrency limit"), "{}", refused.text());
+    assert!(
+        refused.text().contains("concurrency limit"),
+        "{}",
+        refused.text()
+    );
     assert_eq!(gw.upstream_hits().await, 2, "the refused call never left");
     for h in [a, b] {
         assert_eq!(h.await.unwrap().status, 200);

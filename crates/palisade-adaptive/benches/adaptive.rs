@@ -26,7 +26,13 @@ where
 {
     let start = Instant::now();
     for _ in 0..iters {
-        let res = svc.ready().await.unwrap().call(black_box(req())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(black_box(req()))
+            .await
+            .unwrap();
         black_box(res);
     }
     start.elapsed()
@@ -43,11 +49,16 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("adaptive_admitted_call");
     group.bench_function("inner_only", |b| {
-        b.to_async(&rt).iter_custom(|iters| drive(plain(), || 1u64, iters))
+        b.to_async(&rt)
+            .iter_custom(|iters| drive(plain(), || 1u64, iters))
     });
     group.bench_function("tower_concurrency_limit", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            drive(ConcurrencyLimitLayer::new(100).layer(plain()), || 1u64, iters)
+            drive(
+                ConcurrencyLimitLayer::new(100).layer(plain()),
+                || 1u64,
+                iters,
+            )
         })
     });
     group.bench_function("tower_resilience_adaptive_aimd", |b| {
@@ -59,12 +70,19 @@ fn bench(c: &mut Criterion) {
                 .latency_threshold(Duration::from_millis(100))
                 .build()
                 .unwrap();
-            drive(AdaptiveLimiterLayer::new(aimd).layer(plain()), || 1u64, iters)
+            drive(
+                AdaptiveLimiterLayer::new(aimd).layer(plain()),
+                || 1u64,
+                iters,
+            )
         })
     });
     group.bench_function("palisade_adaptive_aimd", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let layer = AdaptiveLayer::builder().limits(1, 20, 1000).build().unwrap();
+            let layer = AdaptiveLayer::builder()
+                .limits(1, 20, 1000)
+                .build()
+                .unwrap();
             drive(layer.for_services().layer(plain()), || 1u64, iters)
         })
     });
@@ -78,13 +96,31 @@ fn bench(c: &mut Criterion) {
             drive(layer.for_services().layer(plain()), || 1u64, iters)
         })
     });
-    group.bench_function("palisade_adaptive_http", |b| {
+    let http = || {
+        service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        })
+    };
+    group.bench_function("http_inner_only", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| drive(http(), || Request::new(()), iters))
+    });
+    group.bench_function("http_tower_concurrency_limit", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let layer = AdaptiveLayer::builder().limits(1, 20, 1000).build().unwrap();
-            let inner = service_fn(|_req: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-            drive(layer.layer(inner), || Request::new(()), iters)
+            drive(
+                ConcurrencyLimitLayer::new(100).layer(http()),
+                || Request::new(()),
+                iters,
+            )
+        })
+    });
+    group.bench_function("http_palisade_adaptive_aimd", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let layer = AdaptiveLayer::builder()
+                .limits(1, 20, 1000)
+                .build()
+                .unwrap();
+            drive(layer.layer(http()), || Request::new(()), iters)
         })
     });
     group.finish();

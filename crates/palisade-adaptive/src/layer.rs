@@ -246,7 +246,9 @@ impl<K> AdaptiveLayerBuilder<K> {
                     reason: "must be at least 0.5 and below 1",
                 });
             }
-            Algorithm::Gradient { tolerance, .. } if !(tolerance >= 1.0 && tolerance.is_finite()) => {
+            Algorithm::Gradient { tolerance, .. }
+                if !(tolerance >= 1.0 && tolerance.is_finite()) =>
+            {
                 return Err(BuildError::Parameter {
                     field: "tolerance",
                     reason: "must be at least 1",
@@ -420,20 +422,30 @@ fn refused_response<B>(limit: usize, grpc: bool) -> Response<PalisadeBody<B>> {
     // gRPC: RESOURCE_EXHAUSTED, the code clients back off on.
     let mut res = Response::new(PalisadeBody::empty());
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(GrpcCode::ResourceExhausted as i32));
-    h.insert("grpc-message", HeaderValue::from_static("concurrency%20limit%20reached"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(GrpcCode::ResourceExhausted as i32),
+    );
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("concurrency%20limit%20reached"),
+    );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     res.extensions_mut().insert(ErrorKind::Overloaded);
     res
 }
 
-/// Whether a response says the upstream is overloaded.
-fn dropped<B>(res: &Response<B>) -> bool {
+/// Whether a response says the upstream is overloaded (gRPC: in a
+/// trailers-only answer's head).
+fn dropped<B>(res: &Response<B>, grpc: bool) -> bool {
     if matches!(res.status().as_u16(), 429 | 503 | 504) {
         return true;
     }
-    matches!(
+    grpc && matches!(
         res.headers().get("grpc-status").map(HeaderValue::as_bytes),
         Some(b"4" | b"8" | b"14")
     )
@@ -562,7 +574,7 @@ where
                     let guard = guard.take().expect("polled after completion");
                     return Poll::Ready(match out {
                         Ok(res) => {
-                            let drop_ = dropped(&res);
+                            let drop_ = dropped(&res, *this.grpc);
                             if *this.body {
                                 Ok(res.map(|b| {
                                     PalisadeBody::stream(AdaptiveBody {

@@ -38,8 +38,12 @@ impl Upstream {
 
     fn service(
         &self,
-    ) -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-    + Clone
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
     + Send
     + 'static {
         let me = self.clone();
@@ -50,7 +54,10 @@ impl Upstream {
                 let cap = me.capacity.load(SeqCst);
                 let res = if n > cap && me.refuse {
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    Response::builder().status(503).body(Full::default()).unwrap()
+                    Response::builder()
+                        .status(503)
+                        .body(Full::default())
+                        .unwrap()
                 } else {
                     let load = (n as f64 / cap as f64).max(1.0);
                     tokio::time::sleep(Duration::from_secs_f64(0.010 * load)).await;
@@ -67,8 +74,11 @@ impl Upstream {
 /// layer waits 10 ms before its next call.
 fn load<S>(svc: S, workers: usize, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>>
 where
-    S: Service<Request<()>, Response = Response<palisade_core::PalisadeBody<Full<Bytes>>>, Error = Infallible>
-        + Clone
+    S: Service<
+            Request<()>,
+            Response = Response<palisade_core::PalisadeBody<Full<Bytes>>>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send,
@@ -90,7 +100,11 @@ where
 
 /// Runs phases of (capacity, duration) and returns the limit at the end of
 /// each, and the lowest and highest limit seen over each phase's second half.
-async fn follow(algorithm: Algorithm, refuse: bool, phases: &[(usize, u64)]) -> Vec<(usize, usize, usize)> {
+async fn follow(
+    algorithm: Algorithm,
+    refuse: bool,
+    phases: &[(usize, u64)],
+) -> Vec<(usize, usize, usize)> {
     let upstream = Upstream::new(phases[0].0, refuse);
     let layer = AdaptiveLayer::builder()
         .algorithm(algorithm)
@@ -126,7 +140,10 @@ async fn aimd_follows_a_refusing_upstream_up_and_down() {
     for (&(capacity, _), &(_, lo, hi)) in phases.iter().zip(&seen) {
         // Stated bound: over a phase's second half the limit stays within
         // half and one and a half times the upstream's capacity.
-        assert!(lo * 2 >= capacity && hi * 2 <= capacity * 3, "capacity {capacity}: {lo}..{hi}");
+        assert!(
+            lo * 2 >= capacity && hi * 2 <= capacity * 3,
+            "capacity {capacity}: {lo}..{hi}"
+        );
     }
 }
 
@@ -141,7 +158,10 @@ async fn gradient_follows_a_slowing_upstream_up_and_down() {
         // over a phase's second half the limit stays between the capacity
         // and 1.5 · capacity + 2 · √(2 · capacity).
         let top = 1.5 * capacity as f64 + 2.0 * (2.0 * capacity as f64).sqrt();
-        assert!(lo >= capacity && hi as f64 <= top, "capacity {capacity}: {lo}..{hi}");
+        assert!(
+            lo >= capacity && hi as f64 <= top,
+            "capacity {capacity}: {lo}..{hi}"
+        );
     }
 }
 
@@ -253,7 +273,10 @@ async fn body_measurement_holds_the_slot_until_the_body_ends() {
         let second = svc.clone().oneshot(Request::new(())).await.unwrap();
         assert_eq!(second.status() == 503, refused_while_reading, "{measure:?}");
         drop(second);
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "streamed answer");
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "streamed answer"
+        );
         assert_eq!(layer.in_flight(), 0);
         let third = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(third.status(), 200, "{measure:?}");
@@ -267,7 +290,9 @@ async fn generic_errors_shrink_the_limit_and_keys_learn_apart() {
     let f = failing.clone();
     let layer = AdaptiveLayer::builder()
         .limits(1, 20, 100)
-        .key(key_fn(|(upstream, _): &(&'static str, u32)| Some(*upstream)))
+        .key(key_fn(|(upstream, _): &(&'static str, u32)| {
+            Some(*upstream)
+        }))
         .build()
         .unwrap();
     let svc = layer.clone().for_services().layer(tower::service_fn(
@@ -275,7 +300,11 @@ async fn generic_errors_shrink_the_limit_and_keys_learn_apart() {
             let fail = upstream == "bad" && f.load(SeqCst);
             async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if fail { Err(std::io::Error::other("overloaded")) } else { Ok(n) }
+                if fail {
+                    Err(std::io::Error::other("overloaded"))
+                } else {
+                    Ok(n)
+                }
             }
         },
     ));
@@ -287,13 +316,20 @@ async fn generic_errors_shrink_the_limit_and_keys_learn_apart() {
     }
     // Each failure is its own congestion (calls one at a time): 20 · 0.9^30.
     assert_eq!(layer.limit_of(&"bad"), 1, "at its floor");
-    assert_eq!(layer.limit_of(&"good"), 20, "an idle limit is not grown, nor cut");
+    assert_eq!(
+        layer.limit_of(&"good"),
+        20,
+        "an idle limit is not grown, nor cut"
+    );
     // With the limit at its floor, a second concurrent call is refused.
     failing.store(false, SeqCst);
     let a = tokio::spawn(svc.clone().oneshot(("bad", 1)));
     tokio::task::yield_now().await;
     let err = svc.clone().oneshot(("bad", 2)).await.unwrap_err();
-    assert!(matches!(err, AdaptiveError::Refused { limit: 1 }), "{err:?}");
+    assert!(
+        matches!(err, AdaptiveError::Refused { limit: 1 }),
+        "{err:?}"
+    );
     a.await.unwrap().unwrap();
 }
 

@@ -90,7 +90,8 @@ impl RuleConfig {
             fault = fault.error(self.status.unwrap_or(503), self.error_percent);
         }
         if let Some(n) = self.grpc_code {
-            let code = grpc_code(n).ok_or(("grpc_code", format!("{n} is not a gRPC error code (1–16)")))?;
+            let code = grpc_code(n)
+                .ok_or(("grpc_code", format!("{n} is not a gRPC error code (1–16)")))?;
             fault = fault.grpc_code(code);
         }
         if self.abort_percent != 0.0 {

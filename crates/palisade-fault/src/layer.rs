@@ -247,12 +247,18 @@ fn parse_header(value: &HeaderValue) -> Result<Fault, BuildError> {
     let text = value.to_str().map_err(|_| bad())?;
     let mut percent = 100.0;
     let (mut delay, mut status, mut grpc, mut abort) = (None, None, None, false);
-    for part in text.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in text
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let (name, val) = part.split_once('=').unwrap_or((part, ""));
         match (name.trim().to_ascii_lowercase().as_str(), val.trim()) {
             ("delay", v) => delay = Some(parse_duration(v).ok_or_else(bad)?),
             ("status", v) => status = Some(v.parse::<u16>().map_err(|_| bad())?),
-            ("grpc", v) => grpc = Some(grpc_code(v.parse::<i32>().map_err(|_| bad())?).ok_or_else(bad)?),
+            ("grpc", v) => {
+                grpc = Some(grpc_code(v.parse::<i32>().map_err(|_| bad())?).ok_or_else(bad)?)
+            }
             ("abort", "") => abort = true,
             ("percent", v) => percent = v.parse::<f64>().map_err(|_| bad())?,
             _ => return Err(bad()),
@@ -280,7 +286,11 @@ fn parse_duration(v: &str) -> Option<Duration> {
         return ms.trim().parse().ok().map(Duration::from_millis);
     }
     if let Some(s) = v.strip_suffix('s') {
-        return s.trim().parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok());
+        return s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok());
     }
     v.parse().ok().map(Duration::from_millis)
 }
@@ -597,7 +607,10 @@ fn error_answer<B>(answer: FaultAnswer, grpc: bool) -> Response<PalisadeBody<B>>
     let mut res = if grpc {
         let mut res = Response::new(PalisadeBody::empty());
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(answer.grpc as i32));
         h.insert("grpc-message", HeaderValue::from_static("injected%20fault"));
         res
@@ -773,7 +786,9 @@ impl<E: Into<palisade_core::BoxError>> From<FaultError<E>> for palisade_core::Er
                 Error::new(kind, "injected fault")
             }
             FaultError::Aborted => Error::new(ErrorKind::Upstream, "injected fault: call aborted"),
-            FaultError::Inner(e) => Error::new(ErrorKind::Upstream, "the service failed").with_source(e),
+            FaultError::Inner(e) => {
+                Error::new(ErrorKind::Upstream, "the service failed").with_source(e)
+            }
         }
     }
 }

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use palisade_core::{GrpcCode, key::PeerAddr};
-use palisade_fault::{
-    Fault, FaultConfig, FaultError, FaultLayer, FaultMetrics, Rule, RuleConfig,
-};
+use palisade_fault::{Fault, FaultConfig, FaultError, FaultLayer, FaultMetrics, Rule, RuleConfig};
 use std::{
     convert::Infallible,
     sync::{
@@ -30,8 +28,14 @@ fn upstream(
 > + Clone {
     tower::service_fn(move |req: Request<()>| {
         calls.fetch_add(1, Ordering::SeqCst);
-        assert!(req.headers().get("x-palisade-fault").is_none(), "header stripped");
-        assert!(req.headers().get("x-palisade-fault-token").is_none(), "token stripped");
+        assert!(
+            req.headers().get("x-palisade-fault").is_none(),
+            "header stripped"
+        );
+        assert!(
+            req.headers().get("x-palisade-fault-token").is_none(),
+            "token stripped"
+        );
         async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("real")))) }
     })
 }
@@ -62,12 +66,14 @@ async fn percentages_hold_over_many_calls() {
     let layer = FaultLayer::builder()
         .seed(42)
         .metrics(&metrics, "test")
-        .rule(Rule::all().fault(
-            Fault::new()
-                .delay(Duration::from_millis(1), 10.0)
-                .error(503, 30.0)
-                .abort(5.0),
-        ))
+        .rule(
+            Rule::all().fault(
+                Fault::new()
+                    .delay(Duration::from_millis(1), 10.0)
+                    .error(503, 30.0)
+                    .abort(5.0),
+            ),
+        )
         .build()
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -90,7 +96,11 @@ async fn percentages_hold_over_many_calls() {
     assert!(within(aborts, 5.0), "aborts {aborts}");
     // An error is drawn only when no abort was: 30 % of the other 95 %.
     assert!(within(errors, 30.0 * 0.95), "errors {errors}");
-    assert_eq!(ok, calls.load(Ordering::SeqCst), "only real calls reach the upstream");
+    assert_eq!(
+        ok,
+        calls.load(Ordering::SeqCst),
+        "only real calls reach the upstream"
+    );
     let delays = counter(&registry, "delay") as usize;
     assert!(within(delays, 10.0), "delays {delays}");
     assert_eq!(counter(&registry, "error") as usize, errors);
@@ -107,7 +117,14 @@ async fn percentages_hold_over_many_calls() {
         async move {
             let mut seq = Vec::new();
             for _ in 0..64 {
-                seq.push(svc.clone().oneshot(req("/")).await.unwrap().status().as_u16());
+                seq.push(
+                    svc.clone()
+                        .oneshot(req("/"))
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16(),
+                );
             }
             seq
         }
@@ -127,7 +144,11 @@ async fn latency_is_added_on_the_clock() {
     let start = tokio::time::Instant::now();
     let slow = tokio::spawn(svc.clone().oneshot(req("/slow/a")));
     tokio::time::sleep(Duration::from_millis(4_999)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "not called during the delay");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "not called during the delay"
+    );
     assert!(!slow.is_finished());
     let res = slow.await.unwrap().unwrap();
     assert_eq!(res.status(), 200);
@@ -144,7 +165,13 @@ async fn latency_is_added_on_the_clock() {
 async fn error_answers_speak_http_and_grpc() {
     let layer = FaultLayer::builder()
         .rule(Rule::path_prefix("/a").fault(Fault::new().error(429, 100.0)))
-        .rule(Rule::path_prefix("/b").fault(Fault::new().error(503, 100.0).grpc_code(GrpcCode::ResourceExhausted)))
+        .rule(
+            Rule::path_prefix("/b").fault(
+                Fault::new()
+                    .error(503, 100.0)
+                    .grpc_code(GrpcCode::ResourceExhausted),
+            ),
+        )
         .build()
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -153,7 +180,11 @@ async fn error_answers_speak_http_and_grpc() {
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert!(std::str::from_utf8(&body).unwrap().contains("\"status\":429"));
+    assert!(
+        std::str::from_utf8(&body)
+            .unwrap()
+            .contains("\"status\":429")
+    );
 
     let grpc = |path: &str| {
         Request::builder()
@@ -164,7 +195,11 @@ async fn error_answers_speak_http_and_grpc() {
     };
     let res = svc.clone().oneshot(grpc("/a")).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["grpc-status"], "8", "429 is RESOURCE_EXHAUSTED");
+    assert_eq!(
+        res.headers()["grpc-status"],
+        "8",
+        "429 is RESOURCE_EXHAUSTED"
+    );
     let res = svc.clone().oneshot(grpc("/b")).await.unwrap();
     assert_eq!(res.headers()["grpc-status"], "8", "the configured code");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -189,7 +224,9 @@ async fn an_abort_fails_the_body_and_generic_calls() {
 
     let svc = layer
         .for_services()
-        .layer(tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+        .layer(tower::service_fn(|n: u32| async move {
+            Ok::<_, std::io::Error>(n)
+        }));
     let err = svc.oneshot(1).await.unwrap_err();
     assert!(matches!(err, FaultError::Aborted));
     assert!(err.is_injected());
@@ -203,7 +240,11 @@ async fn rules_by_key_for_generic_services() {
     use palisade_core::key::key_fn;
     let layer = FaultLayer::builder()
         .key(key_fn(|(tenant, _): &(&'static str, u32)| Some(*tenant)))
-        .rule(Rule::all().key("canary").fault(Fault::new().error(503, 100.0)))
+        .rule(
+            Rule::all()
+                .key("canary")
+                .fault(Fault::new().error(503, 100.0)),
+        )
         .build()
         .unwrap();
     let svc = layer.for_services().layer(tower::service_fn(
@@ -218,7 +259,9 @@ async fn rules_by_key_for_generic_services() {
 }
 
 fn with_header(peer: &str, fault: &str, token: Option<&str>, xff: Option<&str>) -> Request<()> {
-    let mut b = Request::builder().uri("/x").header("x-palisade-fault", fault);
+    let mut b = Request::builder()
+        .uri("/x")
+        .header("x-palisade-fault", fault);
     if let Some(t) = token {
         b = b.header("x-palisade-fault-token", t);
     }
@@ -261,18 +304,54 @@ async fn an_untrusted_request_can_never_turn_a_fault_on() {
         let svc = svc.clone();
         async move { svc.oneshot(req).await.unwrap().status().as_u16() }
     };
-    assert_eq!(status(with_header("10.2.3.4:1", "status=500", None, None)).await, 500);
-    assert_eq!(status(with_header("203.0.113.9:1", "status=500", None, None)).await, 200);
-    // A forwarded address naming a trusted network does not make a caller trusted.
     assert_eq!(
-        status(with_header("203.0.113.9:1", "status=500", None, Some("10.0.0.1"))).await,
+        status(with_header("10.2.3.4:1", "status=500", None, None)).await,
+        500
+    );
+    assert_eq!(
+        status(with_header("203.0.113.9:1", "status=500", None, None)).await,
         200
     );
-    assert_eq!(status(with_header("203.0.113.9:1", "status=500", Some("wrong"), None)).await, 200);
-    assert_eq!(status(with_header("203.0.113.9:1", "status=500", Some("s3cret"), None)).await, 500);
-    assert_eq!(status(with_header("10.2.3.4:1", "abort", None, None)).await, 502);
+    // A forwarded address naming a trusted network does not make a caller trusted.
+    assert_eq!(
+        status(with_header(
+            "203.0.113.9:1",
+            "status=500",
+            None,
+            Some("10.0.0.1")
+        ))
+        .await,
+        200
+    );
+    assert_eq!(
+        status(with_header(
+            "203.0.113.9:1",
+            "status=500",
+            Some("wrong"),
+            None
+        ))
+        .await,
+        200
+    );
+    assert_eq!(
+        status(with_header(
+            "203.0.113.9:1",
+            "status=500",
+            Some("s3cret"),
+            None
+        ))
+        .await,
+        500
+    );
+    assert_eq!(
+        status(with_header("10.2.3.4:1", "abort", None, None)).await,
+        502
+    );
     // A header that does not parse is ignored.
-    assert_eq!(status(with_header("10.2.3.4:1", "status=lots", None, None)).await, 200);
+    assert_eq!(
+        status(with_header("10.2.3.4:1", "status=lots", None, None)).await,
+        200
+    );
     // A request without a peer address is not trusted by address.
     let mut req = with_header("10.2.3.4:1", "status=500", None, None);
     req.extensions_mut().remove::<PeerAddr>();
@@ -285,7 +364,12 @@ async fn a_trusted_header_adds_latency() {
     let svc = layer.layer(upstream(Arc::new(AtomicUsize::new(0))));
     let start = tokio::time::Instant::now();
     let res = svc
-        .oneshot(with_header("203.0.113.9:1", "delay=1500ms", Some("t"), None))
+        .oneshot(with_header(
+            "203.0.113.9:1",
+            "delay=1500ms",
+            Some("t"),
+            None,
+        ))
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
@@ -294,12 +378,13 @@ async fn a_trusted_header_adds_latency() {
 
 #[test]
 fn config_is_off_by_default_and_errors_name_the_field() {
-    let cfg: FaultConfig = serde_json::from_str(
-        r#"{"rules": [{"path_prefix": "/", "status": 503}]}"#,
-    )
-    .unwrap();
+    let cfg: FaultConfig =
+        serde_json::from_str(r#"{"rules": [{"path_prefix": "/", "status": 503}]}"#).unwrap();
     assert!(!cfg.enabled);
-    assert!(!FaultLayer::from_config(&cfg).unwrap().is_active(), "rules need enabled");
+    assert!(
+        !FaultLayer::from_config(&cfg).unwrap().is_active(),
+        "rules need enabled"
+    );
 
     let bad = |rule: RuleConfig| {
         let mut cfg = FaultConfig::default();
