@@ -155,6 +155,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: palisade_fault::FaultLayer<K>,
     ) -> ServiceBuilder<Stack<palisade_fault::FaultLayer<K>, L>>;
+
+    /// Adds a [`MicroBatchLayer`](palisade_microbatch::MicroBatchLayer).
+    #[cfg(feature = "microbatch")]
+    fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> ServiceBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -238,6 +245,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: palisade_fault::FaultLayer<K>,
     ) -> ServiceBuilder<Stack<palisade_fault::FaultLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "microbatch")]
+    fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> ServiceBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>> {
         self.layer(layer)
     }
 }
@@ -394,6 +409,36 @@ impl<L> StackBuilder<L> {
         self,
         layer: palisade_fault::FaultLayer<K>,
     ) -> StackBuilder<Stack<palisade_fault::FaultLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`MicroBatchLayer`](palisade_microbatch::MicroBatchLayer):
+    /// single calls gathered into one call of the service below.
+    ///
+    /// ```
+    /// use palisade::{StackBuilder, microbatch::{MicroBatchLayer, batch_fn}};
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lengths = batch_fn(
+    ///     |texts: Vec<String>| texts,
+    ///     |lens: Vec<usize>, _n| lens.into_iter().map(Ok::<_, std::convert::Infallible>).collect(),
+    /// );
+    /// let svc = StackBuilder::new()
+    ///     .micro_batch(MicroBatchLayer::new(lengths).max_batch_size(2))
+    ///     .service_fn(|texts: Vec<String>| async move {
+    ///         Ok::<_, std::io::Error>(texts.iter().map(String::len).collect::<Vec<_>>())
+    ///     });
+    /// let (a, b) = tokio::join!(svc.clone().oneshot("ab".into()), svc.clone().oneshot("xyz".into()));
+    /// assert_eq!((a.unwrap(), b.unwrap()), (2, 3));
+    /// # }
+    /// ```
+    #[cfg(feature = "microbatch")]
+    pub fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> StackBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>> {
         self.layer(layer)
     }
 

@@ -3,14 +3,17 @@
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
 //! limits), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
-//! `[cache]`, `[pii]`, `[shape]`, `[adaptive_concurrency]`, `[fault]`, each
-//! the layer crate's own `Config` (the defaults are the ones users know;
-//! the last two are off unless `enabled = true`). `examples/gateway.toml`
+//! `[cache]`, `[pii]`, `[shape]`, `[adaptive_concurrency]`, `[fault]`,
+//! `[micro_batch]`, each the layer crate's own `Config` (the defaults are
+//! the ones users know; adaptive concurrency and faults are off unless
+//! `enabled = true`; micro-batching needs code — how to combine and split —
+//! and takes its sizes from `[micro_batch]`). `examples/gateway.toml`
 //! is a commented example.
 //!
 //! | section | keys (defaults) |
 //! |---|---|
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s) |
+//! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
 //! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `[[fault.rules]]` with `path_prefix`, `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
@@ -305,6 +308,9 @@ pub struct PalisadeConfig {
     /// Fault injection (off by default).
     #[cfg(feature = "fault")]
     pub fault: palisade_fault::FaultConfig,
+    /// Micro-batching sizes (for `MicroBatchLayer::from_config`).
+    #[cfg(feature = "microbatch")]
+    pub micro_batch: palisade_microbatch::MicroBatchConfig,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -517,6 +523,10 @@ impl PalisadeConfig {
         #[cfg(feature = "fault")]
         if let Err(e) = self.fault.validate() {
             return Err((format!("fault.{}", e.field), e.reason));
+        }
+        #[cfg(feature = "microbatch")]
+        if let Err((field, why)) = self.micro_batch.validate() {
+            return Err((format!("micro_batch.{field}"), why.to_owned()));
         }
         Ok(())
     }
@@ -803,5 +813,20 @@ mod tests {
         let err =
             PalisadeConfig::from_sources(Some("[fault]\nenable = true\n"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("enable"), "{err}");
+        #[cfg(feature = "microbatch")]
+        {
+            let cfg = PalisadeConfig::from_sources(
+                Some("[micro_batch]\nmax_batch_size = 64\nmax_wait = \"20ms\"\n"),
+                env(&[]),
+            )
+            .unwrap();
+            assert_eq!(cfg.micro_batch.max_wait, Duration::from_millis(20));
+            let err = PalisadeConfig::from_sources(
+                None,
+                env(&[("PALISADE__MICRO_BATCH__MAX_BATCH_SIZE", "0")]),
+            )
+            .unwrap_err();
+            assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
+        }
     }
 }

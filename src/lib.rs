@@ -1,6 +1,6 @@
 //! palisade: Tower middleware for production services — circuit breaker,
 //! retry, rate limit, cache, PII masking and JSON response shaping, plus an
-//! adaptive concurrency limit and fault injection — on a
+//! adaptive concurrency limit, micro-batching and fault injection — on a
 //! store that is in-process by default and Redis (or Redis Cluster) when a
 //! service runs as many replicas.
 //!
@@ -30,6 +30,9 @@ pub use palisade_core as core;
 #[cfg(feature = "fault")]
 #[doc(inline)]
 pub use palisade_fault as fault;
+#[cfg(feature = "microbatch")]
+#[doc(inline)]
+pub use palisade_microbatch as microbatch;
 #[cfg(feature = "pii")]
 #[doc(inline)]
 pub use palisade_pii as pii;
