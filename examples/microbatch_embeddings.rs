@@ -92,15 +92,21 @@ fn embedder(provider_url: String) -> Embed {
         },
         // One answer, many embeddings: `data[i].index` says whose.
         |body: Bytes, n: usize| {
-            let mut out: Vec<Result<Vec<f32>, String>> =
-                (0..n).map(|i| Err(format!("no embedding for input {i}"))).collect();
+            let mut out: Vec<Result<Vec<f32>, String>> = (0..n)
+                .map(|i| Err(format!("no embedding for input {i}")))
+                .collect();
             let Ok(answer) = serde_json::from_slice::<Value>(&body) else {
                 return out;
             };
             for item in answer["data"].as_array().into_iter().flatten() {
                 let index = item["index"].as_u64().unwrap_or(u64::MAX) as usize;
-                if let (Some(slot), Some(values)) = (out.get_mut(index), item["embedding"].as_array()) {
-                    *slot = Ok(values.iter().filter_map(|v| v.as_f64().map(|f| f as f32)).collect());
+                if let (Some(slot), Some(values)) =
+                    (out.get_mut(index), item["embedding"].as_array())
+                {
+                    *slot = Ok(values
+                        .iter()
+                        .filter_map(|v| v.as_f64().map(|f| f as f32))
+                        .collect());
                 }
             }
             out
@@ -121,29 +127,31 @@ fn front(embed: Embed) -> Router {
     Router::new()
         .route(
             "/v1/embeddings",
-            post(|State(embed): State<Embed>, Json(body): Json<Value>| async move {
-                let text = body["input"].as_str().unwrap_or_default().to_owned();
-                match embed.oneshot(text).await {
-                    Ok(embedding) => (
-                        http::StatusCode::OK,
-                        Json(json!({"object": "list", "data": [
+            post(
+                |State(embed): State<Embed>, Json(body): Json<Value>| async move {
+                    let text = body["input"].as_str().unwrap_or_default().to_owned();
+                    match embed.oneshot(text).await {
+                        Ok(embedding) => (
+                            http::StatusCode::OK,
+                            Json(json!({"object": "list", "data": [
                             {"object": "embedding", "index": 0, "embedding": embedding}]})),
-                    ),
-                    Err(err) => {
-                        let err: palisade::core::Error = match err {
-                            MicroBatchError::Inner(e) => palisade::core::Error::new(
-                                palisade::core::ErrorKind::Upstream,
-                                format!("batch call failed: {e}"),
-                            ),
-                            other => palisade::core::Error::new(
-                                palisade::core::ErrorKind::Upstream,
-                                other.to_string(),
-                            ),
-                        };
-                        (err.http_status(), Json(json!({"error": err.message()})))
+                        ),
+                        Err(err) => {
+                            let err: palisade::core::Error = match err {
+                                MicroBatchError::Inner(e) => palisade::core::Error::new(
+                                    palisade::core::ErrorKind::Upstream,
+                                    format!("batch call failed: {e}"),
+                                ),
+                                other => palisade::core::Error::new(
+                                    palisade::core::ErrorKind::Upstream,
+                                    other.to_string(),
+                                ),
+                            };
+                            (err.http_status(), Json(json!({"error": err.message()})))
+                        }
                     }
-                }
-            }),
+                },
+            ),
         )
         .with_state(embed)
 }
@@ -163,8 +171,14 @@ async fn main() -> Result<(), Error> {
     println!("front listening on {front_url}");
 
     let texts = [
-        "hello world", "rust", "tower middleware", "an embedding", "batch me",
-        "eight at once", "one call", "done",
+        "hello world",
+        "rust",
+        "tower middleware",
+        "an embedding",
+        "batch me",
+        "eight at once",
+        "one call",
+        "done",
     ];
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let asks = texts.iter().map(|text| {
@@ -175,7 +189,8 @@ async fn main() -> Result<(), Error> {
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))?;
             let res = client.call(req).await?;
-            let answer: Value = serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+            let answer: Value =
+                serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
             Ok::<_, Error>(answer["data"][0]["embedding"].clone())
         }
     });

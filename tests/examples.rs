@@ -248,7 +248,13 @@ fn microbatch_embeddings_merges_single_texts_into_one_call() {
         ],
     );
     // Each caller got its own text's embedding back: [length, vowels, spaces].
-    assert!(line_with(&out, "\"hello world\" ->").contains("[11.0,3.0,1.0]"), "{out}");
-    assert!(line_with(&out, "\"rust\" ->").contains("[4.0,1.0,0.0]"), "{out}");
+    assert!(
+        line_with(&out, "\"hello world\" ->").contains("[11.0,3.0,1.0]"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "\"rust\" ->").contains("[4.0,1.0,0.0]"),
+        "{out}"
+    );
     assert!(!out.contains("call #2"), "{out}");
 }

@@ -66,7 +66,10 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    for (label, cost) in [("upstream_5us", Duration::from_micros(5)), ("upstream_free", Duration::ZERO)] {
+    for (label, cost) in [
+        ("upstream_5us", Duration::from_micros(5)),
+        ("upstream_free", Duration::ZERO),
+    ] {
         let mut group = c.benchmark_group(format!("microbatch_100_callers/{label}"));
         group.bench_function("one_by_one", |b| {
             b.to_async(&rt).iter_custom(|iters| async move {
@@ -76,7 +79,7 @@ fn bench(c: &mut Criterion) {
                 });
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let all = join_all((0..CALLERS).map(|x| svc.clone().oneshot(x))).await;
+                    let all = join_all((0..CALLERS).map(|x| svc.oneshot(x))).await;
                     black_box(all);
                 }
                 start.elapsed()
@@ -93,7 +96,9 @@ fn bench(c: &mut Criterion) {
                     .max_wait(Duration::from_secs(1))
                     .layer(service_fn(move |xs: Vec<u64>| {
                         call_cost(cost);
-                        ready(Ok::<_, Infallible>(xs.iter().map(|x| x * x).collect::<Vec<_>>()))
+                        ready(Ok::<_, Infallible>(
+                            xs.iter().map(|x| x * x).collect::<Vec<_>>(),
+                        ))
                     }));
                 let start = Instant::now();
                 for _ in 0..iters {

@@ -165,7 +165,9 @@ where
             MicroBatchError::Inner(e) => {
                 Error::new(ErrorKind::Upstream, "the batch call failed").with_source(ArcError(e))
             }
-            MicroBatchError::Item(_) => Error::new(ErrorKind::Upstream, "this call failed in its batch"),
+            MicroBatchError::Item(_) => {
+                Error::new(ErrorKind::Upstream, "this call failed in its batch")
+            }
             MicroBatchError::Split { .. } => {
                 Error::new(ErrorKind::Internal, "a batch answer did not split")
             }

@@ -299,10 +299,15 @@ where
                     Ok(res) => {
                         let parts = batcher.split(res, n);
                         if parts.len() != n {
-                            tracing::warn!(expected = n, got = parts.len(), "a batch answer did not split");
+                            tracing::warn!(
+                                expected = n,
+                                got = parts.len(),
+                                "a batch answer did not split"
+                            );
                             let got = parts.len();
                             for reply in replies {
-                                let _ = reply.send(Err(MicroBatchError::Split { expected: n, got }));
+                                let _ =
+                                    reply.send(Err(MicroBatchError::Split { expected: n, got }));
                             }
                             return;
                         }

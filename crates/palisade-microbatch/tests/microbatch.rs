@@ -31,7 +31,19 @@ fn upstream(
     })
 }
 
-fn layer(size: usize, wait_ms: u64) -> MicroBatchLayer<impl palisade_microbatch::Batcher<u64, Batch = Vec<u64>, Response = Vec<Option<u64>>, Item = u64, Error = &'static str>, u64> {
+fn layer(
+    size: usize,
+    wait_ms: u64,
+) -> MicroBatchLayer<
+    impl palisade_microbatch::Batcher<
+        u64,
+        Batch = Vec<u64>,
+        Response = Vec<Option<u64>>,
+        Item = u64,
+        Error = &'static str,
+    >,
+    u64,
+> {
     MicroBatchLayer::new(batch_fn(
         |xs: Vec<u64>| xs,
         |ys: Vec<Option<u64>>, _n| ys.into_iter().map(|y| y.ok_or("refused")).collect(),
@@ -45,14 +57,20 @@ async fn a_full_batch_is_sent_at_once() {
     let batches = Batches::default();
     let svc = layer(3, 1_000).layer(upstream(batches.clone()));
     let start = Instant::now();
-    let calls: Vec<_> = (1..=3).map(|x| tokio::spawn(svc.clone().oneshot(x))).collect();
+    let calls: Vec<_> = (1..=3)
+        .map(|x| tokio::spawn(svc.clone().oneshot(x)))
+        .collect();
     let mut got = Vec::new();
     for c in calls {
         got.push(c.await.unwrap().unwrap());
     }
     assert_eq!(got, vec![1, 4, 9], "each caller gets its own result");
     assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2, 3]]);
-    assert_eq!(start.elapsed(), Duration::from_millis(5), "no wait: only the upstream's time");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(5),
+        "no wait: only the upstream's time"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -66,7 +84,11 @@ async fn a_partial_batch_is_sent_after_the_wait() {
     let start = Instant::now();
     let (a, b) = tokio::join!(svc.clone().oneshot(2), svc.clone().oneshot(3));
     assert_eq!((a.unwrap(), b.unwrap()), (4, 9));
-    assert_eq!(start.elapsed(), Duration::from_millis(55), "50 ms wait + 5 ms upstream");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(55),
+        "50 ms wait + 5 ms upstream"
+    );
     assert_eq!(*batches.lock().unwrap(), vec![vec![2, 3]]);
     // A later call starts a new batch.
     assert_eq!(svc.clone().oneshot(4).await.unwrap(), 16);
@@ -163,6 +185,12 @@ async fn a_split_of_the_wrong_length_fails_every_caller() {
     }));
     let (a, b) = tokio::join!(svc.clone().oneshot(1), svc.clone().oneshot(2));
     for err in [a.unwrap_err(), b.unwrap_err()] {
-        assert!(matches!(err, MicroBatchError::Split { expected: 2, got: 1 }));
+        assert!(matches!(
+            err,
+            MicroBatchError::Split {
+                expected: 2,
+                got: 1
+            }
+        ));
     }
 }
