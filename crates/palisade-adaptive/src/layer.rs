@@ -506,7 +506,7 @@ where
                         let clone = self.inner.clone();
                         State::Queued {
                             wait,
-                            pending: Some((std::mem::replace(&mut self.inner, clone), req)),
+                            pending: Some(Box::new((std::mem::replace(&mut self.inner, clone), req))),
                             limit,
                         }
                     }
@@ -546,7 +546,7 @@ pin_project! {
         S: Service<R>,
     {
         Called { #[pin] fut: S::Future, guard: Option<Guard> },
-        Queued { wait: Wait, pending: Option<(S, R)>, limit: usize },
+        Queued { wait: Wait, pending: Option<Box<(S, R)>>, limit: usize },
         Refused { limit: usize },
     }
 }
@@ -605,7 +605,7 @@ where
                 } => {
                     let next = match std::task::ready!(wait.as_mut().poll(cx)) {
                         Some(guard) => {
-                            let (mut svc, req) = pending.take().expect("polled after completion");
+                            let (mut svc, req) = *pending.take().expect("polled after completion");
                             State::Called {
                                 fut: svc.call(req),
                                 guard: Some(guard),
@@ -745,7 +745,7 @@ where
                         let clone = self.inner.clone();
                         State::Queued {
                             wait,
-                            pending: Some((std::mem::replace(&mut self.inner, clone), req)),
+                            pending: Some(Box::new((std::mem::replace(&mut self.inner, clone), req))),
                             limit,
                         }
                     }
@@ -797,7 +797,7 @@ impl<S: Service<R>, R> Future for ServiceResponseFuture<S, R> {
                 StateProj::Queued { wait, pending, .. } => {
                     match std::task::ready!(wait.as_mut().poll(cx)) {
                         Some(guard) => {
-                            let (mut svc, req) = pending.take().expect("polled after completion");
+                            let (mut svc, req) = *pending.take().expect("polled after completion");
                             this.state.set(State::Called {
                                 fut: svc.call(req),
                                 guard: Some(guard),
