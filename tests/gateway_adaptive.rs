@@ -63,6 +63,27 @@ async fn the_adaptive_limit_refuses_past_it_with_a_real_slow_upstream() {
 }
 
 #[tokio::test]
+async fn each_configured_route_learns_its_own_limit() {
+    let config = r#"
+        [adaptive_concurrency]
+        enabled = true
+        min_limit = 1
+        initial_limit = 1
+        max_limit = 1
+        routes = ["/slow"]
+    "#;
+    let gw = Gateway::start_with_config(Some(config), &[], &[]);
+    let url = format!("{}/slow?ms=1500&n=1", gw.url);
+    let slow = tokio::spawn(async move { get(&url).await });
+    until_upstream_hits(&gw, 1).await;
+    // /slow's one slot is taken: refused.
+    assert_eq!(get(&format!("{}/slow?ms=1&n=2", gw.url)).await.status, 503);
+    // Other paths have their own limit.
+    assert_eq!(get(&format!("{}/users/7", gw.url)).await.status, 200);
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn faults_come_from_configuration_or_a_trusted_caller_only() {
     let config = r#"
         [fault]

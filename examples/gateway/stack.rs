@@ -5,7 +5,7 @@ use crate::proxy::Proxy;
 use axum::body::Body;
 use http::{Request, Response};
 use palisade::StackBuilder;
-use palisade::adaptive::{AdaptiveLayer, AdaptiveMetrics};
+use palisade::adaptive::{AdaptiveLayer, AdaptiveMetrics, PathPrefixKey};
 use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer};
 use palisade::cache::{CacheBuilder, CacheHandle, CacheLayer, CacheMetrics};
 use palisade::config::PalisadeConfig;
@@ -168,11 +168,12 @@ fn max_concurrent<R, B>(
     }
 }
 
-/// The adaptive concurrency limit (`[adaptive_concurrency]`; off: none).
+/// The adaptive concurrency limit (`[adaptive_concurrency]`; off: none),
+/// one per `routes` prefix and one for the other paths.
 fn adaptive<B>(
     cfg: &PalisadeConfig,
     registry: &Registry,
-) -> Result<Either<AdaptiveLayer, AsPalisade<B>>, Box<dyn std::error::Error>> {
+) -> Result<Either<AdaptiveLayer<PathPrefixKey>, AsPalisade<B>>, Box<dyn std::error::Error>> {
     let section = &cfg.adaptive_concurrency;
     if !section.enabled {
         return Ok(Either::Right(MapResponseLayer::new(|res: Response<B>| {
@@ -181,7 +182,7 @@ fn adaptive<B>(
     }
     let metrics = AdaptiveMetrics::register(registry)?;
     let layer = section
-        .builder()
+        .builder_per_route()
         .metrics(&metrics, "upstream")
         .build()
         .map_err(|e| format!("adaptive_concurrency: {e}"))?;

@@ -1,7 +1,7 @@
 //! Configuration: a serde [`AdaptiveConfig`] (off by default) and
 //! [`AdaptiveLayer::from_config`].
 
-use crate::{AdaptiveLayer, AdaptiveLayerBuilder, Algorithm, BuildError, Measure};
+use crate::{AdaptiveLayer, AdaptiveLayerBuilder, Algorithm, BuildError, Measure, PathPrefixKey};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub struct AdaptiveConfig {
     /// How long a queued call may wait (default 1 s).
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Path prefixes that each learn their own limit (first match wins;
+    /// other paths share one limit). Default: none, one limit for all.
+    pub routes: Vec<String>,
 }
 
 impl Default for AdaptiveConfig {
@@ -77,6 +80,7 @@ impl Default for AdaptiveConfig {
             measure: Measure::Head,
             max_queue: 0,
             queue_timeout: Duration::from_secs(1),
+            routes: Vec::new(),
         }
     }
 }
@@ -121,6 +125,12 @@ impl AdaptiveConfig {
     /// assert_eq!(cfg.validate().unwrap_err().field, "min_limit");
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(bad) = self.routes.iter().find(|r| !r.starts_with('/')) {
+            return Err(ConfigError {
+                field: "routes",
+                reason: format!("{bad:?} is not a path prefix (it must start with `/`)"),
+            });
+        }
         self.builder().build().map(|_| ()).map_err(|e| {
             let field = match &e {
                 BuildError::Limits { min, initial, .. } => {
@@ -137,6 +147,22 @@ impl AdaptiveConfig {
                 reason: e.to_string(),
             }
         })
+    }
+}
+
+impl AdaptiveConfig {
+    /// The builder this configuration describes, keyed by `routes`.
+    ///
+    /// ```
+    /// use palisade_adaptive::AdaptiveConfig;
+    ///
+    /// let mut cfg = AdaptiveConfig::default();
+    /// cfg.routes = vec!["/v1/chat".into()];
+    /// let layer = cfg.builder_per_route().build().unwrap();
+    /// assert_eq!(layer.limit_of(&std::sync::Arc::<str>::from("/v1/chat")), 20);
+    /// ```
+    pub fn builder_per_route(&self) -> AdaptiveLayerBuilder<PathPrefixKey> {
+        self.builder().key(PathPrefixKey::new(&self.routes))
     }
 }
 

@@ -40,6 +40,52 @@ impl<R> KeyExtractor<R> for NoKey {
     }
 }
 
+/// Keys HTTP requests by the first of some path prefixes their path starts
+/// with (none: no key), so each route learns its own limit and the keys
+/// stay few.
+///
+/// ```
+/// use palisade_adaptive::PathPrefixKey;
+/// use palisade_core::key::KeyExtractor;
+///
+/// let key = PathPrefixKey::new(["/v1/chat", "/v1/embeddings"]);
+/// let req = http::Request::builder().uri("/v1/chat/completions").body(()).unwrap();
+/// assert_eq!(key.extract(&req).unwrap().as_ref(), "/v1/chat");
+/// assert!(key.extract(&http::Request::new(())).is_none());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PathPrefixKey {
+    prefixes: Arc<[Arc<str>]>,
+}
+
+impl PathPrefixKey {
+    /// Keys by these prefixes (first match wins).
+    pub fn new<I, P>(prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        Self {
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| Arc::from(p.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for PathPrefixKey {
+    type Key = Arc<str>;
+
+    fn extract(&self, req: &Request<B>) -> Option<Arc<str>> {
+        let path = req.uri().path();
+        self.prefixes
+            .iter()
+            .find(|p| path.starts_with(p.as_ref()))
+            .cloned()
+    }
+}
+
 struct Shared {
     settings: Settings,
     measure: Measure,
@@ -506,7 +552,10 @@ where
                         let clone = self.inner.clone();
                         State::Queued {
                             wait,
-                            pending: Some(Box::new((std::mem::replace(&mut self.inner, clone), req))),
+                            pending: Some(Box::new((
+                                std::mem::replace(&mut self.inner, clone),
+                                req,
+                            ))),
                             limit,
                         }
                     }
@@ -745,7 +794,10 @@ where
                         let clone = self.inner.clone();
                         State::Queued {
                             wait,
-                            pending: Some(Box::new((std::mem::replace(&mut self.inner, clone), req))),
+                            pending: Some(Box::new((
+                                std::mem::replace(&mut self.inner, clone),
+                                req,
+                            ))),
                             limit,
                         }
                     }

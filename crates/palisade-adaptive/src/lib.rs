@@ -75,8 +75,8 @@ mod limiter;
 
 pub use config::{AdaptiveConfig, AlgorithmKind, ConfigError};
 pub use layer::{
-    AdaptiveBody, AdaptiveConcurrency, AdaptiveLayer, AdaptiveLayerBuilder, NoKey, ResponseFuture,
-    ServiceAdaptiveConcurrency, ServiceAdaptiveLayer, ServiceResponseFuture,
+    AdaptiveBody, AdaptiveConcurrency, AdaptiveLayer, AdaptiveLayerBuilder, NoKey, PathPrefixKey,
+    ResponseFuture, ServiceAdaptiveConcurrency, ServiceAdaptiveLayer, ServiceResponseFuture,
 };
 
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
