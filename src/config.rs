@@ -14,7 +14,7 @@
 //! |---|---|
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
-//! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `[[fault.rules]]` with `path_prefix`, `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
+//! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `key_header`, `[[fault.rules]]` with `path_prefix`, `key` (a `key_header` value), `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
 //!

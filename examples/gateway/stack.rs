@@ -12,7 +12,7 @@ use palisade::config::PalisadeConfig;
 use palisade::core::BoxError;
 use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
-use palisade::fault::{FaultLayer, FaultMetrics};
+use palisade::fault::FaultMetrics;
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
 use palisade::retry::bulkhead::BulkheadLayer;
@@ -107,7 +107,7 @@ pub fn full(
 
     // Off unless `[fault] enabled`; even off, it strips the fault headers
     // so no caller's reaches the upstream.
-    let fault: FaultLayer = cfg
+    let fault = cfg
         .fault
         .builder()
         .map_err(|e| format!("fault: {e}"))?

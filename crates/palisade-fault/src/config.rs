@@ -3,6 +3,7 @@
 
 use crate::{BuildError, Fault, FaultLayer, FaultLayerBuilder, Rule, layer::grpc_code};
 use ipnet::IpNet;
+use palisade_core::key::{HeaderKey, HeaderValueKey, KeyExtractor};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub struct FaultConfig {
     /// `x-palisade-fault` is honoured from callers sending this secret in
     /// `x-palisade-fault-token` (default: none).
     pub header_token: Option<String>,
+    /// The request header rules with `key` look at (e.g. `x-tenant`);
+    /// default: none.
+    pub key_header: Option<String>,
     /// The rules, first match wins.
     pub rules: Vec<RuleConfig>,
 }
@@ -50,6 +54,8 @@ pub struct FaultConfig {
 pub struct RuleConfig {
     /// Only requests whose path starts with this (default: all).
     pub path_prefix: Option<String>,
+    /// Only requests whose `key_header` has this value (default: all).
+    pub key: Option<String>,
     /// Added latency (default: none).
     #[serde(with = "humantime_serde")]
     pub delay: Option<Duration>,
@@ -70,6 +76,7 @@ impl Default for RuleConfig {
     fn default() -> Self {
         Self {
             path_prefix: None,
+            key: None,
             delay: None,
             delay_percent: 100.0,
             status: None,
@@ -112,6 +119,9 @@ impl RuleConfig {
         if let Some(prefix) = &self.path_prefix {
             rule = rule.and_path_prefix(prefix.clone());
         }
+        if let Some(key) = &self.key {
+            rule = rule.key(key.clone());
+        }
         Ok(rule)
     }
 }
@@ -140,7 +150,21 @@ impl FaultConfig {
     /// assert_eq!(cfg.validate().unwrap_err().field, "rules[0].abort_percent");
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.key_header
+            && http::HeaderName::try_from(name.as_str()).is_err()
+        {
+            return Err(ConfigError {
+                field: "key_header".into(),
+                reason: format!("{name:?} is not a header name"),
+            });
+        }
         for (i, rule) in self.rules.iter().enumerate() {
+            if rule.key.is_some() && self.key_header.is_none() {
+                return Err(ConfigError {
+                    field: format!("rules[{i}].key"),
+                    reason: "a rule with a key needs `key_header`".into(),
+                });
+            }
             rule.rule().map_err(|(field, reason)| ConfigError {
                 field: format!("rules[{i}].{field}"),
                 reason,
@@ -164,9 +188,15 @@ impl FaultConfig {
     ///
     /// # Errors
     /// As [`FaultConfig::validate`].
-    pub fn builder(&self) -> Result<FaultLayerBuilder, ConfigError> {
+    pub fn builder(&self) -> Result<FaultLayerBuilder<HeaderKeyIfSet>, ConfigError> {
         self.validate()?;
-        let mut b = FaultLayer::builder();
+        let key = HeaderKeyIfSet(
+            self.key_header
+                .as_deref()
+                .and_then(|n| http::HeaderName::try_from(n).ok())
+                .map(HeaderKey::from_name),
+        );
+        let mut b = FaultLayer::builder().key(key);
         if !self.enabled {
             return Ok(b);
         }
@@ -186,7 +216,19 @@ impl FaultConfig {
     }
 }
 
-impl FaultLayer {
+/// The key of a configured layer: the value of `key_header`, when set.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderKeyIfSet(Option<HeaderKey>);
+
+impl<B> KeyExtractor<http::Request<B>> for HeaderKeyIfSet {
+    type Key = HeaderValueKey;
+
+    fn extract(&self, req: &http::Request<B>) -> Option<HeaderValueKey> {
+        self.0.as_ref()?.extract(req)
+    }
+}
+
+impl FaultLayer<HeaderKeyIfSet> {
     /// The layer `cfg` describes: one that injects nothing unless
     /// `cfg.enabled`.
     ///

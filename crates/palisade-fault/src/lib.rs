@@ -50,7 +50,7 @@ mod config;
 mod layer;
 mod rng;
 
-pub use config::{ConfigError, FaultConfig, RuleConfig};
+pub use config::{ConfigError, FaultConfig, HeaderKeyIfSet, RuleConfig};
 pub use layer::{
     FaultInjection, FaultLayer, FaultLayerBuilder, NoKey, ResponseFuture, ServiceFaultInjection,
     ServiceFaultLayer, ServiceResponseFuture,

@@ -278,12 +278,14 @@ async fn an_untrusted_request_can_never_turn_a_fault_on() {
     let calls = Arc::new(AtomicUsize::new(0));
     // Off (the default, and what an unconfigured config gives): the header
     // does nothing, whoever sends it, and is stripped.
-    for layer in [
-        FaultLayer::off(),
-        FaultLayer::from_config(&FaultConfig::default()).unwrap(),
+    let configured = FaultLayer::from_config(&FaultConfig::default()).unwrap();
+    assert!(!configured.is_active());
+    let off = FaultLayer::off();
+    assert!(!off.is_active());
+    for svc in [
+        tower::util::BoxCloneSyncService::new(configured.layer(upstream(calls.clone()))),
+        tower::util::BoxCloneSyncService::new(off.layer(upstream(calls.clone()))),
     ] {
-        assert!(!layer.is_active());
-        let svc = layer.layer(upstream(calls.clone()));
         for peer in ["127.0.0.1:1", "10.0.0.1:1"] {
             let res = svc
                 .clone()
@@ -358,6 +360,36 @@ async fn an_untrusted_request_can_never_turn_a_fault_on() {
     assert_eq!(status(req).await, 200);
 }
 
+#[tokio::test]
+async fn configured_rules_select_by_key_header() {
+    let cfg: FaultConfig = serde_json::from_str(
+        r#"{"enabled": true, "key_header": "x-tenant",
+            "rules": [{"key": "canary", "status": 503}]}"#,
+    )
+    .unwrap();
+    let svc = FaultLayer::from_config(&cfg)
+        .unwrap()
+        .layer(upstream(Arc::new(AtomicUsize::new(0))));
+    let tenant = |t: &str| Request::builder().header("x-tenant", t).body(()).unwrap();
+    assert_eq!(
+        svc.clone()
+            .oneshot(tenant("canary"))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        svc.clone()
+            .oneshot(tenant("stable"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(svc.oneshot(req("/")).await.unwrap().status(), 200);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_trusted_header_adds_latency() {
     let layer = FaultLayer::builder().trust_token("t").build().unwrap();
@@ -405,6 +437,9 @@ fn config_is_off_by_default_and_errors_name_the_field() {
     let mut r = RuleConfig::default();
     r.abort_percent = -1.0;
     assert_eq!(bad(r), "rules[1].abort_percent");
+    let mut r = RuleConfig::default();
+    r.key = Some("canary".into());
+    assert_eq!(bad(r), "rules[1].key", "a key needs key_header");
     let err = serde_json::from_str::<FaultConfig>(r#"{"rulez": []}"#).unwrap_err();
     assert!(err.to_string().contains("rulez"));
 }
