@@ -11,15 +11,19 @@
 //! 3. `cache` — a hit skips everything below;
 //! 4. `mask_pii` — below the cache, so cached (and shared, on Redis)
 //!    responses are already masked;
-//! 5. `bulkhead` — calls in flight to the upstream, counted once per call
-//!    (however many attempts it makes), the rest refused at once;
+//! 5. `bulkhead` or `adaptive_concurrency` — calls in flight to the
+//!    upstream, counted once per call (however many attempts it makes), the
+//!    rest refused at once (or queued); the adaptive limit sees the timeout's
+//!    504s as congestion;
 //! 6. `timeout` — the whole call's limit (per attempt: put it below
 //!    `retry`, or use the retry layer's `attempt_timeout`);
 //! 7. `retry` — outside the breaker, so every attempt passes the breaker
 //!    and an open circuit's `Retry-After` is honoured, never hammered;
 //! 8. `circuit_breaker` — counts each attempt against the upstream (a call
 //!    the timeout cuts short counts as a failure);
-//! 9. the client or handler.
+//! 9. `fault` — innermost, so every layer above reacts to an injected
+//!    fault as to the upstream's own;
+//! 10. the client or handler.
 //!
 //! # Example
 //!
@@ -137,6 +141,27 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: palisade_breaker::CircuitBreakerLayer<C, K, O>,
     ) -> ServiceBuilder<Stack<palisade_breaker::CircuitBreakerLayer<C, K, O>, L>>;
+
+    /// Adds an [`AdaptiveLayer`](palisade_adaptive::AdaptiveLayer).
+    #[cfg(feature = "adaptive")]
+    fn adaptive_concurrency<K>(
+        self,
+        layer: palisade_adaptive::AdaptiveLayer<K>,
+    ) -> ServiceBuilder<Stack<palisade_adaptive::AdaptiveLayer<K>, L>>;
+
+    /// Adds a [`FaultLayer`](palisade_fault::FaultLayer).
+    #[cfg(feature = "fault")]
+    fn fault<K>(
+        self,
+        layer: palisade_fault::FaultLayer<K>,
+    ) -> ServiceBuilder<Stack<palisade_fault::FaultLayer<K>, L>>;
+
+    /// Adds a [`MicroBatchLayer`](palisade_microbatch::MicroBatchLayer).
+    #[cfg(feature = "microbatch")]
+    fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> ServiceBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -204,6 +229,30 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: palisade_breaker::CircuitBreakerLayer<C, K, O>,
     ) -> ServiceBuilder<Stack<palisade_breaker::CircuitBreakerLayer<C, K, O>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "adaptive")]
+    fn adaptive_concurrency<K>(
+        self,
+        layer: palisade_adaptive::AdaptiveLayer<K>,
+    ) -> ServiceBuilder<Stack<palisade_adaptive::AdaptiveLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "fault")]
+    fn fault<K>(
+        self,
+        layer: palisade_fault::FaultLayer<K>,
+    ) -> ServiceBuilder<Stack<palisade_fault::FaultLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "microbatch")]
+    fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> ServiceBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>> {
         self.layer(layer)
     }
 }
@@ -315,6 +364,81 @@ impl<L> StackBuilder<L> {
         self,
         layer: palisade_breaker::CircuitBreakerLayer<C, K, O>,
     ) -> StackBuilder<Stack<palisade_breaker::CircuitBreakerLayer<C, K, O>, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds an [`AdaptiveLayer`](palisade_adaptive::AdaptiveLayer): a
+    /// concurrency limit learnt from the upstream's refusals and latency,
+    /// the rest answered 503 at once (or queued).
+    ///
+    /// ```
+    /// use palisade::{StackBuilder, adaptive::AdaptiveLayer};
+    ///
+    /// let stack = StackBuilder::new()
+    ///     .adaptive_concurrency(AdaptiveLayer::builder().limits(1, 10, 100).build().unwrap())
+    ///     .service_fn(|_req: http::Request<()>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+    ///     });
+    /// # let _ = stack;
+    /// ```
+    #[cfg(feature = "adaptive")]
+    pub fn adaptive_concurrency<K>(
+        self,
+        layer: palisade_adaptive::AdaptiveLayer<K>,
+    ) -> StackBuilder<Stack<palisade_adaptive::AdaptiveLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`FaultLayer`](palisade_fault::FaultLayer), innermost so the
+    /// layers above react to its faults as to real ones.
+    ///
+    /// ```
+    /// use palisade::{StackBuilder, fault::{Fault, FaultLayer, Rule}};
+    ///
+    /// let chaos = FaultLayer::builder()
+    ///     .rule(Rule::path_prefix("/v1/chat").fault(Fault::new().error(503, 5.0)))
+    ///     .build()
+    ///     .unwrap();
+    /// let stack = StackBuilder::new().fault(chaos).service_fn(|_req: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// # let _ = stack;
+    /// ```
+    #[cfg(feature = "fault")]
+    pub fn fault<K>(
+        self,
+        layer: palisade_fault::FaultLayer<K>,
+    ) -> StackBuilder<Stack<palisade_fault::FaultLayer<K>, L>> {
+        self.layer(layer)
+    }
+
+    /// Adds a [`MicroBatchLayer`](palisade_microbatch::MicroBatchLayer):
+    /// single calls gathered into one call of the service below.
+    ///
+    /// ```
+    /// use palisade::{StackBuilder, microbatch::{MicroBatchLayer, batch_fn}};
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lengths = batch_fn(
+    ///     |texts: Vec<String>| texts,
+    ///     |lens: Vec<usize>, _n| lens.into_iter().map(Ok::<_, std::convert::Infallible>).collect(),
+    /// );
+    /// let svc = StackBuilder::new()
+    ///     .micro_batch(MicroBatchLayer::new(lengths).max_batch_size(2))
+    ///     .service_fn(|texts: Vec<String>| async move {
+    ///         Ok::<_, std::io::Error>(texts.iter().map(String::len).collect::<Vec<_>>())
+    ///     });
+    /// let (a, b) = tokio::join!(svc.clone().oneshot("ab".into()), svc.clone().oneshot("xyz".into()));
+    /// assert_eq!((a.unwrap(), b.unwrap()), (2, 3));
+    /// # }
+    /// ```
+    #[cfg(feature = "microbatch")]
+    pub fn micro_batch<B, Req>(
+        self,
+        layer: palisade_microbatch::MicroBatchLayer<B, Req>,
+    ) -> StackBuilder<Stack<palisade_microbatch::MicroBatchLayer<B, Req>, L>> {
         self.layer(layer)
     }
 

@@ -2,10 +2,19 @@
 //! environment, checked at start-up with errors that name the key.
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
-//! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`, `[retry]`, `[rate_limit]`,
-//! `[cache]`, `[pii]`, `[shape]`, each the layer crate's own `Config` (the
-//! defaults are the ones users know). `examples/gateway.toml` is a commented
-//! example.
+//! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
+//! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
+//! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, each the layer
+//! crate's own `Config` (the defaults are the ones users know; adaptive
+//! concurrency and faults are off unless `enabled = true`; micro-batching
+//! needs code — how to combine and split — and takes its sizes from
+//! `[micro_batch]`). `examples/gateway.toml` is a commented example.
+//!
+//! | section | keys (defaults) |
+//! |---|---|
+//! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
+//! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
+//! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `key_header`, `[[fault.rules]]` with `path_prefix`, `key` (a `key_header` value), `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
 //!
@@ -353,6 +362,15 @@ pub struct PalisadeConfig {
     /// Response shaping.
     #[cfg(feature = "shape")]
     pub shape: palisade_shape::ShapeConfig,
+    /// The adaptive concurrency limit on the upstream (off by default).
+    #[cfg(feature = "adaptive")]
+    pub adaptive_concurrency: palisade_adaptive::AdaptiveConfig,
+    /// Fault injection (off by default).
+    #[cfg(feature = "fault")]
+    pub fault: palisade_fault::FaultConfig,
+    /// Micro-batching sizes (for `MicroBatchLayer::from_config`).
+    #[cfg(feature = "microbatch")]
+    pub micro_batch: palisade_microbatch::MicroBatchConfig,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -560,6 +578,18 @@ impl PalisadeConfig {
                 },
                 other => ("cache".to_owned(), other.to_string()),
             });
+        }
+        #[cfg(feature = "adaptive")]
+        if let Err(e) = self.adaptive_concurrency.validate() {
+            return Err((format!("adaptive_concurrency.{}", e.field), e.reason));
+        }
+        #[cfg(feature = "fault")]
+        if let Err(e) = self.fault.validate() {
+            return Err((format!("fault.{}", e.field), e.reason));
+        }
+        #[cfg(feature = "microbatch")]
+        if let Err((field, why)) = self.micro_batch.validate() {
+            return Err((format!("micro_batch.{field}"), why.to_owned()));
         }
         Ok(())
     }
@@ -793,5 +823,77 @@ mod tests {
 
         let err = PalisadeConfig::from_sources(Some("[colour]\nred = 1\n"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[cfg(all(feature = "adaptive", feature = "fault"))]
+    #[test]
+    fn adaptive_and_fault_sections_are_off_by_default_and_checked() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(!cfg.adaptive_concurrency.enabled);
+        assert!(!cfg.fault.enabled);
+        let file = r#"
+            [adaptive_concurrency]
+            enabled = true
+            algorithm = "gradient"
+            max_queue = 10
+            queue_timeout = "200ms"
+            [fault]
+            enabled = true
+            trusted_peers = ["127.0.0.1/32"]
+            [[fault.rules]]
+            path_prefix = "/slow"
+            delay = "1s"
+            delay_percent = 25
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert_eq!(cfg.adaptive_concurrency.max_queue, 10);
+        assert_eq!(cfg.fault.rules[0].delay, Some(Duration::from_secs(1)));
+        for (vars, key) in [
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__MIN_LIMIT", "0")][..],
+                "adaptive_concurrency.min_limit",
+            ),
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__BACKOFF_RATIO", "2.0")][..],
+                "adaptive_concurrency.backoff_ratio",
+            ),
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__ALGORITHM", "vegas")][..],
+                "adaptive_concurrency.algorithm",
+            ),
+            (
+                &[("PALISADE__ADAPTIVE_CONCURRENCY__ROUTES", "[\"v1\"]")][..],
+                "adaptive_concurrency.routes",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(None, env(vars)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(vars[0].0), "{err}");
+        }
+        let err = PalisadeConfig::from_sources(Some("[[fault.rules]]\nstatus = 200\n"), env(&[]))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("fault.rules[0].status"), "{err}");
+        let err =
+            PalisadeConfig::from_sources(Some("[[fault.rules]]\nabort_percent = 200\n"), env(&[]))
+                .unwrap_err();
+        assert_eq!(err.key(), Some("fault.rules[0].abort_percent"), "{err}");
+        let err =
+            PalisadeConfig::from_sources(Some("[fault]\nenable = true\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
+        #[cfg(feature = "microbatch")]
+        {
+            let cfg = PalisadeConfig::from_sources(
+                Some("[micro_batch]\nmax_batch_size = 64\nmax_wait = \"20ms\"\n"),
+                env(&[]),
+            )
+            .unwrap();
+            assert_eq!(cfg.micro_batch.max_wait, Duration::from_millis(20));
+            let err = PalisadeConfig::from_sources(
+                None,
+                env(&[("PALISADE__MICRO_BATCH__MAX_BATCH_SIZE", "0")]),
+            )
+            .unwrap_err();
+            assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
+        }
     }
 }

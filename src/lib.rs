@@ -1,5 +1,6 @@
 //! palisade: Tower middleware for production services — circuit breaker,
-//! retry, rate limit, cache, PII masking and JSON response shaping — on a
+//! retry, rate limit, cache, PII masking and JSON response shaping, plus an
+//! adaptive concurrency limit, micro-batching and fault injection — on a
 //! store that is in-process by default and Redis (or Redis Cluster) when a
 //! service runs as many replicas.
 //!
@@ -15,6 +16,9 @@ pub mod dlq;
 
 pub use builder::{ServiceBuilderExt, StackBuilder};
 
+#[cfg(feature = "adaptive")]
+#[doc(inline)]
+pub use palisade_adaptive as adaptive;
 #[cfg(feature = "breaker")]
 #[doc(inline)]
 pub use palisade_breaker as breaker;
@@ -23,6 +27,12 @@ pub use palisade_breaker as breaker;
 pub use palisade_cache as cache;
 #[doc(inline)]
 pub use palisade_core as core;
+#[cfg(feature = "fault")]
+#[doc(inline)]
+pub use palisade_fault as fault;
+#[cfg(feature = "microbatch")]
+#[doc(inline)]
+pub use palisade_microbatch as microbatch;
 #[cfg(feature = "pii")]
 #[doc(inline)]
 pub use palisade_pii as pii;

@@ -234,3 +234,27 @@ fn hyper_server_example_limits_per_peer_and_never_skips_an_unknown_peer() {
         ],
     );
 }
+
+#[cfg(feature = "microbatch")]
+#[test]
+fn microbatch_embeddings_merges_single_texts_into_one_call() {
+    let out = run_example("microbatch_embeddings");
+    assert_lines(
+        &out,
+        &[
+            "front listening on http://127.0.0.1:",
+            "[provider] call #1: /v1/embeddings with 8 inputs",
+            "8 single-text requests, 1 provider call(s)",
+        ],
+    );
+    // Each caller got its own text's embedding back: [length, vowels, spaces].
+    assert!(
+        line_with(&out, "\"hello world\" ->").contains("[11.0,3.0,1.0]"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "\"rust\" ->").contains("[4.0,1.0,0.0]"),
+        "{out}"
+    );
+    assert!(!out.contains("call #2"), "{out}");
+}

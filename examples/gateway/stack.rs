@@ -5,6 +5,7 @@ use crate::proxy::Proxy;
 use axum::body::Body;
 use http::{Request, Response};
 use palisade::StackBuilder;
+use palisade::adaptive::{AdaptiveLayer, AdaptiveMetrics, PathPrefixKey};
 use palisade::breaker::{BreakerRegistry, CircuitBreakerLayer, SharedClassifier};
 use palisade::cache::{CacheBuilder, CacheHandle, CacheLayer, CacheMetrics};
 use palisade::config::PalisadeConfig;
@@ -14,6 +15,7 @@ use palisade::core::jsonrpc::ToolName;
 use palisade::core::key::ExtensionKey;
 use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
+use palisade::fault::FaultMetrics;
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
 use palisade::retry::bulkhead::BulkheadLayer;
@@ -128,6 +130,16 @@ pub fn full(
         )
     };
 
+    // Off unless `[fault] enabled`; even off, it strips the fault headers
+    // so no caller's reaches the upstream.
+    let fault = cfg
+        .fault
+        .builder()
+        .map_err(|e| format!("fault: {e}"))?
+        .metrics(&FaultMetrics::register(registry)?, "upstream")
+        .build()
+        .map_err(|e| format!("fault: {e}"))?;
+
     let masking = masker.clone();
     let dlq = DeadLetterQueue::new(store.clone())
         .mask_with(move |text| masking.mask_str(text).into_owned())
@@ -143,11 +155,17 @@ pub fn full(
         // Calls in flight to the upstream, each counted once across its
         // retries; the rest are answered 503 at once.
         .layer(max_concurrent(cfg, &retry_metrics))
+        // A limit learnt from the upstream's refusals and latency (the
+        // timeout's 504s included); off unless `[adaptive_concurrency]`.
+        .layer(adaptive(cfg, registry)?)
         // The response-head limit covers every attempt; a timed-out attempt
         // is a failure for the breaker.
         .timeout(response_timeout(cfg))
         .retry(retry)
         .layer(breaker)
+        // Innermost: the breaker, retry and timeout see injected faults as
+        // the upstream's own.
+        .fault(fault)
         .service(proxy);
     Ok(Built {
         stack: BoxCloneSyncService::new(service),
@@ -173,6 +191,27 @@ fn max_concurrent<R, B>(
         })),
         max => Either::Left(BulkheadLayer::new(max).metrics(metrics, "upstream")),
     }
+}
+
+/// The adaptive concurrency limit (`[adaptive_concurrency]`; off: none),
+/// one per `routes` prefix and one for the other paths.
+fn adaptive<B>(
+    cfg: &PalisadeConfig,
+    registry: &Registry,
+) -> Result<Either<AdaptiveLayer<PathPrefixKey>, AsPalisade<B>>, Box<dyn std::error::Error>> {
+    let section = &cfg.adaptive_concurrency;
+    if !section.enabled {
+        return Ok(Either::Right(MapResponseLayer::new(|res: Response<B>| {
+            res.map(PalisadeBody::inner)
+        })));
+    }
+    let metrics = AdaptiveMetrics::register(registry)?;
+    let layer = section
+        .builder_per_route()
+        .metrics(&metrics, "upstream")
+        .build()
+        .map_err(|e| format!("adaptive_concurrency: {e}"))?;
+    Ok(Either::Left(layer))
 }
 
 /// The response-head limit (`upstream.response_timeout`; zero: none, as a
