@@ -304,6 +304,7 @@ impl Ledger {
     }
 
     /// Tokens outstanding (reserved or charged, not yet refilled) at `now`.
+    #[cfg(test)]
     pub(crate) fn level(&self, now: u64, p: TokenParams) -> u64 {
         self.tat.saturating_sub(now).div_ceil(p.t)
     }
