@@ -23,6 +23,9 @@ pub use palisade_breaker as breaker;
 pub use palisade_cache as cache;
 #[doc(inline)]
 pub use palisade_core as core;
+#[cfg(feature = "llm")]
+#[doc(inline)]
+pub use palisade_llm as llm;
 #[cfg(feature = "pii")]
 #[doc(inline)]
 pub use palisade_pii as pii;

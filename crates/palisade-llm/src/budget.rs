@@ -280,13 +280,22 @@ impl<K> TokenBudgetBuilder<K> {
     pub fn build(self) -> Result<TokenBudgetLayer<K>, TokenBudgetError> {
         let bad = TokenBudgetError::InvalidConfig;
         if self.rule.quota == 0 {
-            return Err(bad(format!("token limit {:?}: quota must be at least 1", self.name)));
+            return Err(bad(format!(
+                "token limit {:?}: quota must be at least 1",
+                self.name
+            )));
         }
         if self.rule.period.is_zero() {
-            return Err(bad(format!("token limit {:?}: period must be non-zero", self.name)));
+            return Err(bad(format!(
+                "token limit {:?}: period must be non-zero",
+                self.name
+            )));
         }
         if self.rule.lease.is_zero() {
-            return Err(bad(format!("token limit {:?}: lease must be non-zero", self.name)));
+            return Err(bad(format!(
+                "token limit {:?}: lease must be non-zero",
+                self.name
+            )));
         }
         if self.rule.period.as_micros() / u128::from(self.rule.quota) == 0 {
             return Err(bad(format!(
@@ -306,8 +315,12 @@ impl<K> TokenBudgetBuilder<K> {
             self.rule.quota,
             ceil_secs(self.rule.period)
         );
-        let policy = HeaderValue::from_str(&policy)
-            .map_err(|_| bad(format!("token limit {:?}: name is not a header value", self.name)))?;
+        let policy = HeaderValue::from_str(&policy).map_err(|_| {
+            bad(format!(
+                "token limit {:?}: name is not a header value",
+                self.name
+            ))
+        })?;
         let name: Arc<str> = self.name.into();
         Ok(TokenBudgetLayer {
             key: self.key,
@@ -544,7 +557,11 @@ where
                 let res = inner.call(req).await?;
                 return Ok(res.map(|b| PalisadeBody::inner(TokenBody::plain(b))));
             }
-            let decision = match shared.store.token_reserve(&store_key, shared.rule, amount).await {
+            let decision = match shared
+                .store
+                .token_reserve(&store_key, shared.rule, amount)
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(limit = %shared.name, error = %e, "token budget store failed");

@@ -176,7 +176,11 @@ pub struct UsageScan {
 #[derive(Debug)]
 enum ScanKind {
     Events(Splitter),
-    Json { buf: BytesMut, limit: usize, over: bool },
+    Json {
+        buf: BytesMut,
+        limit: usize,
+        over: bool,
+    },
 }
 
 impl UsageScan {
@@ -408,7 +412,11 @@ impl Estimator {
             return 0;
         }
         let t = (chars as f64 / self.chars_per_token).ceil();
-        if t >= u64::MAX as f64 { u64::MAX } else { t as u64 }
+        if t >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            t as u64
+        }
     }
 
     /// The estimate of a request body. A body that is not JSON counts its
@@ -482,7 +490,14 @@ mod tests {
     fn chat_completions_stream_with_include_usage() {
         for piece in [1, 7, 64, 4096] {
             let end = scan_in_pieces(CHAT_STREAM, piece);
-            assert_eq!(end.usage, Some(Usage { input: 9, output: 12 }), "pieces of {piece}");
+            assert_eq!(
+                end.usage,
+                Some(Usage {
+                    input: 9,
+                    output: 12
+                }),
+                "pieces of {piece}"
+            );
             assert_eq!(end.streamed_chars, 5);
         }
     }
@@ -502,18 +517,36 @@ mod tests {
     #[test]
     fn responses_stream() {
         let end = scan_in_pieces(RESPONSES_STREAM, 5);
-        assert_eq!(end.usage, Some(Usage { input: 37, output: 11 }));
+        assert_eq!(
+            end.usage,
+            Some(Usage {
+                input: 37,
+                output: 11
+            })
+        );
         assert_eq!(end.streamed_chars, 8);
     }
 
     #[test]
     fn anthropic_stream() {
         let end = scan_in_pieces(ANTHROPIC_STREAM, 3);
-        assert_eq!(end.usage, Some(Usage { input: 30, output: 15 }));
+        assert_eq!(
+            end.usage,
+            Some(Usage {
+                input: 30,
+                output: 15
+            })
+        );
         assert_eq!(end.streamed_chars, 6);
         // Cut after message_start: the initial output count only.
         let cut = &ANTHROPIC_STREAM[..ANTHROPIC_STREAM.find("event: content_block_start").unwrap()];
-        assert_eq!(scan_in_pieces(cut, 10).usage, Some(Usage { input: 30, output: 1 }));
+        assert_eq!(
+            scan_in_pieces(cut, 10).usage,
+            Some(Usage {
+                input: 30,
+                output: 1
+            })
+        );
     }
 
     #[test]
@@ -522,9 +555,27 @@ mod tests {
         let responses = br#"{"id":"resp_67ccd2bed1ec8190b14f964abc054267","object":"response","created_at":1741476542,"status":"completed","output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#;
         let anthropic = br#"{"content":[{"text":"Hi! My name is Claude.","type":"text"}],"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","model":"claude-sonnet-4-5","role":"assistant","stop_reason":"end_turn","stop_sequence":null,"type":"message","usage":{"input_tokens":2095,"output_tokens":503}}"#;
         for (body, want) in [
-            (&chat[..], Usage { input: 1117, output: 46 }),
-            (&responses[..], Usage { input: 36, output: 87 }),
-            (&anthropic[..], Usage { input: 2095, output: 503 }),
+            (
+                &chat[..],
+                Usage {
+                    input: 1117,
+                    output: 46,
+                },
+            ),
+            (
+                &responses[..],
+                Usage {
+                    input: 36,
+                    output: 87,
+                },
+            ),
+            (
+                &anthropic[..],
+                Usage {
+                    input: 2095,
+                    output: 503,
+                },
+            ),
         ] {
             let mut scan = UsageScan::json(1 << 20);
             for c in body.chunks(100) {
@@ -546,13 +597,38 @@ mod tests {
         let body = br#"{"model":"m","n":2,"max_completion_tokens":50,"max_tokens":999,
             "messages":[{"role":"system","content":"12345678"},
                         {"role":"user","content":[{"type":"text","text":"abcd"}]}]}"#;
-        assert_eq!(e.estimate(body), Estimate { prompt: 3, output: 100 });
+        assert_eq!(
+            e.estimate(body),
+            Estimate {
+                prompt: 3,
+                output: 100
+            }
+        );
         // Anthropic: top-level system, max_tokens.
         let body = br#"{"model":"claude","max_tokens":1024,"system":"abcd","messages":[{"role":"user","content":"efgh"}]}"#;
-        assert_eq!(e.estimate(body), Estimate { prompt: 2, output: 1024 });
+        assert_eq!(
+            e.estimate(body),
+            Estimate {
+                prompt: 2,
+                output: 1024
+            }
+        );
         // Not JSON: bytes, and the default cap.
-        assert_eq!(e.estimate(b"hello there"), Estimate { prompt: 3, output: 4096 });
-        assert!(Estimator { chars_per_token: 0.0, ..e }.validate().is_err());
+        assert_eq!(
+            e.estimate(b"hello there"),
+            Estimate {
+                prompt: 3,
+                output: 4096
+            }
+        );
+        assert!(
+            Estimator {
+                chars_per_token: 0.0,
+                ..e
+            }
+            .validate()
+            .is_err()
+        );
         assert!(e.validate().is_ok());
     }
 }

@@ -58,7 +58,8 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
     }
     events.push("data: [DONE]\n\n".into());
     if headers.contains_key("x-hang") {
-        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(events.remove(0)))]);
+        let first =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(events.remove(0)))]);
         return (
             [("content-type", "text/event-stream")],
             Body::from_stream(first.chain(futures_util::stream::pending())),
@@ -70,7 +71,9 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
             .into_iter()
             .take(n)
             .map(|e| Ok(Bytes::from(e)))
-            .chain(std::iter::once(Err(std::io::Error::other("upstream went away"))))
+            .chain(std::iter::once(Err(std::io::Error::other(
+                "upstream went away",
+            ))))
             .collect(),
         None => events.into_iter().map(|e| Ok(Bytes::from(e))).collect(),
     };
@@ -100,7 +103,12 @@ impl Replica {
     }
 
     fn decisions(&self, outcome: &str) -> u64 {
-        metric(&self.registry, "palisade_llm_decisions_total", "outcome", outcome)
+        metric(
+            &self.registry,
+            "palisade_llm_decisions_total",
+            "outcome",
+            outcome,
+        )
     }
 }
 
@@ -119,7 +127,12 @@ fn metric(registry: &prometheus::Registry, name: &str, label: &str, value: &str)
         .sum()
 }
 
-async fn replica(store: Store, rule: TokenRule, on_missing: OnMissingUsage, default_output: u64) -> Replica {
+async fn replica(
+    store: Store,
+    rule: TokenRule,
+    on_missing: OnMissingUsage,
+    default_output: u64,
+) -> Replica {
     let registry = prometheus::Registry::new();
     let layer = TokenBudgetLayer::builder(store, HeaderKey::new("x-user"), rule)
         .name("per-user")
@@ -152,8 +165,7 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http()
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
 fn request(addr: SocketAddr, user: &str) -> http::request::Builder {
@@ -206,27 +218,47 @@ fn ask(max_tokens: u64, stream: bool, include_usage: bool) -> serde_json::Value 
 #[tokio::test]
 async fn streams_within_budget_then_429_before_any_stream() {
     let store = Store::in_memory();
-    let r = replica(store, TokenRule::per_day(200), OnMissingUsage::Streamed, 100).await;
+    let r = replica(
+        store,
+        TokenRule::per_day(200),
+        OnMissingUsage::Streamed,
+        100,
+    )
+    .await;
     let c = client();
     // 1 + 100 reserved, 50 charged (10 + 40), 51 refunded.
     let (status, headers, body) = send(&c, r.addr, "alice", ask(100, true, true), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/event-stream");
-    assert_eq!(headers["ratelimit-policy"], r#""per-user";q=200;qu="tokens";w=86400"#);
+    assert_eq!(
+        headers["ratelimit-policy"],
+        r#""per-user";q=200;qu="tokens";w=86400"#
+    );
     assert!(String::from_utf8_lossy(&body).contains("\"total_tokens\":50"));
-    eventually("settled", Duration::from_secs(5), || r.tokens("charged") == 50).await;
+    eventually("settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 50
+    })
+    .await;
     assert_eq!(r.tokens("refunded"), 51);
     // 150 left: 1 + 140 fits; another 1 + 100 no longer does.
     let (status, ..) = send(&c, r.addr, "alice", ask(140, false, false), &[]).await;
     assert_eq!(status, 200);
-    eventually("settled", Duration::from_secs(5), || r.tokens("charged") == 100).await;
+    eventually("settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 100
+    })
+    .await;
     let (status, headers, body) = send(&c, r.addr, "alice", ask(100, true, true), &[]).await;
     assert_eq!(status, 429, "refused before the stream starts");
     assert_eq!(headers["content-type"], "application/problem+json");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     // 100 used, 101 asked: 1 token short, 432 s a token at 200 a day.
     assert!((431..=432).contains(&retry), "retry-after {retry}");
-    assert!(headers["ratelimit"].to_str().unwrap().starts_with(r#""per-user";r=100;"#));
+    assert!(
+        headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""per-user";r=100;"#)
+    );
     assert!(!String::from_utf8_lossy(&body).contains("data:"));
     // Another user has a budget of their own.
     let (status, ..) = send(&c, r.addr, "bob", ask(100, true, true), &[]).await;
@@ -243,21 +275,42 @@ async fn missing_usage_and_cut_streams_are_charged_by_setting() {
     let c = client();
     // Streamed: prompt estimate (1) + streamed text ("word0 " .. "word3 ",
     // 24 characters = 6 tokens).
-    let r = replica(Store::in_memory(), TokenRule::per_day(1000), OnMissingUsage::Streamed, 100).await;
+    let r = replica(
+        Store::in_memory(),
+        TokenRule::per_day(1000),
+        OnMissingUsage::Streamed,
+        100,
+    )
+    .await;
     let (status, ..) = send(&c, r.addr, "u", ask(100, true, false), &[]).await;
     assert_eq!(status, 200);
-    eventually("settled", Duration::from_secs(5), || r.tokens("charged") == 7).await;
+    eventually("settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 7
+    })
+    .await;
     // Cut after two chunks (12 characters = 3 tokens): 1 + 3.
     let (status, ..) = send(&c, r.addr, "u", ask(100, true, true), &[("x-cut", "2")]).await;
     assert!(matches!(status.as_u16(), 200 | 502), "status {status}");
-    eventually("cut settled", Duration::from_secs(5), || r.tokens("charged") == 11).await;
+    eventually("cut settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 11
+    })
+    .await;
     assert_eq!(r.tokens("refunded"), (101 - 7) + (101 - 4));
 
     // Reservation: the whole reservation is charged.
-    let r = replica(Store::in_memory(), TokenRule::per_day(1000), OnMissingUsage::Reservation, 100).await;
+    let r = replica(
+        Store::in_memory(),
+        TokenRule::per_day(1000),
+        OnMissingUsage::Reservation,
+        100,
+    )
+    .await;
     let (status, ..) = send(&c, r.addr, "u", ask(60, true, true), &[("x-cut", "1")]).await;
     assert!(matches!(status.as_u16(), 200 | 502), "status {status}");
-    eventually("cut settled", Duration::from_secs(5), || r.tokens("charged") == 61).await;
+    eventually("cut settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 61
+    })
+    .await;
     assert_eq!(r.tokens("refunded"), 0);
 }
 
@@ -290,7 +343,9 @@ async fn three_replicas_stay_within_the_bound(stores: [Store; 3]) {
                     let (status, _, bytes) = send(&c, addr, "shared", body, &[]).await;
                     match status.as_u16() {
                         200 => {
-                            assert!(String::from_utf8_lossy(&bytes).contains("\"total_tokens\":50"));
+                            assert!(
+                                String::from_utf8_lossy(&bytes).contains("\"total_tokens\":50")
+                            );
                             used += 50;
                         }
                         429 => {
@@ -314,7 +369,10 @@ async fn three_replicas_stay_within_the_bound(stores: [Store; 3]) {
     assert!(used >= QUOTA / 2, "the budget was mostly used: {used}");
     // Every replica settled what it admitted, and the ledger agrees.
     let charged = || replicas.iter().map(|r| r.tokens("charged")).sum::<u64>();
-    eventually("every settle ran", Duration::from_secs(10), || charged() == used).await;
+    eventually("every settle ran", Duration::from_secs(10), || {
+        charged() == used
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +453,10 @@ async fn a_dead_replicas_reservation_returns_after_the_lease() {
         if status == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the lease never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(

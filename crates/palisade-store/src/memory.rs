@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use crate::gcra::{self, Params};
 use crate::key::glob_match;
 use crate::tokens::{Ledger, TokenParams};
-use crate::{TokenDecision, TokenSettlement};
 use crate::{MemoryConfig, RateDecision, StoreError, StreamEntry};
+use crate::{TokenDecision, TokenSettlement};
 
 /// Fixed bookkeeping bytes counted per entry on top of key and value.
 const ENTRY_OVERHEAD: usize = 64;

@@ -24,8 +24,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::gcra::{Params, RateDecision};
 use crate::tokens::{TokenParams, lease_key};
-use crate::{TokenDecision, TokenReservation, TokenSettlement};
 use crate::{Backend, StoreConfig, StoreError, StreamEntry};
+use crate::{TokenDecision, TokenReservation, TokenSettlement};
 
 /// GCRA over N keys, all-or-nothing. See the `gcra` module docs for the
 /// arithmetic. ARGV[1] = mode (0 consume, 1 peek: decide, count nothing,

@@ -106,7 +106,9 @@ impl TokenRule {
 
     pub(crate) fn params(&self) -> Result<TokenParams, StoreError> {
         if self.quota == 0 {
-            return Err(StoreError::InvalidInput("token rule has a zero quota".into()));
+            return Err(StoreError::InvalidInput(
+                "token rule has a zero quota".into(),
+            ));
         }
         let period = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
         if period > MAX_PERIOD_US {
@@ -435,7 +437,10 @@ mod tests {
 
     #[test]
     fn lease_keys_share_the_slot() {
-        assert_eq!(lease_key("palisade:tok:u:1:v1").unwrap(), "{palisade:tok:u:1:v1}:leases");
+        assert_eq!(
+            lease_key("palisade:tok:u:1:v1").unwrap(),
+            "{palisade:tok:u:1:v1}:leases"
+        );
         assert_eq!(lease_key("p:{g}:tok").unwrap(), "p:{g}:tok:leases");
         assert!(lease_key("a}b").is_err());
         assert!(lease_key("a{}b").is_err());
@@ -444,8 +449,17 @@ mod tests {
     #[test]
     fn invalid_rules_are_errors() {
         assert!(TokenRule::per_minute(0).params().is_err());
-        assert!(TokenRule::new(10, Duration::from_nanos(5)).params().is_err());
-        assert!(TokenRule::per_minute(5).lease(Duration::ZERO).params().is_err());
+        assert!(
+            TokenRule::new(10, Duration::from_nanos(5))
+                .params()
+                .is_err()
+        );
+        assert!(
+            TokenRule::per_minute(5)
+                .lease(Duration::ZERO)
+                .params()
+                .is_err()
+        );
     }
 
     #[test]

@@ -557,9 +557,18 @@ async fn case_tokens(c: &Ctx) {
     );
     // Used less than reserved: the rest comes back.
     let s = c.store.token_settle(&k, rule, &a, 250).await.unwrap();
-    assert_eq!((s.held, s.charged, s.refunded, s.remaining), (true, 250, 350, 750));
+    assert_eq!(
+        (s.held, s.charged, s.refunded, s.remaining),
+        (true, 250, 350, 750)
+    );
     // Settling twice charges again (the lease is gone): callers settle once.
-    let b = c.store.token_reserve(&k, rule, 700).await.unwrap().reservation.unwrap();
+    let b = c
+        .store
+        .token_reserve(&k, rule, 700)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
     // Used more than reserved: charged, the level goes over the quota by the
     // difference, and nothing more is admitted.
     let s = c.store.token_settle(&k, rule, &b, 760).await.unwrap();
@@ -575,7 +584,10 @@ async fn case_tokens(c: &Ctx) {
     ));
     if !c.memory() {
         let pttl = c.pttl(&k);
-        assert!(pttl > 80_000_000, "the bucket lives until it refills: PTTL {pttl}");
+        assert!(
+            pttl > 80_000_000,
+            "the bucket lives until it refills: PTTL {pttl}"
+        );
     }
 }
 
@@ -585,8 +597,20 @@ async fn case_token_lease_expiry(c: &Ctx) {
     let k = c.key("tok", "lease");
     let lease = Duration::from_millis(300);
     let rule = TokenRule::per_day(1000).lease(lease);
-    let held = c.store.token_reserve(&k, rule, 900).await.unwrap().reservation.unwrap();
-    assert!(!c.store.token_reserve(&k, rule, 200).await.unwrap().admitted());
+    let held = c
+        .store
+        .token_reserve(&k, rule, 900)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    assert!(
+        !c.store
+            .token_reserve(&k, rule, 200)
+            .await
+            .unwrap()
+            .admitted()
+    );
     let again = if c.memory() {
         tokio::time::advance(lease).await;
         c.store.token_reserve(&k, rule, 1000).await.unwrap()
@@ -607,7 +631,10 @@ async fn case_token_lease_expiry(c: &Ctx) {
     let s = c.store.token_settle(&k, rule, &fresh, 0).await.unwrap();
     assert_eq!((s.held, s.refunded, s.remaining), (true, 1000, 1000));
     let s = c.store.token_settle(&k, rule, &held, 120).await.unwrap();
-    assert_eq!((s.held, s.charged, s.refunded, s.remaining), (false, 120, 0, 880));
+    assert_eq!(
+        (s.held, s.charged, s.refunded, s.remaining),
+        (false, 120, 0, 880)
+    );
 }
 
 async fn case_token_race(c: &Ctx) {
@@ -635,7 +662,13 @@ async fn case_token_race(c: &Ctx) {
     assert_eq!((d.admitted(), d.remaining), (true, 0));
     // A grouped key (hash tag) works on a cluster too.
     let g = c.store.grouped_key("team-7", &c.ns, "tok", "g", "v1");
-    let r = c.store.token_reserve(&g, rule, 10).await.unwrap().reservation.unwrap();
+    let r = c
+        .store
+        .token_reserve(&g, rule, 10)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
     assert!(c.store.token_settle(&g, rule, &r, 10).await.unwrap().held);
 }
 
