@@ -268,10 +268,10 @@ impl UsageScan {
                     if let Some(o) = num(u, "output_tokens") {
                         cur.output = o;
                     }
-                    if num(u, "input_tokens").is_some() {
-                        if let Some(full) = usage_object(u) {
-                            cur.input = full.input;
-                        }
+                    if num(u, "input_tokens").is_some()
+                        && let Some(full) = usage_object(u)
+                    {
+                        cur.input = full.input;
                     }
                     *usage = Some(cur);
                 }

@@ -485,7 +485,7 @@ impl Store {
     /// ```
     /// use palisade_store::{Store, TokenRule};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_store::StoreError> {
     /// let store = Store::in_memory();
     /// let key = store.key("tokens", "user", "alice", "v1");
@@ -521,7 +521,7 @@ impl Store {
     /// ```
     /// use palisade_store::{Store, TokenRule};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_store::StoreError> {
     /// let store = Store::in_memory();
     /// let rule = TokenRule::per_minute(10_000);

@@ -155,7 +155,7 @@ pub(crate) struct TokenParams {
 /// ```
 /// use palisade_store::{Store, TokenRule};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), palisade_store::StoreError> {
 /// let store = Store::in_memory();
 /// let d = store.token_reserve("user:1", TokenRule::per_minute(1000), 300).await?;
@@ -200,9 +200,9 @@ impl fmt::Display for TokenReservation {
 /// ```
 /// use palisade_store::{Store, TokenRule};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), palisade_store::StoreError> {
-/// let store = Store::in_memory();
+/// let store = Store::in_memory(); // on a paused clock: no refill between the calls
 /// let rule = TokenRule::per_minute(1000);
 /// assert!(store.token_reserve("k", rule, 800).await?.admitted());
 /// let d = store.token_reserve("k", rule, 300).await?;
@@ -239,7 +239,7 @@ impl TokenDecision {
 /// ```
 /// use palisade_store::{Store, TokenRule};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), palisade_store::StoreError> {
 /// let store = Store::in_memory();
 /// let rule = TokenRule::per_minute(1000);
