@@ -537,8 +537,8 @@ where
             let amount = estimate.total();
             if amount > shared.rule.quota {
                 shared.count(Event::Refused, amount);
-                shared.outcome(Outcome::Refused);
                 if shared.mode == Mode::Enforce {
+                    shared.outcome(Outcome::Refused);
                     let mut headers = HeaderMap::new();
                     shared.write_headers(&mut headers, 0, Duration::ZERO);
                     let mut err = Error::new(
@@ -554,6 +554,7 @@ where
                     }
                     return Ok(answer(err, grpc));
                 }
+                shared.outcome(Outcome::ShadowRefused);
                 let res = inner.call(req).await?;
                 return Ok(res.map(|b| PalisadeBody::inner(TokenBody::plain(b))));
             }

@@ -464,3 +464,55 @@ async fn a_dead_replicas_reservation_returns_after_the_lease() {
         "admitted once the lease expired"
     );
 }
+
+/// Log-only counts what it would refuse and sends it on; disabled does
+/// nothing at all.
+#[tokio::test]
+async fn log_only_and_disabled_never_refuse() {
+    use tower::{ServiceBuilder, ServiceExt};
+    for mode in [palisade_llm::Mode::LogOnly, palisade_llm::Mode::Disabled] {
+        let registry = prometheus::Registry::new();
+        let layer = TokenBudgetLayer::builder(
+            Store::in_memory(),
+            HeaderKey::new("x-user"),
+            TokenRule::per_day(100),
+        )
+        .mode(mode)
+        .metrics(&TokenMetrics::register(&registry).unwrap())
+        .build()
+        .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_req: http::Request<_>| async {
+                let reply = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                    reply,
+                ))))
+            });
+        for max in [90u64, 99, 500] {
+            let req = http::Request::post("/v1/chat/completions")
+                .header("x-user", "u")
+                .body(Full::new(Bytes::from(ask(max, false, false).to_string())))
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), 200, "{mode:?} never refuses");
+            res.into_body().collect().await.unwrap();
+        }
+        let shadow = metric(
+            &registry,
+            "palisade_llm_decisions_total",
+            "outcome",
+            "shadow_refused",
+        );
+        let admitted = metric(
+            &registry,
+            "palisade_llm_decisions_total",
+            "outcome",
+            "admitted",
+        );
+        match mode {
+            palisade_llm::Mode::LogOnly => assert_eq!((admitted, shadow), (1, 2)),
+            _ => assert_eq!((admitted, shadow), (0, 0)),
+        }
+    }
+}

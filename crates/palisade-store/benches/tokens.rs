@@ -20,10 +20,14 @@ use palisade_testkit::RedisServer;
 const IN_FLIGHT: usize = 256;
 const BATCH: usize = 2_000;
 
-fn keys(store: &Store) -> Vec<String> {
+fn keys(store: &Store, entity: &str) -> Vec<String> {
     (0..1024)
-        .map(|i| store.key("bench", "user", &i.to_string(), "v1"))
+        .map(|i| store.key("bench", entity, &i.to_string(), "v1"))
         .collect()
+}
+
+fn keys_of(store: &Store) -> Vec<String> {
+    keys(store, "tokens")
 }
 
 fn memory(c: &mut Criterion) {
@@ -32,7 +36,8 @@ fn memory(c: &mut Criterion) {
         .build()
         .unwrap();
     let store = Store::in_memory();
-    let keys = keys(&store);
+    let keys = keys(&store, "rl");
+    let tkeys = keys_of(&store);
     let gcra = GcraRule::new(1_000_000, Duration::from_secs(3600));
     let tokens = TokenRule::new(1 << 30, Duration::from_secs(3600 * 24 * 365));
     let mut g = c.benchmark_group("tokens/memory");
@@ -48,9 +53,12 @@ fn memory(c: &mut Criterion) {
     g.bench_function("reserve_settle", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) & 1023;
-            let (store, key) = (&store, &keys[i]);
+            let (store, key) = (&store, &tkeys[i]);
             async move {
-                let d = store.token_reserve(black_box(key), tokens, 500).await.unwrap();
+                let d = store
+                    .token_reserve(black_box(key), tokens, 500)
+                    .await
+                    .unwrap();
                 let r = d.reservation.unwrap();
                 store.token_settle(key, tokens, &r, 120).await.unwrap()
             }
@@ -70,7 +78,8 @@ fn redis(c: &mut Criterion) {
         .build()
         .unwrap();
     let store = rt.block_on(Store::connect(&server.url())).unwrap();
-    let keys = keys(&store);
+    let keys = keys(&store, "rl");
+    let tkeys = keys_of(&store);
     let gcra = GcraRule::new(1_000_000, Duration::from_secs(3600));
     let tokens = TokenRule::new(1 << 30, Duration::from_secs(3600 * 24 * 365));
     let mut g = c.benchmark_group("tokens/redis");
@@ -91,7 +100,7 @@ fn redis(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             stream::iter(0..BATCH)
                 .map(|i| {
-                    let (store, key) = (&store, &keys[i & 1023]);
+                    let (store, key) = (&store, &tkeys[i & 1023]);
                     async move {
                         let d = store.token_reserve(key, tokens, 500).await?;
                         let r = d.reservation.expect("admitted");
