@@ -52,6 +52,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod budget;
+mod config;
 mod metrics;
 pub mod usage;
 
@@ -59,4 +60,5 @@ pub use budget::{
     FailPolicy, Mode, OnMissingUsage, ResponseFuture, TokenBody, TokenBudget, TokenBudgetBuilder,
     TokenBudgetError, TokenBudgetLayer,
 };
+pub use config::{TokenKind, TokenLimitConfig};
 pub use metrics::TokenMetrics;
