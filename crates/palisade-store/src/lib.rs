@@ -66,12 +66,14 @@ mod key;
 mod memory;
 pub mod pubsub;
 mod redis_backend;
+pub mod tokens;
 
 pub use config::{Backend, MemoryConfig, StoreConfig};
 pub use error::{BoxError, StoreError};
 pub use gcra::{GcraRule, RateDecision};
 pub use memory::MemoryStats;
 pub use pubsub::{Notice, Subscription};
+pub use tokens::{TokenDecision, TokenReservation, TokenRule, TokenSettlement};
 
 use memory::MemoryStore;
 use redis_backend::RedisStore;
@@ -470,6 +472,81 @@ impl Store {
             .map(|(k, rule, cost)| Ok((*k, rule.params(*cost)?)))
             .collect::<Result<_, StoreError>>()?;
         dispatch!(self, m => m.rate_limit_many(&checks), r => r.rate_limit_many(&checks).await)
+    }
+
+    /// Reserves `amount` tokens of `rule`'s budget at `key` (see [`tokens`]):
+    /// admitted when they fit in what is left (the decision then holds the
+    /// [`TokenReservation`] to settle), refused with a `retry_after`
+    /// otherwise. Leases expired on the key are given back first. One
+    /// atomic script, one round trip on Redis and Redis Cluster. An amount
+    /// above the quota, which could never fit, or an invalid rule is
+    /// [`StoreError::InvalidInput`].
+    ///
+    /// ```
+    /// use palisade_store::{Store, TokenRule};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_store::StoreError> {
+    /// let store = Store::in_memory();
+    /// let key = store.key("tokens", "user", "alice", "v1");
+    /// let rule = TokenRule::per_minute(10_000);
+    /// let d = store.token_reserve(&key, rule, 1_500).await?;
+    /// assert!(d.admitted());
+    /// assert_eq!(d.remaining, 8_500);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn token_reserve(
+        &self,
+        key: &str,
+        rule: TokenRule,
+        amount: u64,
+    ) -> Result<TokenDecision, StoreError> {
+        let p = rule.params()?;
+        if amount > p.quota {
+            return Err(StoreError::InvalidInput(format!(
+                "{amount} tokens exceed the quota {} and could never be admitted",
+                p.quota
+            )));
+        }
+        dispatch!(self, m => m.token_reserve(key, p, amount), r => r.token_reserve(key, p, amount).await)
+    }
+
+    /// Settles `reservation` with the `actual` tokens used: the difference is
+    /// charged or refunded. When the lease had expired (its tokens already
+    /// given back) the whole `actual` is charged. One atomic script, one
+    /// round trip on Redis and Redis Cluster. `actual` above
+    /// [`tokens::MAX_SETTLE`] is [`StoreError::InvalidInput`].
+    ///
+    /// ```
+    /// use palisade_store::{Store, TokenRule};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_store::StoreError> {
+    /// let store = Store::in_memory();
+    /// let rule = TokenRule::per_minute(10_000);
+    /// let r = store.token_reserve("k", rule, 4_000).await?.reservation.unwrap();
+    /// let s = store.token_settle("k", rule, &r, 1_000).await?;
+    /// assert_eq!((s.refunded, s.remaining), (3_000, 9_000));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn token_settle(
+        &self,
+        key: &str,
+        rule: TokenRule,
+        reservation: &TokenReservation,
+        actual: u64,
+    ) -> Result<TokenSettlement, StoreError> {
+        let p = rule.params()?;
+        if actual > tokens::MAX_SETTLE {
+            return Err(StoreError::InvalidInput(format!(
+                "{actual} tokens is more than one call can be charged"
+            )));
+        }
+        dispatch!(self,
+            m => m.token_settle(key, p, reservation.id(), actual),
+            r => r.token_settle(key, p, reservation, actual).await)
     }
 
     /// Appends an entry to `stream` and trims it to about `max_len` entries

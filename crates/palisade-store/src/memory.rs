@@ -27,7 +27,9 @@ use tokio::time::Instant;
 
 use crate::gcra::{self, Params};
 use crate::key::glob_match;
+use crate::tokens::{Ledger, TokenParams};
 use crate::{MemoryConfig, RateDecision, StoreError, StreamEntry};
+use crate::{TokenDecision, TokenSettlement};
 
 /// Fixed bookkeeping bytes counted per entry on top of key and value.
 const ENTRY_OVERHEAD: usize = 64;
@@ -37,6 +39,7 @@ pub(crate) enum Value {
     Bytes(Bytes),
     Int(i64),
     Stream(Box<MemStream>),
+    Ledger(Box<Ledger>),
 }
 
 impl Value {
@@ -45,6 +48,7 @@ impl Value {
             Value::Bytes(b) => b.len(),
             Value::Int(_) => 8,
             Value::Stream(s) => s.bytes + 32,
+            Value::Ledger(l) => l.size(),
         }
     }
 
@@ -53,7 +57,7 @@ impl Value {
         match self {
             Value::Bytes(b) => Ok(b.clone()),
             Value::Int(i) => Ok(Bytes::from(i.to_string())),
-            Value::Stream(_) => Err(wrong_type()),
+            Value::Stream(_) | Value::Ledger(_) => Err(wrong_type()),
         }
     }
 
@@ -61,7 +65,7 @@ impl Value {
         match self {
             Value::Bytes(b) => b.as_ref() == other,
             Value::Int(i) => i.to_string().as_bytes() == other,
-            Value::Stream(_) => false,
+            Value::Stream(_) | Value::Ledger(_) => false,
         }
     }
 
@@ -72,7 +76,7 @@ impl Value {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| StoreError::BadData("value is not an integer".into())),
-            Value::Stream(_) => Err(wrong_type()),
+            Value::Stream(_) | Value::Ledger(_) => Err(wrong_type()),
         }
     }
 }
@@ -149,6 +153,8 @@ pub(crate) struct MemoryStore {
     bytes: AtomicUsize,
     evictions: AtomicU64,
     evicting: AtomicBool,
+    /// Source of token reservation ids, unique for the store's life.
+    token_ids: AtomicU64,
     stripes: Box<[Mutex<()>]>,
     /// Pub/sub channels of this store.
     channels: DashMap<String, tokio::sync::broadcast::Sender<bytes::Bytes>>,
@@ -180,6 +186,7 @@ impl MemoryStore {
             bytes: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
+            token_ids: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             channels: DashMap::new(),
         }
@@ -565,6 +572,61 @@ impl MemoryStore {
             self.update(checks[i].0, |slot| Self::write_tat(slot, tat, now));
         }
         Ok(decisions)
+    }
+
+    /// Applies `f` to the ledger of `key` (a new one when absent) and
+    /// stores it back with its expiry.
+    fn with_ledger<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut Ledger, u64) -> R,
+    ) -> Result<R, StoreError> {
+        let _g = self.lock(self.stripe(key));
+        let now = self.now();
+        self.update(key, |slot| {
+            let mut ledger = match slot.take() {
+                None => Box::new(Ledger::new()),
+                Some(Cell {
+                    value: Value::Ledger(l),
+                    ..
+                }) => l,
+                Some(other) => {
+                    *slot = Some(other);
+                    return Err(wrong_type());
+                }
+            };
+            let r = f(&mut ledger, now);
+            let expires_at = ledger.expires_at(now);
+            *slot = Some(Cell {
+                value: Value::Ledger(ledger),
+                expires_at,
+            });
+            Ok(r)
+        })
+    }
+
+    pub(crate) fn token_reserve(
+        &self,
+        key: &str,
+        p: TokenParams,
+        amount: u64,
+    ) -> Result<TokenDecision, StoreError> {
+        let ids = &self.token_ids;
+        self.with_ledger(key, |l, now| {
+            l.reserve(now, p, amount, |_| {
+                format!("{now}-{}", ids.fetch_add(1, Ordering::Relaxed) + 1)
+            })
+        })
+    }
+
+    pub(crate) fn token_settle(
+        &self,
+        key: &str,
+        p: TokenParams,
+        id: &str,
+        actual: u64,
+    ) -> Result<TokenSettlement, StoreError> {
+        self.with_ledger(key, |l, now| l.settle(now, p, id, actual))
     }
 
     pub(crate) fn stream_append(

@@ -23,7 +23,9 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::gcra::{Params, RateDecision};
+use crate::tokens::{TokenParams, lease_key};
 use crate::{Backend, StoreConfig, StoreError, StreamEntry};
+use crate::{TokenDecision, TokenReservation, TokenSettlement};
 
 /// GCRA over N keys, all-or-nothing. See the `gcra` module docs for the
 /// arithmetic. ARGV[1] = mode (0 consume, 1 peek: decide, count nothing,
@@ -128,6 +130,91 @@ local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if existed == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 ";
+
+/// The shared head of the token scripts: reads the bucket of `KEYS[1]` (a
+/// hash: `tat`, `seq`, `r<id>` = reserved tokens) and gives back every lease
+/// of `KEYS[2]` (a sorted set of ids by expiry µs) expired by now. ARGV[1] =
+/// T µs a token. Defines `now`, `t`, `tat` and `persist()`, which writes the
+/// TAT back and sets both keys to expire when the bucket is full again and
+/// no lease is held. See the `tokens` module docs.
+const TOKEN_HEAD_LUA: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local t = tonumber(ARGV[1])
+local raw = redis.call('HGET', KEYS[1], 'tat')
+local tat = 0
+if raw then
+  tat = tonumber(raw)
+  if tat == nil or tat < 0 then
+    return redis.error_reply('BADDATA token state at ' .. KEYS[1] .. ' is not a number')
+  end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(expired) do
+  local amount = tonumber(redis.call('HGET', KEYS[1], 'r' .. id) or '0') or 0
+  tat = math.max(math.max(tat, now) - amount * t, now)
+  redis.call('HDEL', KEYS[1], 'r' .. id)
+end
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+local function persist()
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
+  local horizon = tat - now
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if last[2] then
+    horizon = math.max(horizon, tonumber(last[2]) - now)
+  end
+  local ms = math.max(1, math.ceil(horizon / 1000))
+  redis.call('PEXPIRE', KEYS[1], ms)
+  redis.call('PEXPIRE', KEYS[2], ms)
+end
+";
+
+/// Reserve. ARGV: T, tau, amount, lease µs. Returns admitted (0/1), id
+/// ('' when refused), remaining, reset_after µs, retry_after µs (-1 = none).
+const TOKEN_RESERVE_LUA: &str = r"
+local tau, amount, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local base = math.max(tat, now)
+local diff = base + amount * t - now
+if diff <= tau then
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local id = string.format('%.0f', now) .. '-' .. seq
+  redis.call('HSET', KEYS[1], 'r' .. id, amount)
+  redis.call('ZADD', KEYS[2], now + lease, id)
+  tat = base + amount * t
+  persist()
+  return {1, id, math.floor((tau - diff) / t), diff, -1}
+end
+if #expired > 0 then persist() end
+return {0, '', math.floor(math.max(0, tau - (base - now)) / t), base - now, diff - tau}
+";
+
+/// Settle. ARGV: T, tau, id, actual. Returns held (0/1), refunded,
+/// remaining, reset_after µs.
+const TOKEN_SETTLE_LUA: &str = r"
+local tau, id, actual = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local base = math.max(tat, now)
+local reserved = redis.call('HGET', KEYS[1], 'r' .. id)
+local held, refunded = 0, 0
+if reserved then
+  reserved = tonumber(reserved) or 0
+  redis.call('HDEL', KEYS[1], 'r' .. id)
+  redis.call('ZREM', KEYS[2], id)
+  tat = math.max(base + (actual - reserved) * t, now)
+  held, refunded = 1, math.max(0, reserved - actual)
+else
+  tat = base + actual * t
+end
+persist()
+local diff = tat - now
+return {held, refunded, math.floor(math.max(0, tau - diff) / t), diff}
+";
+
+static TOKEN_RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TOKEN_HEAD_LUA}{TOKEN_RESERVE_LUA}")));
+static TOKEN_SETTLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TOKEN_HEAD_LUA}{TOKEN_SETTLE_LUA}")));
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_LUA));
 static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
@@ -675,6 +762,58 @@ impl RedisStore {
         }))
         .await?;
         Ok(assemble(&results))
+    }
+
+    pub(crate) async fn token_reserve(
+        &self,
+        key: &str,
+        p: TokenParams,
+        amount: u64,
+    ) -> Result<TokenDecision, StoreError> {
+        let leases = lease_key(key)?;
+        let mut inv = TOKEN_RESERVE.prepare_invoke();
+        inv.key(key)
+            .key(&leases)
+            .arg(p.t)
+            .arg(p.tau)
+            .arg(amount)
+            .arg(p.lease);
+        let (admitted, id, remaining, reset, retry): (i64, String, i64, i64, i64) =
+            self.run(async |c| inv.invoke_async(c).await).await?;
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(TokenDecision {
+            reservation: (admitted == 1).then(|| TokenReservation::new(id, amount)),
+            quota: p.quota,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset_after: us(reset),
+            retry_after: (retry >= 0).then(|| us(retry)),
+        })
+    }
+
+    pub(crate) async fn token_settle(
+        &self,
+        key: &str,
+        p: TokenParams,
+        reservation: &TokenReservation,
+        actual: u64,
+    ) -> Result<TokenSettlement, StoreError> {
+        let leases = lease_key(key)?;
+        let mut inv = TOKEN_SETTLE.prepare_invoke();
+        inv.key(key)
+            .key(&leases)
+            .arg(p.t)
+            .arg(p.tau)
+            .arg(reservation.id())
+            .arg(actual);
+        let (held, refunded, remaining, reset): (i64, i64, i64, i64) =
+            self.run(async |c| inv.invoke_async(c).await).await?;
+        Ok(TokenSettlement {
+            held: held == 1,
+            charged: actual,
+            refunded: u64::try_from(refunded).unwrap_or(0),
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset_after: Duration::from_micros(u64::try_from(reset).unwrap_or(0)),
+        })
     }
 
     pub(crate) async fn stream_append(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use palisade_store::{Backend, GcraRule, Store, StoreError};
+use palisade_store::{Backend, GcraRule, Store, StoreError, TokenRule};
 use palisade_testkit::{RedisCluster, RedisServer, command};
 
 /// What a case needs: the store, a unique namespace, and a way to read the
@@ -535,6 +535,143 @@ async fn case_rate_limit_many_race(c: &Ctx) {
     );
 }
 
+async fn case_tokens(c: &Ctx) {
+    // 1000 tokens a day: refill is 86.4 s a token, negligible while a case
+    // runs, so the figures are exact on every backend.
+    let k = c.key("tok", "a");
+    let rule = TokenRule::per_day(1000);
+    let slack = Duration::from_secs(5);
+    let a = c.store.token_reserve(&k, rule, 600).await.unwrap();
+    assert_eq!((a.quota, a.remaining), (1000, 400));
+    assert_eq!(a.retry_after, None);
+    let a = a.reservation.expect("600 of 1000 fit");
+    let refused = c.store.token_reserve(&k, rule, 500).await.unwrap();
+    assert!(!refused.admitted());
+    assert_eq!(refused.remaining, 400);
+    // 100 tokens short: 100 × 86.4 s.
+    near(
+        refused.retry_after.unwrap(),
+        Duration::from_secs(8640),
+        slack,
+        "retry_after",
+    );
+    // Used less than reserved: the rest comes back.
+    let s = c.store.token_settle(&k, rule, &a, 250).await.unwrap();
+    assert_eq!(
+        (s.held, s.charged, s.refunded, s.remaining),
+        (true, 250, 350, 750)
+    );
+    // Settling twice charges again (the lease is gone): callers settle once.
+    let b = c
+        .store
+        .token_reserve(&k, rule, 700)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    // Used more than reserved: charged, the level goes over the quota by the
+    // difference, and nothing more is admitted.
+    let s = c.store.token_settle(&k, rule, &b, 760).await.unwrap();
+    assert_eq!((s.held, s.refunded, s.remaining), (true, 0, 0));
+    assert!(!c.store.token_reserve(&k, rule, 1).await.unwrap().admitted());
+    assert!(matches!(
+        c.store.token_reserve(&k, rule, 1001).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        c.store.token_reserve(&k, TokenRule::per_day(0), 1).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    if !c.memory() {
+        let pttl = c.pttl(&k);
+        assert!(
+            pttl > 80_000_000,
+            "the bucket lives until it refills: PTTL {pttl}"
+        );
+    }
+}
+
+async fn case_token_lease_expiry(c: &Ctx) {
+    // A reservation never settled (its replica died) comes back after its
+    // lease; settling it late charges the true amount in full.
+    let k = c.key("tok", "lease");
+    let lease = Duration::from_millis(300);
+    let rule = TokenRule::per_day(1000).lease(lease);
+    let held = c
+        .store
+        .token_reserve(&k, rule, 900)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    assert!(
+        !c.store
+            .token_reserve(&k, rule, 200)
+            .await
+            .unwrap()
+            .admitted()
+    );
+    let again = if c.memory() {
+        tokio::time::advance(lease).await;
+        c.store.token_reserve(&k, rule, 1000).await.unwrap()
+    } else {
+        let deadline = StdInstant::now() + lease + Duration::from_secs(5);
+        loop {
+            let d = c.store.token_reserve(&k, rule, 1000).await.unwrap();
+            if d.admitted() {
+                break d;
+            }
+            assert!(StdInstant::now() < deadline, "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(again.remaining, 0, "all 1000 back, all 1000 reserved again");
+    let fresh = again.reservation.unwrap();
+    assert_ne!(fresh.id(), held.id());
+    let s = c.store.token_settle(&k, rule, &fresh, 0).await.unwrap();
+    assert_eq!((s.held, s.refunded, s.remaining), (true, 1000, 1000));
+    let s = c.store.token_settle(&k, rule, &held, 120).await.unwrap();
+    assert_eq!(
+        (s.held, s.charged, s.refunded, s.remaining),
+        (false, 120, 0, 880)
+    );
+}
+
+async fn case_token_race(c: &Ctx) {
+    // 40 concurrent reservations of 100 against 1000: exactly 10 admitted.
+    let k = c.key("tok", "race");
+    let rule = TokenRule::per_day(1000);
+    let ds = join_all((0..40).map(|_| {
+        let s = c.store.clone();
+        let k = k.clone();
+        tokio::spawn(async move { s.token_reserve(&k, rule, 100).await.unwrap() })
+    }))
+    .await;
+    let admitted: Vec<_> = ds
+        .into_iter()
+        .filter_map(|d| d.unwrap().reservation)
+        .collect();
+    assert_eq!(admitted.len(), 10);
+    let ids: HashSet<_> = admitted.iter().map(|r| r.id().to_owned()).collect();
+    assert_eq!(ids.len(), 10, "ids are unique");
+    // Settling each at 40 refunds 60 each.
+    for r in &admitted {
+        c.store.token_settle(&k, rule, r, 40).await.unwrap();
+    }
+    let d = c.store.token_reserve(&k, rule, 600).await.unwrap();
+    assert_eq!((d.admitted(), d.remaining), (true, 0));
+    // A grouped key (hash tag) works on a cluster too.
+    let g = c.store.grouped_key("team-7", &c.ns, "tok", "g", "v1");
+    let r = c
+        .store
+        .token_reserve(&g, rule, 10)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    assert!(c.store.token_settle(&g, rule, &r, 10).await.unwrap().held);
+}
+
 async fn case_streams(c: &Ctx) {
     let s = c.key("dlq", "stream");
     assert_eq!(c.store.stream_len(&s).await.unwrap(), 0);
@@ -677,6 +814,9 @@ memory_and_redis! {
     rate_limit_many_ungrouped => |c| Box::pin(case_rate_limit_many(c, false));
     rate_limit_many_grouped => |c| Box::pin(case_rate_limit_many(c, true));
     rate_limit_many_race => |c| Box::pin(case_rate_limit_many_race(c));
+    tokens => |c| Box::pin(case_tokens(c));
+    token_lease_expiry => |c| Box::pin(case_token_lease_expiry(c));
+    token_race => |c| Box::pin(case_token_race(c));
     streams => |c| Box::pin(case_streams(c));
     pubsub => |c| Box::pin(case_pubsub(c));
 }
