@@ -293,10 +293,10 @@ impl ServerSection {
 /// ```
 /// use palisade::config::PalisadeConfig;
 ///
-/// let cfg = PalisadeConfig::from_sources(Some("[mcp]\nenabled = true"), []).unwrap();
+/// let cfg = PalisadeConfig::from_sources(Some("[mcp]\nenabled = true"), [("", ""); 0]).unwrap();
 /// assert!(cfg.mcp.enabled && cfg.mcp.tool_errors_fail);
 /// assert_eq!(cfg.mcp.open_status, 200);
-/// let err = PalisadeConfig::from_sources(Some("[mcp]\nopen_status = 42"), []).unwrap_err();
+/// let err = PalisadeConfig::from_sources(Some("[mcp]\nopen_status = 42"), [("", ""); 0]).unwrap_err();
 /// assert_eq!(err.key(), Some("mcp.open_status"));
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
