@@ -107,7 +107,7 @@ impl<Req, Res, E> OnOpen<Req, Res, E> for TypedError {
 /// needs no `HandleErrorLayer`. With
 /// [`.json_rpc_answers(status)`](crate::Builder::json_rpc_answers), a
 /// JSON-RPC call (a request carrying a
-/// [`JsonRpcCall`](palisade_core::jsonrpc::JsonRpcCall) with an id) is
+/// [`JsonRpcCall`] with an id) is
 /// answered with a JSON-RPC error reply to its id instead, so MCP clients
 /// see their own call fail.
 #[derive(Clone, Copy, Debug, Default)]
