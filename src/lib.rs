@@ -30,12 +30,12 @@ pub use palisade_core as core;
 #[cfg(feature = "fault")]
 #[doc(inline)]
 pub use palisade_fault as fault;
-#[cfg(feature = "microbatch")]
-#[doc(inline)]
-pub use palisade_microbatch as microbatch;
 #[cfg(feature = "llm")]
 #[doc(inline)]
 pub use palisade_llm as llm;
+#[cfg(feature = "microbatch")]
+#[doc(inline)]
+pub use palisade_microbatch as microbatch;
 #[cfg(feature = "pii")]
 #[doc(inline)]
 pub use palisade_pii as pii;
