@@ -200,7 +200,9 @@ impl Shared {
     /// `RateLimit-Policy` and `RateLimit` for `remaining` tokens, full
     /// again in `reset`.
     fn write_headers(&self, headers: &mut HeaderMap, remaining: u64, reset: Duration) {
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        // Appended: the fields are lists, and the upstream or another
+        // limit may have written its own policy.
+        headers.append(RATELIMIT_POLICY, self.policy.clone());
         let mut r = itoa::Buffer::new();
         let mut t = itoa::Buffer::new();
         let v = format!(
@@ -210,7 +212,7 @@ impl Shared {
             t.format(ceil_secs(reset))
         );
         if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(RATELIMIT, v);
+            headers.append(RATELIMIT, v);
         }
     }
 }
@@ -723,7 +725,9 @@ impl Settle {
     fn finish(self, scan: UsageScan, complete: bool) {
         let end = scan.finish();
         let actual = match end.usage {
-            Some(u) if complete => u.total(),
+            // A usage from the stream's closing event stands even when the
+            // client left before the body's very end (after `[DONE]`).
+            Some(u) if complete || end.final_usage => u.total(),
             usage => match self.shared.on_missing {
                 OnMissingUsage::Reservation => self.reservation.amount(),
                 OnMissingUsage::Streamed => {
@@ -733,7 +737,7 @@ impl Settle {
                 }
             },
         };
-        if !complete || end.usage.is_none() {
+        if !(complete || end.final_usage) || end.usage.is_none() {
             tracing::debug!(
                 limit = %self.shared.name,
                 complete,
