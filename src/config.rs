@@ -913,4 +913,71 @@ mod tests {
             assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
         }
     }
+
+    #[cfg(feature = "llm")]
+    #[test]
+    fn token_limits_are_checked_naming_the_key() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(cfg.token_limits.is_empty(), "off unless configured");
+        let file = r#"
+            [[token_limits]]
+            kind = "tokens"
+            name = "per-user"
+            key_header = "x-user"
+            path_prefix = "/v1/"
+            quota = 100000
+            [[token_limits]]
+            kind = "tokens"
+            name = "per-ip"
+            key = "peer_ip"
+            quota = 2000000
+            period = "1d"
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert_eq!(cfg.token_limits.len(), 2);
+        assert_eq!(cfg.token_limits[1].period, Duration::from_secs(86400));
+        for (file, key) in [
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nquota = 10\n",
+                "token_limits[0].key_header",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 0\n",
+                "token_limits[0].quota",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\nlease = \"0s\"\n",
+                "token_limits[0].lease",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"api_key\"\nkey_header = \"x y\"\nquota = 1\n",
+                "token_limits[0].key_header",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\npath_prefix = \"v1\"\n",
+                "token_limits[0].path_prefix",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\nestimator = { chars_per_token = 0.0 }\n",
+                "token_limits[0].estimator",
+            ),
+            (
+                "[[token_limits]]\nkind = \"requests\"\nkey = \"global\"\nquota = 1\n",
+                "token_limits[0].kind",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"user\"\nquota = 1\n",
+                "token_limits[0].key",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+        }
+        let err = PalisadeConfig::from_sources(
+            Some("[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\n"),
+            env(&[("PALISADE__TOKEN_LIMITS", "5")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("token_limits"), "{err}");
+    }
 }
