@@ -4,7 +4,8 @@
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
 //! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
 //! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
-//! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, each the layer
+//! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, `[[token_limits]]`
+//! (token budgets for LLM upstreams, none unless configured), each the layer
 //! crate's own `Config` (the defaults are the ones users know; adaptive
 //! concurrency and faults are off unless `enabled = true`; micro-batching
 //! needs code — how to combine and split — and takes its sizes from
@@ -14,6 +15,7 @@
 //! |---|---|
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
+//! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096) |
 //! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `key_header`, `[[fault.rules]]` with `path_prefix`, `key` (a `key_header` value), `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
@@ -371,6 +373,10 @@ pub struct PalisadeConfig {
     /// Micro-batching sizes (for `MicroBatchLayer::from_config`).
     #[cfg(feature = "microbatch")]
     pub micro_batch: palisade_microbatch::MicroBatchConfig,
+    /// Token budgets for LLM upstreams (`[[token_limits]]`, each
+    /// `kind = "tokens"`; none by default).
+    #[cfg(feature = "llm")]
+    pub token_limits: Vec<palisade_llm::TokenLimitConfig>,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -590,6 +596,17 @@ impl PalisadeConfig {
         #[cfg(feature = "microbatch")]
         if let Err((field, why)) = self.micro_batch.validate() {
             return Err((format!("micro_batch.{field}"), why.to_owned()));
+        }
+        #[cfg(feature = "llm")]
+        for (i, limit) in self.token_limits.iter().enumerate() {
+            if let Err(e) = limit.validate() {
+                return Err(match e {
+                    palisade_llm::TokenBudgetError::InvalidField { field, reason } => {
+                        (format!("token_limits[{i}].{field}"), reason)
+                    }
+                    other => (format!("token_limits[{i}]"), other.to_string()),
+                });
+            }
         }
         Ok(())
     }
@@ -895,5 +912,72 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
         }
+    }
+
+    #[cfg(feature = "llm")]
+    #[test]
+    fn token_limits_are_checked_naming_the_key() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(cfg.token_limits.is_empty(), "off unless configured");
+        let file = r#"
+            [[token_limits]]
+            kind = "tokens"
+            name = "per-user"
+            key_header = "x-user"
+            path_prefix = "/v1/"
+            quota = 100000
+            [[token_limits]]
+            kind = "tokens"
+            name = "per-ip"
+            key = "peer_ip"
+            quota = 2000000
+            period = "1d"
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert_eq!(cfg.token_limits.len(), 2);
+        assert_eq!(cfg.token_limits[1].period, Duration::from_secs(86400));
+        for (file, key) in [
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nquota = 10\n",
+                "token_limits[0].key_header",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 0\n",
+                "token_limits[0].quota",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\nlease = \"0s\"\n",
+                "token_limits[0].lease",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"api_key\"\nkey_header = \"x y\"\nquota = 1\n",
+                "token_limits[0].key_header",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\npath_prefix = \"v1\"\n",
+                "token_limits[0].path_prefix",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\nestimator = { chars_per_token = 0.0 }\n",
+                "token_limits[0].estimator",
+            ),
+            (
+                "[[token_limits]]\nkind = \"requests\"\nkey = \"global\"\nquota = 1\n",
+                "token_limits[0].kind",
+            ),
+            (
+                "[[token_limits]]\nkind = \"tokens\"\nkey = \"user\"\nquota = 1\n",
+                "token_limits[0].key",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+        }
+        let err = PalisadeConfig::from_sources(
+            Some("[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 1\n"),
+            env(&[("PALISADE__TOKEN_LIMITS", "5")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("token_limits"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! The built-in demo upstream: JSON with PII in it, a flaky endpoint, a slow
-//! endpoint and a cacheable one, so the gateway shows every layer with
-//! nothing to install.
+//! endpoint, a cacheable one and an OpenAI-compatible chat model, so the
+//! gateway shows every layer with nothing to install.
 
 use axum::{
     Json, Router,
@@ -40,6 +40,10 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .route("/slow", get(slow))
         .route("/echo", post(echo))
         .route("/hits", get(hits))
+        .route(
+            "/v1/chat/completions",
+            post(crate::demo_llm::chat_completions),
+        )
         .with_state(counters.clone())
         .layer(axum::middleware::from_fn_with_state(counters, count_hits));
     tokio::spawn(async move {

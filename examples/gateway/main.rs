@@ -9,6 +9,7 @@
 
 mod batch;
 mod demo;
+mod demo_llm;
 mod forwarding;
 mod proxy;
 mod serve;

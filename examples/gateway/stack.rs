@@ -16,6 +16,7 @@ use palisade::core::key::ExtensionKey;
 use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
 use palisade::fault::FaultMetrics;
+use palisade::llm::{LimitKey, TokenBudgetLayer, TokenMetrics};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
 use palisade::retry::bulkhead::BulkheadLayer;
@@ -145,6 +146,9 @@ pub fn full(
         .mask_with(move |text| masking.mask_str(text).into_owned())
         .register_metrics(registry)?;
 
+    // Token budgets for LLM upstreams (`[[token_limits]]`; none: no layer).
+    let token_limits = token_limits(cfg, store, registry)?;
+
     let service = StackBuilder::new()
         .layer(tower::util::MapResponseLayer::new(to_axum))
         .rate_limit(rate_limit)
@@ -152,6 +156,10 @@ pub fn full(
         .cache(cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))
+        // Reserve tokens before the upstream (429 before any byte goes out,
+        // never mid-stream) and settle the usage the response reports;
+        // outside the retry, so a retried call is reserved once.
+        .layer(token_limits)
         // Calls in flight to the upstream, each counted once across its
         // retries; the rest are answered 503 at once.
         .layer(max_concurrent(cfg, &retry_metrics))
@@ -174,6 +182,66 @@ pub fn full(
         limiter,
         dlq,
     })
+}
+
+/// The configured token budgets, each on `store` (in-process, or Redis
+/// shared by every replica); the first configured is the outermost.
+fn token_limits(
+    cfg: &PalisadeConfig,
+    store: &Store,
+    registry: &Registry,
+) -> Result<TokenLimits, Box<dyn std::error::Error>> {
+    if cfg.token_limits.is_empty() {
+        return Ok(TokenLimits(Vec::new()));
+    }
+    let metrics = TokenMetrics::register(registry)?;
+    let layers = cfg
+        .token_limits
+        .iter()
+        .enumerate()
+        .map(|(i, limit)| {
+            limit
+                .layer(store.clone(), Some(&metrics))
+                .map_err(|e| format!("token_limits[{i}]: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(TokenLimits(layers))
+}
+
+/// Any number of token budgets as one layer (each boxed: how many is
+/// configuration).
+#[derive(Clone)]
+struct TokenLimits(Vec<TokenBudgetLayer<LimitKey>>);
+
+type Boxed<E> = BoxCloneSyncService<Request<Body>, Response<Body>, E>;
+
+impl<S, ResBody> tower::Layer<S> for TokenLimits
+where
+    S: tower::Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Service =
+        tower::util::MapRequest<Boxed<S::Error>, fn(Request<PalisadeBody<Body>>) -> Request<Body>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let mut service: Boxed<S::Error> =
+            BoxCloneSyncService::new(ServiceBuilder::new().map_response(to_axum).service(inner));
+        for limit in self.0.iter().rev() {
+            service = BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_response(to_axum)
+                    .layer(limit.clone())
+                    .map_request(|req: Request<PalisadeBody<Body>>| req.map(Body::new))
+                    .service(service),
+            );
+        }
+        tower::util::MapRequest::new(service, |req: Request<PalisadeBody<Body>>| {
+            req.map(Body::new)
+        })
+    }
 }
 
 /// A response body wrapped as the bulkhead wraps it, so both branches of

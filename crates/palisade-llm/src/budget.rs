@@ -102,6 +102,31 @@ pub enum TokenBudgetError {
     /// A setting is invalid; the message names it.
     #[error("invalid token budget: {0}")]
     InvalidConfig(String),
+    /// A configured key is invalid ([`TokenLimitConfig`](crate::TokenLimitConfig)).
+    #[error("invalid token limit: {field}: {reason}")]
+    InvalidField {
+        /// The key, relative to the limit (`quota`, `key_header` …).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl TokenBudgetError {
+    /// The configuration key at fault, when known.
+    ///
+    /// ```
+    /// use palisade_llm::TokenLimitConfig;
+    ///
+    /// let cfg: TokenLimitConfig = toml::from_str("kind = \"tokens\"\nkey = \"global\"\nquota = 0").unwrap();
+    /// assert_eq!(cfg.validate().unwrap_err().field(), Some("quota"));
+    /// ```
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { field, .. } => Some(field),
+            Self::InvalidConfig(_) => None,
+        }
+    }
 }
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -142,6 +167,7 @@ struct Shared {
     estimator: Estimator,
     peek_limit: usize,
     scan_limit: usize,
+    path_prefix: Option<Arc<str>>,
     metrics: Option<crate::metrics::Counters>,
 }
 
@@ -174,7 +200,9 @@ impl Shared {
     /// `RateLimit-Policy` and `RateLimit` for `remaining` tokens, full
     /// again in `reset`.
     fn write_headers(&self, headers: &mut HeaderMap, remaining: u64, reset: Duration) {
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        // Appended: the fields are lists, and the upstream or another
+        // limit may have written its own policy.
+        headers.append(RATELIMIT_POLICY, self.policy.clone());
         let mut r = itoa::Buffer::new();
         let mut t = itoa::Buffer::new();
         let v = format!(
@@ -184,7 +212,7 @@ impl Shared {
             t.format(ceil_secs(reset))
         );
         if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(RATELIMIT, v);
+            headers.append(RATELIMIT, v);
         }
     }
 }
@@ -218,6 +246,7 @@ pub struct TokenBudgetBuilder<K> {
     estimator: Estimator,
     peek_limit: usize,
     scan_limit: usize,
+    path_prefix: Option<String>,
     metrics: Option<TokenMetrics>,
 }
 
@@ -267,6 +296,30 @@ impl<K> TokenBudgetBuilder<K> {
         self
     }
 
+    /// Budgets only requests whose path starts with `prefix` (e.g.
+    /// `/v1/`); the others pass through untouched, neither budgeted nor
+    /// counted. Default: every request.
+    ///
+    /// ```
+    /// use palisade_core::key::ConstKey;
+    /// use palisade_llm::TokenBudgetLayer;
+    /// use palisade_store::{Store, TokenRule};
+    ///
+    /// let layer = TokenBudgetLayer::builder(Store::in_memory(), ConstKey("all"), TokenRule::per_minute(1_000))
+    ///     .path_prefix("/v1/")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.path_prefix(), Some("/v1/"));
+    /// assert!(TokenBudgetLayer::builder(Store::in_memory(), ConstKey("all"), TokenRule::per_minute(1_000))
+    ///     .path_prefix("v1")
+    ///     .build()
+    ///     .is_err());
+    /// ```
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = Some(prefix.into());
+        self
+    }
+
     /// Counts tokens and decisions on `metrics`.
     pub fn metrics(mut self, metrics: &TokenMetrics) -> Self {
         self.metrics = Some(metrics.clone());
@@ -309,6 +362,14 @@ impl<K> TokenBudgetBuilder<K> {
         if self.name.is_empty() {
             return Err(bad("token limit name must not be empty".into()));
         }
+        if let Some(p) = &self.path_prefix
+            && !p.starts_with('/')
+        {
+            return Err(bad(format!(
+                "token limit {:?}: path_prefix {p:?} must start with '/'",
+                self.name
+            )));
+        }
         let sf_name = sf_string(&self.name);
         let policy = format!(
             "{sf_name};q={};qu=\"tokens\";w={}",
@@ -337,6 +398,7 @@ impl<K> TokenBudgetBuilder<K> {
                 estimator: self.estimator,
                 peek_limit: self.peek_limit,
                 scan_limit: self.scan_limit,
+                path_prefix: self.path_prefix.map(Into::into),
             }),
         })
     }
@@ -375,6 +437,7 @@ impl<K> TokenBudgetLayer<K> {
             estimator: Estimator::default(),
             peek_limit: 1 << 20,
             scan_limit: 4 << 20,
+            path_prefix: None,
             metrics: None,
         }
     }
@@ -382,6 +445,11 @@ impl<K> TokenBudgetLayer<K> {
     /// The limit's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The path prefix the budget applies to, when it is not every request.
+    pub fn path_prefix(&self) -> Option<&str> {
+        self.shared.path_prefix.as_deref()
     }
 }
 
@@ -491,7 +559,11 @@ where
         let shared = self.shared.clone();
         let grpc = is_grpc_request(req.headers());
         let plain = |req: Request<ReqBody>| req.map(PalisadeBody::inner);
-        if shared.mode == Mode::Disabled {
+        let outside = shared
+            .path_prefix
+            .as_deref()
+            .is_some_and(|p| !req.uri().path().starts_with(p));
+        if shared.mode == Mode::Disabled || outside {
             let fut = inner.call(plain(req));
             return ResponseFuture::new(async move {
                 Ok(fut.await?.map(|b| PalisadeBody::inner(TokenBody::plain(b))))
@@ -653,7 +725,9 @@ impl Settle {
     fn finish(self, scan: UsageScan, complete: bool) {
         let end = scan.finish();
         let actual = match end.usage {
-            Some(u) if complete => u.total(),
+            // A usage from the stream's closing event stands even when the
+            // client left before the body's very end (after `[DONE]`).
+            Some(u) if complete || end.final_usage => u.total(),
             usage => match self.shared.on_missing {
                 OnMissingUsage::Reservation => self.reservation.amount(),
                 OnMissingUsage::Streamed => {
@@ -663,7 +737,7 @@ impl Settle {
                 }
             },
         };
-        if !complete || end.usage.is_none() {
+        if !(complete || end.final_usage) || end.usage.is_none() {
             tracing::debug!(
                 limit = %self.shared.name,
                 complete,

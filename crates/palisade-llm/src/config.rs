@@ -3,13 +3,15 @@
 
 use crate::usage::Estimator;
 use crate::{FailPolicy, Mode, OnMissingUsage, TokenBudgetError, TokenBudgetLayer};
-use palisade_core::key::HeaderKey;
+use palisade_core::key::{HeaderKey, KeyExtractor, PeerIp};
 use palisade_store::{Store, TokenRule};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// One token limit (`kind = "tokens"`): `quota` tokens per `period` per
-/// value of the `key_header` request header.
+/// key — the value of a request header (a user or an API key), the client
+/// address, or one budget for everything — optionally only for paths under
+/// `path_prefix`.
 ///
 /// ```
 /// use palisade_llm::TokenLimitConfig;
@@ -17,7 +19,9 @@ use std::time::Duration;
 /// let cfg: TokenLimitConfig = toml::from_str(r#"
 ///     kind = "tokens"
 ///     name = "per-user"
+///     key = "header"
 ///     key_header = "x-user"
+///     path_prefix = "/v1/"
 ///     quota = 100000
 ///     period = "1m"
 ///     lease = "10m"
@@ -26,9 +30,12 @@ use std::time::Duration;
 /// "#).unwrap();
 /// let layer = cfg.layer(palisade_store::Store::in_memory(), None).unwrap();
 /// assert_eq!(layer.name(), "per-user");
+/// assert_eq!(layer.path_prefix(), Some("/v1/"));
 ///
 /// let bad: TokenLimitConfig = toml::from_str("kind = \"tokens\"\nkey_header = \"x-user\"\nquota = 0").unwrap();
 /// assert!(bad.layer(palisade_store::Store::in_memory(), None).unwrap_err().to_string().contains("quota"));
+/// let headless: TokenLimitConfig = toml::from_str("kind = \"tokens\"\nkey = \"header\"\nquota = 10").unwrap();
+/// assert!(headless.layer(palisade_store::Store::in_memory(), None).unwrap_err().to_string().contains("key_header"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,9 +45,21 @@ pub struct TokenLimitConfig {
     /// The limit's name (metrics label, `RateLimit` policy name).
     #[serde(default = "default_name")]
     pub name: String,
-    /// The request header whose value keys the budget (a user or API key
-    /// set by an authentication layer).
-    pub key_header: String,
+    /// What keys the budget (default `header`).
+    #[serde(default)]
+    pub key: TokenKeyKind,
+    /// The request header of `header` keys (required for them), or of
+    /// `api_key` keys (default `x-api-key`).
+    #[serde(default)]
+    pub key_header: Option<String>,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed by
+    /// `peer_ip` keys (default none: the connected peer).
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Budget only requests whose path starts with this (e.g. `/v1/`;
+    /// default every request).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
     /// Tokens per `period`.
     pub quota: u64,
     /// The window (default one minute).
@@ -61,6 +80,90 @@ pub struct TokenLimitConfig {
     /// How requests are estimated.
     #[serde(default)]
     pub estimator: Estimator,
+}
+
+/// What keys a configured token limit.
+///
+/// ```
+/// use palisade_llm::TokenKeyKind;
+///
+/// assert_eq!(TokenKeyKind::default(), TokenKeyKind::Header);
+/// let k: TokenKeyKind = serde_json::from_str("\"peer_ip\"").unwrap();
+/// assert_eq!(k, TokenKeyKind::PeerIp);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TokenKeyKind {
+    /// The value of the `key_header` request header (a user set by an
+    /// authentication layer); requests without it are not budgeted.
+    #[default]
+    Header,
+    /// The `key_header` header, `x-api-key` by default; requests without
+    /// it are not budgeted.
+    ApiKey,
+    /// The client address (behind `trusted_proxies`).
+    PeerIp,
+    /// One budget shared by every request.
+    Global,
+}
+
+/// The key extractor a [`TokenLimitConfig`] describes (see
+/// [`TokenKeyKind`]); its keys are strings.
+///
+/// ```
+/// use palisade_core::key::KeyExtractor;
+/// use palisade_llm::LimitKey;
+///
+/// let req = http::Request::builder().header("x-api-key", "k-1").body(()).unwrap();
+/// assert_eq!(LimitKey::header("x-api-key".parse().unwrap()).extract(&req).as_deref(), Some("k-1"));
+/// assert_eq!(LimitKey::global().extract(&req).as_deref(), Some("global"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct LimitKey(KeyInner);
+
+#[derive(Clone, Debug)]
+enum KeyInner {
+    Header(HeaderKey),
+    Peer(PeerIp),
+    Global,
+}
+
+impl LimitKey {
+    /// Keyed by the value of `name`.
+    pub fn header(name: http::HeaderName) -> Self {
+        Self(KeyInner::Header(HeaderKey::from_name(name)))
+    }
+
+    /// Keyed by the client address, believing `X-Forwarded-For` /
+    /// `Forwarded` from `trusted` proxies.
+    pub fn peer_ip(trusted: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        Self(KeyInner::Peer(PeerIp::new().trust_proxies(trusted)))
+    }
+
+    /// One key for every request.
+    pub fn global() -> Self {
+        Self(KeyInner::Global)
+    }
+}
+
+impl<B> KeyExtractor<http::Request<B>> for LimitKey {
+    type Key = String;
+
+    fn extract(&self, req: &http::Request<B>) -> Option<String> {
+        match &self.0 {
+            KeyInner::Header(h) => h.extract(req).map(|v| v.to_string()),
+            KeyInner::Peer(p) => p.extract(req).map(|ip| ip.to_string()),
+            KeyInner::Global => Some("global".to_owned()),
+        }
+    }
+
+    fn refusal(&self, req: &http::Request<B>) -> Option<palisade_core::Error> {
+        match &self.0 {
+            KeyInner::Peer(p) => p.refusal(req),
+            _ => None,
+        }
+    }
 }
 
 /// The `kind` of a token limit.
@@ -84,29 +187,97 @@ fn lease() -> Duration {
     TokenRule::DEFAULT_LEASE
 }
 
+fn invalid(field: &str, reason: impl Into<String>) -> TokenBudgetError {
+    TokenBudgetError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
 impl TokenLimitConfig {
+    /// Checks every key; the error names the one at fault
+    /// ([`TokenBudgetError::field`]).
+    ///
+    /// # Errors
+    /// [`TokenBudgetError::InvalidField`].
+    pub fn validate(&self) -> Result<(), TokenBudgetError> {
+        if self.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if http::HeaderValue::from_str(&self.name).is_err() {
+            return Err(invalid("name", "must be printable ASCII"));
+        }
+        if self.quota == 0 {
+            return Err(invalid("quota", "must be at least 1"));
+        }
+        if self.period.is_zero() {
+            return Err(invalid("period", "must be more than 0s"));
+        }
+        if self.period.as_micros() / u128::from(self.quota) == 0 {
+            return Err(invalid(
+                "quota",
+                format!(
+                    "{} per {:?} is finer than one token a microsecond",
+                    self.quota, self.period
+                ),
+            ));
+        }
+        if self.lease.is_zero() {
+            return Err(invalid("lease", "must be more than 0s"));
+        }
+        if let Some(p) = &self.path_prefix
+            && !p.starts_with('/')
+        {
+            return Err(invalid("path_prefix", format!("{p:?} must start with '/'")));
+        }
+        self.estimator
+            .validate()
+            .map_err(|reason| invalid("estimator", reason))?;
+        self.key_extractor().map(drop)
+    }
+
+    /// The key extractor `key`, `key_header` and `trusted_proxies`
+    /// describe.
+    ///
+    /// # Errors
+    /// [`TokenBudgetError::InvalidField`] naming the bad key.
+    pub fn key_extractor(&self) -> Result<LimitKey, TokenBudgetError> {
+        let header = |default: Option<&str>| {
+            let name =
+                self.key_header.as_deref().or(default).ok_or_else(|| {
+                    invalid("key_header", "key = \"header\" needs the header's name")
+                })?;
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid("key_header", format!("{name:?} is not a header name")))
+        };
+        Ok(match self.key {
+            TokenKeyKind::Header => LimitKey::header(header(None)?),
+            TokenKeyKind::ApiKey => LimitKey::header(header(Some("x-api-key"))?),
+            TokenKeyKind::PeerIp => LimitKey::peer_ip(self.trusted_proxies.iter().copied()),
+            TokenKeyKind::Global => LimitKey::global(),
+        })
+    }
+
     /// Builds the layer on `store`.
     ///
     /// # Errors
-    /// [`TokenBudgetError::InvalidConfig`] naming the bad key.
+    /// [`TokenBudgetError::InvalidField`] naming the bad key.
     pub fn layer(
         &self,
         store: Store,
         metrics: Option<&crate::TokenMetrics>,
-    ) -> Result<TokenBudgetLayer<HeaderKey>, TokenBudgetError> {
-        let key = http::HeaderName::from_bytes(self.key_header.as_bytes()).map_err(|_| {
-            TokenBudgetError::InvalidConfig(format!(
-                "key_header: {:?} is not a header name",
-                self.key_header
-            ))
-        })?;
+    ) -> Result<TokenBudgetLayer<LimitKey>, TokenBudgetError> {
+        self.validate()?;
         let rule = TokenRule::new(self.quota, self.period).lease(self.lease);
-        let mut b = TokenBudgetLayer::builder(store, HeaderKey::from_name(key), rule)
+        let mut b = TokenBudgetLayer::builder(store, self.key_extractor()?, rule)
             .name(self.name.clone())
             .mode(self.mode)
             .on_missing_usage(self.on_missing_usage)
             .on_store_error(self.on_store_error)
             .estimator(self.estimator);
+        if let Some(prefix) = &self.path_prefix {
+            b = b.path_prefix(prefix.clone());
+        }
         if let Some(m) = metrics {
             b = b.metrics(m);
         }

@@ -60,5 +60,5 @@ pub use budget::{
     FailPolicy, Mode, OnMissingUsage, ResponseFuture, TokenBody, TokenBudget, TokenBudgetBuilder,
     TokenBudgetError, TokenBudgetLayer,
 };
-pub use config::{TokenKind, TokenLimitConfig};
+pub use config::{LimitKey, TokenKeyKind, TokenKind, TokenLimitConfig};
 pub use metrics::TokenMetrics;

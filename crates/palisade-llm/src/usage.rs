@@ -141,7 +141,7 @@ fn streamed_chars(v: &Value) -> usize {
 ///
 /// ```
 /// let end = palisade_llm::usage::UsageScan::json(1024).finish();
-/// assert_eq!((end.usage, end.streamed_chars), (None, 0));
+/// assert_eq!((end.usage, end.streamed_chars, end.final_usage), (None, 0, false));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanEnd {
@@ -150,6 +150,12 @@ pub struct ScanEnd {
     /// Characters of generated text seen (streams only; for a whole JSON
     /// response, its length).
     pub streamed_chars: u64,
+    /// The usage is the final figure: a whole JSON body held it, or the
+    /// stream sent the event that closes it (Chat Completions' usage chunk,
+    /// `response.completed` / `.incomplete` / `.failed`, Anthropic's
+    /// `message_stop`, or `[DONE]` after the usage). Such a usage stands
+    /// even when the client goes away before the body's very end.
+    pub final_usage: bool,
 }
 
 /// Reads a response's usage as its bytes go by, without holding them:
@@ -171,6 +177,7 @@ pub struct UsageScan {
     kind: ScanKind,
     usage: Option<Usage>,
     chars: u64,
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -190,6 +197,7 @@ impl UsageScan {
             kind: ScanKind::Events(Splitter::new(Framing::Events)),
             usage: None,
             chars: 0,
+            closed: false,
         }
     }
 
@@ -204,6 +212,7 @@ impl UsageScan {
             },
             usage: None,
             chars: 0,
+            closed: false,
         }
     }
 
@@ -229,13 +238,13 @@ impl UsageScan {
             ScanKind::Events(splitter) => {
                 splitter.push(data);
                 while let Some(unit) = splitter.next_unit() {
-                    Self::event(&mut self.usage, &mut self.chars, &unit);
+                    Self::event(&mut self.usage, &mut self.chars, &mut self.closed, &unit);
                 }
             }
         }
     }
 
-    fn event(usage: &mut Option<Usage>, chars: &mut u64, unit: &[u8]) {
+    fn event(usage: &mut Option<Usage>, chars: &mut u64, closed: &mut bool, unit: &[u8]) {
         let Ok(text) = std::str::from_utf8(unit) else {
             return;
         };
@@ -248,7 +257,11 @@ impl UsageScan {
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             }
         }
-        if data.is_empty() || data == "[DONE]" {
+        if data == "[DONE]" {
+            *closed |= usage.is_some();
+            return;
+        }
+        if data.is_empty() {
             return;
         }
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
@@ -276,15 +289,18 @@ impl UsageScan {
                     *usage = Some(cur);
                 }
             }
+            Some("message_stop") => *closed |= usage.is_some(),
             Some("response.completed" | "response.incomplete" | "response.failed") => {
                 if let Some(u) = v.pointer("/response/usage").and_then(usage_object) {
                     *usage = Some(u);
+                    *closed = true;
                 }
             }
             _ => {
                 // A Chat Completions chunk: the final one carries usage.
                 if let Some(u) = v.get("usage").and_then(usage_object) {
                     *usage = Some(u);
+                    *closed = true;
                 }
             }
         }
@@ -296,19 +312,22 @@ impl UsageScan {
             ScanKind::Json { buf, over, .. } => {
                 if !*over {
                     self.usage = from_json(buf);
+                    // Parsed whole: nothing of it was missing.
+                    self.closed = self.usage.is_some();
                 }
             }
             ScanKind::Events(splitter) => {
                 // A last event without its blank line still counts.
                 let rest = splitter.take_pending();
                 if !rest.is_empty() {
-                    Self::event(&mut self.usage, &mut self.chars, &rest);
+                    Self::event(&mut self.usage, &mut self.chars, &mut self.closed, &rest);
                 }
             }
         }
         ScanEnd {
             usage: self.usage,
             streamed_chars: self.chars,
+            final_usage: self.closed,
         }
     }
 }
@@ -499,6 +518,7 @@ mod tests {
                 "pieces of {piece}"
             );
             assert_eq!(end.streamed_chars, 5);
+            assert!(end.final_usage, "pieces of {piece}");
         }
     }
 
@@ -511,6 +531,7 @@ mod tests {
             .collect();
         let end = scan_in_pieces(&no_usage, 13);
         assert_eq!(end.usage, None);
+        assert!(!end.final_usage, "[DONE] without a usage closes nothing");
         assert_eq!(end.streamed_chars, 5);
     }
 
@@ -525,6 +546,7 @@ mod tests {
             })
         );
         assert_eq!(end.streamed_chars, 8);
+        assert!(end.final_usage);
     }
 
     #[test]
@@ -538,15 +560,21 @@ mod tests {
             })
         );
         assert_eq!(end.streamed_chars, 6);
-        // Cut after message_start: the initial output count only.
+        assert!(end.final_usage, "closed by message_stop");
+        // Cut after message_start: the initial output count only, not final.
         let cut = &ANTHROPIC_STREAM[..ANTHROPIC_STREAM.find("event: content_block_start").unwrap()];
+        let end = scan_in_pieces(cut, 10);
         assert_eq!(
-            scan_in_pieces(cut, 10).usage,
+            end.usage,
             Some(Usage {
                 input: 30,
                 output: 1
             })
         );
+        assert!(!end.final_usage);
+        // Cut after message_delta, before message_stop: not final either.
+        let cut = &ANTHROPIC_STREAM[..ANTHROPIC_STREAM.find("event: message_stop").unwrap()];
+        assert!(!scan_in_pieces(cut, 10).final_usage);
     }
 
     #[test]

@@ -21,7 +21,9 @@ use std::{net::SocketAddr, time::Duration};
 
 /// The fake provider. `x-completion` sets the completion tokens reported
 /// (default 40); prompt tokens are always 10. `x-cut: N` streams N chunks
-/// then fails the stream; `x-hang` streams one chunk then never ends.
+/// then fails the stream; `x-hang` streams one chunk then never ends;
+/// `x-linger` streams every event, `[DONE]` included, then keeps the
+/// stream open.
 async fn chat(headers: HeaderMap, body: Bytes) -> Response {
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let completion: u64 = headers
@@ -63,6 +65,19 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
         return (
             [("content-type", "text/event-stream")],
             Body::from_stream(first.chain(futures_util::stream::pending())),
+        )
+            .into_response();
+    }
+    if headers.contains_key("x-linger") {
+        let all = futures_util::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<_, std::io::Error>(Bytes::from(e)))
+                .collect::<Vec<_>>(),
+        );
+        return (
+            [("content-type", "text/event-stream")],
+            Body::from_stream(all.chain(futures_util::stream::pending())),
         )
             .into_response();
     }
@@ -312,6 +327,50 @@ async fn missing_usage_and_cut_streams_are_charged_by_setting() {
     })
     .await;
     assert_eq!(r.tokens("refunded"), 0);
+}
+
+/// A client that reads up to `data: [DONE]` and goes away before the
+/// stream's very end (as SDKs do) is charged the usage the stream reported,
+/// not an estimate of what streamed.
+#[tokio::test]
+async fn a_client_leaving_after_done_is_charged_the_reported_usage() {
+    let r = replica(
+        Store::in_memory(),
+        TokenRule::per_day(1000),
+        OnMissingUsage::Streamed,
+        100,
+    )
+    .await;
+    let req = request(r.addr, "u")
+        .header("x-linger", "1")
+        .header("x-completion", "3")
+        .body(Full::new(Bytes::from(ask(100, true, true).to_string())))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: [DONE]") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a frame in time")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+    drop(body);
+    // 10 + 3 reported; the streamed text alone ("word0 " .. "word3 ") would
+    // have been estimated at 1 + 6.
+    eventually("settled", Duration::from_secs(5), || {
+        r.tokens("charged") == 13
+    })
+    .await;
+    assert_eq!(r.tokens("refunded"), 101 - 13);
 }
 
 /// Three replicas, one budget on one store, concurrent clients: what the

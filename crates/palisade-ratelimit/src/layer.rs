@@ -115,7 +115,10 @@ pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: H
         headers.insert(X_RATELIMIT_RESET, number(reset));
     }
     if style.ietf {
-        headers.insert(RATELIMIT_POLICY, policy.policy.clone());
+        // Appended, not replaced: the fields are lists, and another limit
+        // (a token budget below, the upstream's own) may have written its
+        // policy already.
+        headers.append(RATELIMIT_POLICY, policy.policy.clone());
         // `"<name>";r=<remaining>;t=<reset>`, in one exact-size allocation.
         let mut r = itoa::Buffer::new();
         let r = r.format(remaining);
@@ -128,7 +131,7 @@ pub(crate) fn write_headers(headers: &mut HeaderMap, verdict: &Verdict, style: H
         v.extend_from_slice(b";t=");
         v.extend_from_slice(t.as_bytes());
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-            headers.insert(RATELIMIT, v);
+            headers.append(RATELIMIT, v);
         }
     }
 }
