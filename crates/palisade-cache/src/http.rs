@@ -594,8 +594,22 @@ pin_project! {
     enum FutKind<F, B, E> {
         Ready { res: Option<Response<PalisadeBody<B>>> },
         Pass { #[pin] fut: F },
+        // A key remembered as uncacheable: the inner future polled in
+        // place, the answer judged on its head; boxed only to store an
+        // answer that turned storable.
+        Memo { #[pin] fut: F, memo: Option<MemoCall> },
         Boxed { fut: BoxResFuture<B, E> },
     }
+}
+
+/// What a call on a key remembered as uncacheable needs once its answer
+/// comes (see [`FutKind::Memo`]).
+struct MemoCall {
+    shared: Arc<Shared>,
+    primary: Arc<str>,
+    req_cc: CacheControl,
+    request_time: u64,
+    started: tokio::time::Instant,
 }
 
 impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
@@ -603,6 +617,7 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
         let kind = match &self.kind {
             FutKind::Ready { .. } => "Ready",
             FutKind::Pass { .. } => "Pass",
+            FutKind::Memo { .. } => "Memo",
             FutKind::Boxed { .. } => "Boxed",
         };
         f.debug_tuple("ResponseFuture").field(&kind).finish()
@@ -612,14 +627,88 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: 'static,
 {
     type Output = Result<Response<PalisadeBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            FutProj::Ready { res } => Poll::Ready(Ok(res.take().expect("polled after completion"))),
-            FutProj::Pass { fut } => fut.poll(cx).map_ok(|r| r.map(PalisadeBody::inner)),
-            FutProj::Boxed { fut } => fut.as_mut().poll(cx),
+        let mut kind = self.project().kind;
+        loop {
+            let (parts, body, memo) = match kind.as_mut().project() {
+                FutProj::Ready { res } => {
+                    return Poll::Ready(Ok(res.take().expect("polled after completion")));
+                }
+                FutProj::Pass { fut } => {
+                    return fut.poll(cx).map_ok(|r| r.map(PalisadeBody::inner));
+                }
+                FutProj::Boxed { fut } => return fut.as_mut().poll(cx),
+                FutProj::Memo { fut, memo } => {
+                    let result = std::task::ready!(fut.poll(cx));
+                    let memo = memo.take().expect("polled after completion");
+                    if let Some(m) = &memo.shared.core.metrics {
+                        m.upstream.observe(memo.started.elapsed().as_secs_f64());
+                    }
+                    let Ok(res) = result else {
+                        memo.shared.count(Outcome::Miss);
+                        return Poll::Ready(result.map(|r| r.map(PalisadeBody::inner)));
+                    };
+                    let (parts, body) = res.into_parts();
+                    (parts, body, memo)
+                }
+            };
+            let MemoCall {
+                shared,
+                primary,
+                req_cc,
+                request_time,
+                ..
+            } = memo;
+            let now = shared.core.clock.now_ms();
+            shared.count(Outcome::Miss);
+            let client = HeaderMap::new();
+            let res_cc = CacheControl::parse(&parts.headers);
+            // As `fetch` judges an answer in `Mode { memo: true, light: true }`.
+            let storable = !req_cc.no_store
+                && policy::storable(
+                    &Method::GET,
+                    &client,
+                    &req_cc,
+                    parts.status,
+                    &parts.headers,
+                    &res_cc,
+                    &shared.rules,
+                )
+                && content_length(&parts.headers).is_none_or(|l| l <= shared.max_body as u64);
+            let unkeyable = policy::vary_names(&parts.headers).next().is_some();
+            if storable || unkeyable {
+                // Cacheable again: the next request takes the full path.
+                shared.uncacheable.remove(&*primary);
+            }
+            if !storable || unkeyable {
+                shared.core.counters.uncacheable.fetch_add(1, Relaxed);
+                return Poll::Ready(Ok(with_x_cache(
+                    &shared,
+                    Response::from_parts(parts, PalisadeBody::inner(body)),
+                    Outcome::Miss,
+                )));
+            }
+            let keeping = Box::pin(async move {
+                Ok(keep(
+                    &shared,
+                    parts,
+                    body,
+                    &primary,
+                    None,
+                    &client,
+                    res_cc,
+                    request_time,
+                    now,
+                )
+                .await)
+            });
+            kind.set(FutKind::Boxed { fut: keeping });
         }
     }
 }
@@ -773,6 +862,29 @@ where
                     spawn_refresh(shared.clone(), inner, req, primary, stored, key);
                 }
                 ResponseFuture::ready(res)
+            }
+            Fast::Slow(primary, None, false, true)
+                if !req_cc.only_if_cached
+                    && !head
+                    && !req.headers().contains_key(header::IF_NONE_MATCH)
+                    && !req.headers().contains_key(header::IF_MODIFIED_SINCE)
+                    && !has_auth =>
+            {
+                // Remembered as uncacheable, nothing stored, no conditionals
+                // or credentials: what `slow` would do, without its box.
+                let memo = MemoCall {
+                    request_time: shared.core.clock.ms_at(now_instant),
+                    shared: shared.clone(),
+                    primary,
+                    req_cc,
+                    started: now_instant,
+                };
+                ResponseFuture {
+                    kind: FutKind::Memo {
+                        fut: self.inner.call(req),
+                        memo: Some(memo),
+                    },
+                }
             }
             Fast::Slow(primary, candidate, blocked, memo) => {
                 let inner = take_ready(&mut self.inner);
@@ -1215,6 +1327,41 @@ where
             Outcome::Miss,
         ));
     }
+    Ok(keep(
+        shared,
+        parts,
+        body,
+        primary,
+        candidate.as_ref().map(|(_, key)| key),
+        client,
+        res_cc,
+        request_time,
+        now,
+    )
+    .await)
+}
+
+/// Answers a storable response and stores it: a stream is forwarded as it
+/// arrives and stored once complete; a body with a length is read (within
+/// the limit) and stored before answering. `stale` is the key of a stored
+/// response this one replaces, removed when the new one cannot be kept.
+#[allow(clippy::too_many_arguments)]
+async fn keep<ResBody>(
+    shared: &Arc<Shared>,
+    parts: http::response::Parts,
+    body: ResBody,
+    primary: &Arc<str>,
+    stale: Option<&Arc<str>>,
+    client: &HeaderMap,
+    res_cc: CacheControl,
+    request_time: u64,
+    now: u64,
+) -> Response<PalisadeBody<ResBody>>
+where
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let core = &shared.core;
     // A stream (no length: SSE, NDJSON, a chunked answer) is forwarded as it
     // arrives and stored on the side once complete within the limit.
     if content_length(&parts.headers).is_none()
@@ -1247,15 +1394,15 @@ where
                 tokio::spawn(store);
             }
         };
-        if let Some((_, key)) = &candidate {
+        if let Some(key) = stale {
             let _ = core.remove(key).await;
         }
         let tee = TeeBody::new(body, max_body, on_complete);
-        return Ok(with_x_cache(
+        return with_x_cache(
             x_shared,
             Response::from_parts(parts, PalisadeBody::stream(tee)),
             Outcome::Miss,
-        ));
+        );
     }
     match read_bounded(body, shared.max_body).await {
         Read::Complete(c) if c.trailers.is_none() => {
@@ -1271,10 +1418,10 @@ where
             // Already counted as a miss above.
             let res = shared.build(&stored, Outcome::Miss, client, false, now);
             shared.store(primary, None, client, stored).await;
-            Ok(res)
+            res
         }
         other => {
-            if let Some((_, key)) = &candidate {
+            if let Some(key) = stale {
                 let _ = core.remove(key).await;
             }
             let body = match other {
@@ -1282,11 +1429,7 @@ where
                 Read::Over { prefix, rest } => PalisadeBody::resumed_pinned(prefix, rest),
                 Read::Failed { prefix, error } => PalisadeBody::failed(prefix, error),
             };
-            Ok(with_x_cache(
-                shared,
-                Response::from_parts(parts, body),
-                Outcome::Miss,
-            ))
+            with_x_cache(shared, Response::from_parts(parts, body), Outcome::Miss)
         }
     }
 }

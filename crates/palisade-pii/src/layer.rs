@@ -622,8 +622,10 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = self.shared.clone();
         let grpc = palisade_core::is_grpc_request(req.headers());
+        // A request without a body (a GET, mostly) has nothing to mask.
         let mask_req = shared.enabled
             && shared.direction.requests()
+            && !req.body().is_end_stream()
             && MediaKind::of(req.headers()) != MediaKind::Binary;
         let mask_res = shared.enabled && shared.direction.responses();
         let accepted = if mask_res {
