@@ -88,6 +88,18 @@ async fn grpc_calls_pass_through_the_gateway_with_their_trailers() {
     assert_eq!(r["fail"]["code"], "UNAVAILABLE", "{r}");
     assert_eq!(r["fail"]["details"], "upstream down", "{r}");
     assert_eq!(r["after_fail"]["ok"], "echo:again", "{r}");
+    // The latency histogram classes each call by its gRPC status, wherever
+    // it came: `Fail` in the head (trailers-only), `Late` in the trailers
+    // after two messages; `Say` twice and `Stream` ended OK.
+    let metrics = support::get(&format!("{}/metrics", gw.admin)).await.text();
+    let count = |class: &str| -> f64 {
+        let name = format!("palisade_http_request_duration_seconds_count{{status=\"{class}\"}}");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!((count("2xx"), count("5xx")), (3.0, 2.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod batch;
 mod demo;
 mod demo_llm;
 mod forwarding;
+mod observe;
 mod proxy;
 mod serve;
 mod stack;
@@ -27,8 +28,8 @@ use palisade::admin::AdminRouter;
 use palisade::batch::BatchExecutor;
 use palisade::config::PalisadeConfig;
 use palisade::core::classify::FromTowerHttp;
-use prometheus::{HistogramVec, Registry};
-use std::{net::SocketAddr, time::Instant};
+use prometheus::Registry;
+use std::net::SocketAddr;
 use tower_http::classify::StatusInRangeAsFailures;
 
 /// Command-line options.
@@ -177,7 +178,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
             front_door,
         ))
-        .layer(axum::middleware::from_fn_with_state(latency, observe));
+        .layer(axum::middleware::from_fn_with_state(
+            latency,
+            observe::observe,
+        ));
 
     // The admin routes change breakers and purge caches: off loopback they
     // need a token.
@@ -359,27 +363,6 @@ async fn learn_json_rpc(req: Request<Body>, next: axum::middleware::Next) -> Res
     next.run(req.map(Body::new)).await
 }
 
-async fn observe(
-    State(latency): State<HistogramVec>,
-    req: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response<Body> {
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let class = match res.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    latency
-        .with_label_values(&[class])
-        .observe(started.elapsed().as_secs_f64());
-    res
-}
-
-/// The URL without its password, for logs.
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
