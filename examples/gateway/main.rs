@@ -322,7 +322,15 @@ async fn front_door(
         None
     };
     let Some((status, detail)) = refusal else {
-        return next.run(req).await;
+        if http_body::Body::is_end_stream(req.body()) {
+            return next.run(req).await;
+        }
+        // A body still to come: the layers learn when it has ended (the
+        // response time limit starts then, and a breaker does not count a
+        // call its client gave up on while still sending).
+        return next
+            .run(palisade::core::body::sent::track(req).map(Body::new))
+            .await;
     };
     tracing::info!(%status, %detail, "request refused at the front door");
     let body = serde_json::json!({

@@ -5,6 +5,7 @@ use crate::{
     error::{BreakerError, CircuitOpen},
     window::{Totals, Window},
 };
+use palisade_core::body::sent::RequestSent;
 use palisade_core::classify::{Classify, ErrorsAsFailures, Outcome};
 use std::{
     fmt,
@@ -577,6 +578,7 @@ impl Breaker {
         self.acquire().map(|ticket| Permit {
             breaker: self.clone(),
             ticket,
+            sending: None,
         })
     }
 
@@ -588,6 +590,7 @@ impl Breaker {
             Ok(ticket) => Ok(Permit {
                 breaker: self,
                 ticket,
+                sending: None,
             }),
             Err(open) => Err(open),
         }
@@ -843,6 +846,12 @@ impl Breaker {
             self.record_slow(ticket, Outcome::Failure);
             return;
         }
+        self.release(ticket);
+    }
+
+    /// A call that ends with no outcome: a half-open trial's permit goes
+    /// back.
+    pub(crate) fn release(&self, ticket: Ticket) {
         if ticket.kind() == TicketKind::Trial && self.inner.state.load(Acquire) == ticket.state {
             self.inner.half_permits.fetch_add(1, AcqRel);
         }
@@ -1312,9 +1321,21 @@ impl Drop for ProbeHandle {
 pub struct Permit {
     breaker: Breaker,
     ticket: Ticket,
+    /// The call's request body, when known to be still arriving: a call
+    /// dropped before it ended was given up on by its client, not by a
+    /// timeout waiting on the upstream.
+    sending: Option<RequestSent>,
 }
 
 impl Permit {
+    /// A call dropped while `sending` has not ended is not a failure (see
+    /// [`palisade_core::body::sent`]).
+    #[inline]
+    pub(crate) fn sending(mut self, sending: Option<RequestSent>) -> Self {
+        self.sending = sending;
+        self
+    }
+
     /// Reports the call's outcome.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
@@ -1343,7 +1364,12 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.breaker.cancel(ticket);
+            if self.sending.as_ref().is_some_and(|s| !s.is_sent()) {
+                // The client never finished sending the request.
+                self.breaker.release(ticket);
+            } else {
+                self.breaker.cancel(ticket);
+            }
         }
     }
 }

@@ -582,6 +582,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.select.select(&req).into_permit() {
             Ok(permit) => {
+                let permit = permit.sending(self.on_open.sending(&req));
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
             }
             Err(open) => ResponseFuture::open(self.on_open.open(req, open)),

@@ -12,6 +12,7 @@ use crate::breaker::Permit;
 use crate::error::{BreakerError, CircuitOpen};
 use futures_util::future::{MapOk, Ready, TryFutureExt, ready};
 use http::{Request, Response};
+use palisade_core::body::sent::RequestSent;
 use palisade_core::body::{BodyEnd, OnEnd};
 use palisade_core::classify::{AtEnd, Outcome};
 use palisade_core::jsonrpc::JsonRpcCall;
@@ -73,6 +74,24 @@ pub trait OnOpen<Req, Res, E>: Wrap<Res, E> + Clone + Send + Sync + 'static {
 
     /// Answers a call whose circuit is open.
     fn open(&self, req: Req, open: CircuitOpen) -> Self::Future;
+
+    /// The request's body, when it is known to be still arriving (an HTTP
+    /// request carrying a [`RequestSent`]): a call dropped before it ended
+    /// is not counted as a failure.
+    #[inline]
+    fn sending(&self, req: &Req) -> Option<RequestSent> {
+        let _ = req;
+        None
+    }
+}
+
+/// The unfinished [`RequestSent`] of an HTTP request.
+#[inline]
+fn sending_of<B>(req: &Request<B>) -> Option<RequestSent> {
+    req.extensions()
+        .get::<RequestSent>()
+        .filter(|s| !s.is_sent())
+        .cloned()
 }
 
 /// Generic services: an open circuit is `Err(BreakerError::Open)`.
@@ -146,6 +165,11 @@ impl<ResB, E> Wrap<Response<ResB>, E> for HttpAnswer {
 
 impl<ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpAnswer {
     type Future = Ready<Result<Self::Response, E>>;
+
+    #[inline]
+    fn sending(&self, req: &Request<ReqB>) -> Option<RequestSent> {
+        sending_of(req)
+    }
 
     fn open(&self, req: Request<ReqB>, open: CircuitOpen) -> Self::Future {
         if let Some(status) = self.json_rpc
@@ -226,6 +250,11 @@ where
     F: Service<Request<ReqB>, Response = Response<ResB>, Error = E> + Clone + Send + Sync + 'static,
 {
     type Future = MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>;
+
+    #[inline]
+    fn sending(&self, req: &Request<ReqB>) -> Option<RequestSent> {
+        sending_of(req)
+    }
 
     fn open(&self, req: Request<ReqB>, _open: CircuitOpen) -> Self::Future {
         let wrap: WrapBody<ResB> = |res| res.map(PalisadeBody::inner);

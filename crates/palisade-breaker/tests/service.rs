@@ -310,3 +310,42 @@ fn services_are_send_sync_clone() {
     check(&layer);
     check(&svc);
 }
+
+/// A call dropped while its request body was still arriving (the client
+/// trickled it, then gave up) is the client's doing: not a failure, however
+/// long it ran. Once the body has been sent, a dropped call that ran past
+/// `cancelled_failure_after` is (an upstream that hangs).
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_its_request_body_ended_is_not_a_failure() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use palisade_core::body::sent::track;
+    let layer = CircuitBreakerLayer::builder("sent")
+        .http()
+        .failure_threshold(1)
+        .cancelled_failure_after(Some(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let breaker = layer.breaker().unwrap();
+    // An upstream that never answers.
+    let svc = layer.layer(service_fn(|_req: http::Request<_>| async {
+        std::future::pending::<Result<http::Response<http_body_util::Empty<Bytes>>, Io>>().await
+    }));
+    // A body that never ends.
+    let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+        Result<http_body::Frame<Bytes>, Io>,
+    >());
+    let call = svc
+        .clone()
+        .oneshot(track(http::Request::new(never.boxed_unsync())));
+    let dropped = tokio::time::timeout(Duration::from_secs(5), call).await;
+    assert!(dropped.is_err(), "the call hangs");
+    assert_eq!(breaker.state(), State::Closed, "the client never sent its body");
+    // A request whose body was sent (a GET), dropped after 5 s: a failure.
+    let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
+    let sent = track(http::Request::new(empty.boxed_unsync()));
+    let call = svc.clone().oneshot(sent);
+    let dropped = tokio::time::timeout(Duration::from_secs(5), call).await;
+    assert!(dropped.is_err(), "the call hangs");
+    assert_eq!(breaker.state(), State::Open, "a hang after the request was sent");
+}

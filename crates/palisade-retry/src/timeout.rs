@@ -37,6 +37,7 @@
 
 use crate::RetryMetrics;
 use http::{HeaderMap, Request, Response};
+use palisade_core::body::sent::RequestSent;
 use palisade_core::{BoxError, Error, ErrorKind, PalisadeBody, is_grpc_request};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
@@ -313,9 +314,18 @@ where
         if grpc && let Some(asked) = grpc_timeout(req.headers()) {
             timeout = timeout.min(asked);
         }
+        // A body still arriving (see `palisade_core::body::sent`): the
+        // clock starts when it has ended, so a client that trickles its
+        // body is not taken for a slow upstream.
+        let sending = req
+            .extensions()
+            .get::<RequestSent>()
+            .filter(|s| !s.is_sent())
+            .cloned();
         ResponseFuture {
             inner: self.inner.call(req),
             sleep: tokio::time::sleep(timeout),
+            sending,
             grpc,
             timeout,
             elapsed: self.elapsed.clone(),
@@ -330,6 +340,8 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Sleep,
+        // The request body has not ended yet: the clock waits for it.
+        sending: Option<RequestSent>,
         grpc: bool,
         timeout: Duration,
         elapsed: Option<IntCounter>,
@@ -351,9 +363,18 @@ where
     type Output = Result<Response<PalisadeBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(res) = this.inner.poll(cx) {
             return Poll::Ready(res.map(|r| r.map(PalisadeBody::inner)));
+        }
+        if let Some(sending) = this.sending {
+            if sending.poll_sent(cx).is_pending() {
+                return Poll::Pending;
+            }
+            *this.sending = None;
+            this.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + *this.timeout);
         }
         if this.sleep.poll(cx).is_ready() {
             tracing::debug!(
@@ -389,6 +410,76 @@ mod tests {
             tokio::time::sleep(delay).await;
             Ok(Response::new(Full::new(Bytes::from("done"))))
         })
+    }
+
+    /// A body whose one frame comes after `delay`.
+    fn trickled(
+        delay: Duration,
+    ) -> http_body_util::StreamBody<
+        impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+    > {
+        http_body_util::StreamBody::new(futures_util::stream::once(async move {
+            tokio::time::sleep(delay).await;
+            Ok(http_body::Frame::data(Bytes::from("body")))
+        }))
+    }
+
+    /// An upstream that answers `answer_after` once it has read the whole
+    /// request body (an echo, an upload).
+    fn reads_then_answers<B>(
+        answer_after: Duration,
+    ) -> impl Service<
+        Request<B>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Debug,
+    {
+        tower::service_fn(move |req: Request<B>| async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            tokio::time::sleep(answer_after).await;
+            Ok(Response::new(Full::new(body)))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_starts_when_the_request_body_has_ended() {
+        let layer = TimeoutLayer::new(Duration::from_secs(2));
+        let start = tokio::time::Instant::now();
+        // The body takes 5 s to arrive, the upstream answers 1 s after it:
+        // within the limit, which counts from the end of the body.
+        let req = palisade_core::body::sent::track(Request::new(trickled(Duration::from_secs(5))));
+        let res = layer
+            .layer(reads_then_answers(Duration::from_secs(1)))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "body");
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        // An upstream that hangs once it has the body: 504, two seconds
+        // after the body ended.
+        let start = tokio::time::Instant::now();
+        let req = palisade_core::body::sent::track(Request::new(trickled(Duration::from_secs(5))));
+        let res = layer
+            .layer(reads_then_answers(Duration::from_secs(3600)))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+        // Untracked, the clock starts at the call, as before.
+        let start = tokio::time::Instant::now();
+        let res = layer
+            .layer(reads_then_answers(Duration::from_secs(1)))
+            .oneshot(Request::new(trickled(Duration::from_secs(5))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

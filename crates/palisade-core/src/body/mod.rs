@@ -20,6 +20,7 @@ pub mod collect;
 pub mod framing;
 pub mod idle;
 pub mod media;
+pub mod sent;
 pub mod tee;
 
 pub use collect::{Collected, collect_bounded};
