@@ -192,3 +192,57 @@ async fn websockets_pass_through() {
     }
     ws.close(None).await.unwrap();
 }
+
+/// Clients that trickle their request bodies keep the upstream (which
+/// answers once it has the whole body) waiting: that time is theirs, not
+/// the upstream's. With a 1-second response limit and a breaker that opens
+/// on one failure, five POSTs whose bodies take 3 s each are answered
+/// `200` with their bodies, and the breaker stays closed for everyone.
+/// (Before, each got `504` after 1 s and the circuit opened.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_are_not_upstream_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_with_config(
+        Some(
+            "[upstream]\nresponse_timeout = \"1s\"\n\
+             [circuit_breaker]\nfailure_threshold = 1\n\
+             [retry]\nenabled = false\n",
+        ),
+        &[],
+        &[],
+    );
+    let to = gw.url.trim_start_matches("http://").to_owned();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let to = to.clone();
+        clients.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&to).await.unwrap();
+            s.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                  Content-Length: 6\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            for part in [&b"sl"[..], b"ow", b"ly"] {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                s.write_all(part).await.unwrap();
+            }
+            let mut answer = Vec::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                s.read_to_end(&mut answer),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("client {i}: no answer within 20 s"))
+            .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    for (i, c) in clients.into_iter().enumerate() {
+        let answer = c.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "client {i}: {answer}");
+        assert!(answer.ends_with("slowly"), "client {i}: {answer}");
+    }
+    let health = get(&format!("{}/health", gw.url)).await;
+    assert_eq!(health.status, 200, "the breaker stayed closed");
+}

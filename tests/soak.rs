@@ -74,7 +74,10 @@ async fn slowloris(to: String, end: Instant, hostile: Arc<Hostile>) {
             continue;
         };
         hostile.connections.fetch_add(1, Relaxed);
-        if s.write_all(b"GET /users/7 HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+        if s.write_all(b"GET /users/7 HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_err()
+        {
             continue;
         }
         while Instant::now() < end {
@@ -170,8 +173,7 @@ async fn good_clients_are_served_and_memory_stays_bounded_under_a_hostile_mix() 
         let url = gw.url.clone();
         let answered = answered.clone();
         good.push(tokio::spawn(async move {
-            let client: Client<_, Full<Bytes>> =
-                Client::builder(TokioExecutor::new()).build_http();
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             let mut n = 0u64;
             while Instant::now() < end {
                 n += 1;

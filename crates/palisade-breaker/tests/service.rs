@@ -340,12 +340,20 @@ async fn a_call_dropped_before_its_request_body_ended_is_not_a_failure() {
         .oneshot(track(http::Request::new(never.boxed_unsync())));
     let dropped = tokio::time::timeout(Duration::from_secs(5), call).await;
     assert!(dropped.is_err(), "the call hangs");
-    assert_eq!(breaker.state(), State::Closed, "the client never sent its body");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "the client never sent its body"
+    );
     // A request whose body was sent (a GET), dropped after 5 s: a failure.
     let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
     let sent = track(http::Request::new(empty.boxed_unsync()));
     let call = svc.clone().oneshot(sent);
     let dropped = tokio::time::timeout(Duration::from_secs(5), call).await;
     assert!(dropped.is_err(), "the call hangs");
-    assert_eq!(breaker.state(), State::Open, "a hang after the request was sent");
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "a hang after the request was sent"
+    );
 }
