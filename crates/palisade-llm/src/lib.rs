@@ -54,6 +54,8 @@
 mod budget;
 mod config;
 mod metrics;
+mod pacing;
+pub mod quota;
 pub mod usage;
 
 pub use budget::{
@@ -62,3 +64,7 @@ pub use budget::{
 };
 pub use config::{LimitKey, TokenKeyKind, TokenKind, TokenLimitConfig};
 pub use metrics::TokenMetrics;
+pub use pacing::{
+    PacingError, PacingMetrics, ProviderPacing, ProviderPacingBuilder, ProviderPacingLayer,
+    ResponseFuture as PacingResponseFuture,
+};
