@@ -62,7 +62,7 @@ pub use budget::{
     FailPolicy, Mode, OnMissingUsage, ResponseFuture, TokenBody, TokenBudget, TokenBudgetBuilder,
     TokenBudgetError, TokenBudgetLayer,
 };
-pub use config::{LimitKey, TokenKeyKind, TokenKind, TokenLimitConfig};
+pub use config::{LimitKey, PacingConfig, TokenKeyKind, TokenKind, TokenLimitConfig};
 pub use metrics::TokenMetrics;
 pub use pacing::{
     PacingError, PacingMetrics, ProviderPacing, ProviderPacingBuilder, ProviderPacingLayer,
