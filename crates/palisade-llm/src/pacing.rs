@@ -425,6 +425,9 @@ impl<S> Layer<S> for ProviderPacingLayer {
 /// that is near enough and the queue has room. The state is written before
 /// the response that reported it is handed on, so the next request, on any
 /// replica, sees it. A store that cannot be read lets requests through.
+/// Answers palisade made itself (they carry an [`ErrorKind`] extension,
+/// e.g. a [`TokenBudget`](crate::TokenBudget)'s 429 inside this layer) are
+/// not read: they say nothing of the provider.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -529,6 +532,11 @@ where
                 shared.count(Outcome::Waited);
             }
             let res = inner.call(req).await?;
+            // An answer by palisade itself (a token budget's 429 inside
+            // this layer, a bulkhead's 503) is not the provider's word.
+            if res.extensions().get::<ErrorKind>().is_some() {
+                return Ok(res.map(PalisadeBody::inner));
+            }
             let quota = ProviderQuota::from_headers(res.status(), res.headers(), SystemTime::now());
             shared.observe(&quota);
             if let Some(spent) = quota.spent() {

@@ -317,6 +317,38 @@ async fn by_setting_b_waits_for_the_reset_in_a_bounded_queue() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// A 429 palisade answered itself (a token budget inside the pacing layer)
+/// is not taken for the provider's.
+#[tokio::test(start_paused = true)]
+async fn palisades_own_429s_are_not_the_providers() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            ProviderPacingLayer::builder(Store::in_memory())
+                .build()
+                .unwrap(),
+        )
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let res = palisade_core::Error::new(palisade_core::ErrorKind::RateLimited, "budget")
+                .with_retry_after(Duration::from_secs(3600))
+                .into_http_response::<Full<Bytes>>(false);
+            async move { Ok::<_, Infallible>(res) }
+        });
+    for _ in 0..2 {
+        assert_eq!(
+            svc.clone().oneshot(ask("sk-1", "")).await.unwrap().status(),
+            429
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the second call went through"
+    );
+}
+
 /// A replica on loopback: the pacing layer in front of a forwarder to the
 /// provider at `provider`.
 struct Replica {
