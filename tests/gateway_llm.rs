@@ -330,6 +330,10 @@ async fn a_bad_token_limit_stops_the_gateway_naming_the_key() {
             "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 10\nquta = 5\n",
             "quta",
         ),
+        (
+            "[llm.pacing]\nmax_wait = \"5s\"\nmax_waiting = 0\n",
+            "llm.pacing.max_waiting",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
