@@ -121,7 +121,7 @@ fn ratelimit_headers(limits: Limits, used: Used, reset: Duration) -> Vec<(&'stat
 
 /// Admits a call of at most `estimate` tokens on `key`'s budget (a request
 /// is counted), or answers OpenAI's 429.
-fn admit(key: &str, estimate: u64) -> Result<(), Response> {
+fn admit(key: &str, estimate: u64) -> Result<(), Box<Response>> {
     let limits = limits();
     let now = Instant::now();
     let mut all = budgets().lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +173,7 @@ fn admit(key: &str, estimate: u64) -> Result<(), Response> {
             res.headers_mut().insert(name, v);
         }
     }
-    Err(res)
+    Err(Box::new(res))
 }
 
 /// Charges `tokens` to `key`'s budget; the headers to answer with.
@@ -252,7 +252,7 @@ pub async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
         .unwrap_or("")
         .to_owned();
     if let Err(refused) = admit(&api_key, prompt_tokens + cap.unwrap_or(all.len() as u64)) {
-        return refused;
+        return *refused;
     }
     let take = cap.map_or(all.len(), |c| all.len().min(c as usize));
     let words = &all[..take];
