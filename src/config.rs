@@ -5,7 +5,8 @@
 //! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
 //! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
 //! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, `[[token_limits]]`
-//! (token budgets for LLM upstreams, none unless configured), each the layer
+//! (token budgets for LLM upstreams, none unless configured), `[llm]`
+//! (provider pacing), each the layer
 //! crate's own `Config` (the defaults are the ones users know; adaptive
 //! concurrency and faults are off unless `enabled = true`; micro-batching
 //! needs code — how to combine and split — and takes its sizes from
@@ -16,6 +17,7 @@
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
 //! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096) |
+//! | `[llm.pacing]` | `enabled` (unset: on when `[[token_limits]]` are configured), `upstream` (`upstream`), `path_prefix` (every path), `max_wait` (0: refuse at once), `max_waiting` (64) |
 //! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `key_header`, `[[fault.rules]]` with `path_prefix`, `key` (a `key_header` value), `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
 //! # Environment
@@ -377,6 +379,28 @@ pub struct PalisadeConfig {
     /// `kind = "tokens"`; none by default).
     #[cfg(feature = "llm")]
     pub token_limits: Vec<palisade_llm::TokenLimitConfig>,
+    /// LLM settings beyond the token limits (`[llm]`).
+    #[cfg(feature = "llm")]
+    pub llm: LlmSection,
+}
+
+/// `[llm]`: settings for LLM upstreams beyond the token limits.
+///
+/// ```
+/// use palisade::config::PalisadeConfig;
+///
+/// let cfg: PalisadeConfig = toml::from_str("[llm.pacing]\nenabled = true\nmax_wait = \"3s\"").unwrap();
+/// assert!(cfg.llm.pacing.is_enabled(false));
+/// ```
+#[cfg(feature = "llm")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LlmSection {
+    /// Provider pacing (`[llm.pacing]`): the provider's own quota headers,
+    /// shared between replicas; on when token limits are configured unless
+    /// `enabled` says otherwise.
+    pub pacing: palisade_llm::PacingConfig,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -607,6 +631,13 @@ impl PalisadeConfig {
                     other => (format!("token_limits[{i}]"), other.to_string()),
                 });
             }
+        }
+        #[cfg(feature = "llm")]
+        if let Err(e) = self.llm.pacing.validate() {
+            return Err(match e.field() {
+                Some(field) => (format!("llm.pacing.{field}"), e.to_string()),
+                None => ("llm.pacing".into(), e.to_string()),
+            });
         }
         Ok(())
     }
@@ -912,6 +943,35 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
         }
+    }
+
+    #[cfg(feature = "llm")]
+    #[test]
+    fn llm_pacing_is_checked_naming_the_key() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(cfg.llm.pacing.enabled, None, "on with token limits");
+        let file = "[llm.pacing]\nenabled = false\nupstream = \"openai\"\nmax_wait = \"2s\"\n";
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert!(!cfg.llm.pacing.is_enabled(true));
+        assert_eq!(cfg.llm.pacing.max_wait, Duration::from_secs(2));
+        for (file, key) in [
+            ("[llm.pacing]\nupstream = \"\"\n", "llm.pacing.upstream"),
+            (
+                "[llm.pacing]\npath_prefix = \"v1\"\n",
+                "llm.pacing.path_prefix",
+            ),
+            (
+                "[llm.pacing]\nmax_wait = \"1s\"\nmax_waiting = 0\n",
+                "llm.pacing.max_waiting",
+            ),
+            ("[llm.pacing]\nmax_wait = \"2h\"\n", "llm.pacing.max_wait"),
+        ] {
+            let err = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+        }
+        let err = PalisadeConfig::from_sources(Some("[llm.pacing]\nmax_wiat = \"1s\"\n"), env(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_wiat"), "{err}");
     }
 
     #[cfg(feature = "llm")]

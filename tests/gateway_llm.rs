@@ -330,6 +330,10 @@ async fn a_bad_token_limit_stops_the_gateway_naming_the_key() {
             "[[token_limits]]\nkind = \"tokens\"\nkey = \"global\"\nquota = 10\nquta = 5\n",
             "quta",
         ),
+        (
+            "[llm.pacing]\nmax_wait = \"5s\"\nmax_waiting = 0\n",
+            "llm.pacing.max_waiting",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
@@ -351,4 +355,102 @@ async fn a_bad_token_limit_stops_the_gateway_naming_the_key() {
         assert!(!out.status.success(), "started with {config:?}");
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
+}
+
+/// A metric's value on `gw`: the line starting with `series` (name and
+/// labels, as the exposition writes them).
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = get(&format!("{}/metrics", gw.admin)).await.text();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Provider pacing: the demo model's own budget is 40 tokens a minute per
+/// API key (every SDK call here uses the same key). The first call uses
+/// 20; the second may use 28, more than is left, and the model answers
+/// 429 with `Retry-After`; the next call — another user, same API key — is
+/// answered 429 by palisade with the provider's wait, and never reaches
+/// the model.
+#[tokio::test]
+async fn after_the_providers_429_the_next_call_is_refused_without_reaching_it() {
+    let Some(python) = python() else { return };
+    let gw = Gateway::start_with_config(Some(CONFIG), &[], &[("PALISADE_DEMO_LLM_TOKENS", "40")]);
+    let hits = gw.upstream_hits().await;
+    let out = sdk(
+        &python,
+        &[
+            call(&gw, "alice", false, 20, EIGHT_WORDS),
+            call(&gw, "alice", false, 20, EIGHT_WORDS),
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(out[0]["ok"], true, "{out:?}");
+    assert_eq!(
+        metric(
+            &gw,
+            r#"palisade_llm_provider_remaining{kind="tokens",upstream="upstream"}"#
+        )
+        .await,
+        20.0
+    );
+    // The provider's own 429 (OpenAI's error object), passed on.
+    let provider = &out[1];
+    assert_eq!(provider["status"], 429, "{provider}");
+    assert_eq!(provider["error"], "RateLimitError");
+    assert_eq!(provider["content_type"], "application/json", "{provider}");
+    assert_eq!(
+        provider["body"]["code"], "rate_limit_exceeded",
+        "{provider}"
+    );
+    let n: u64 = provider["retry_after"]
+        .as_str()
+        .expect("the provider's Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&n), "{provider}");
+    assert_eq!(gw.upstream_hits().await - hits, 2);
+
+    let out = sdk(&python, &[call(&gw, "bob", true, 5, EIGHT_WORDS)], 1).await;
+    let paced = &out[0];
+    assert_eq!(paced["status"], 429, "{paced}");
+    assert_eq!(paced["error"], "RateLimitError");
+    assert_eq!(paced["chunks"], 0, "refused before any stream: {paced}");
+    assert_eq!(paced["content_type"], "application/problem+json", "{paced}");
+    assert_eq!(
+        paced["body"]["type"], "https://palisade.invalid/problems/provider-quota",
+        "{paced}"
+    );
+    assert!(
+        paced["body"].to_string().contains("retry-after"),
+        "names the provider's limit: {paced}"
+    );
+    let m: u64 = paced["retry_after"].as_str().unwrap().parse().unwrap();
+    assert!(
+        m >= 1 && m <= n,
+        "palisade's wait {m} within the provider's {n}"
+    );
+    // The model was not called again.
+    assert_eq!(gw.upstream_hits().await - hits, 2);
+    assert_eq!(
+        metric(
+            &gw,
+            r#"palisade_llm_provider_pacing_total{outcome="refused",upstream="upstream"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            r#"palisade_llm_provider_pacing_total{outcome="spent",upstream="upstream"}"#
+        )
+        .await,
+        1.0
+    );
 }

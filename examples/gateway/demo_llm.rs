@@ -9,17 +9,34 @@
 //! per word it sends (one word per streamed chunk). The answer is
 //! [`ANSWER`], cut at the request's `max_completion_tokens` / `max_tokens`
 //! (then `finish_reason` is `length`).
+//!
+//! Like OpenAI, it keeps a budget per API key (the `Authorization` header)
+//! and says on every answer what is left of it: `x-ratelimit-limit-*`,
+//! `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` (Go-style durations)
+//! for `requests` and `tokens`. The budget is a fixed window:
+//! `PALISADE_DEMO_LLM_TOKENS` tokens (default 1 000 000) and
+//! `PALISADE_DEMO_LLM_REQUESTS` requests (default 10 000) per
+//! `PALISADE_DEMO_LLM_WINDOW` seconds (default 60), starting at the key's
+//! first call. A call that may use more tokens than are left (its prompt
+//! plus its output cap, twelve without one) or comes when no request is
+//! left is answered 429 with `Retry-After` (whole seconds to the window's
+//! end) and OpenAI's `rate_limit_exceeded` error, and charged nothing; an
+//! answered call is charged its usage.
 
 use axum::{
     body::{Body, Bytes},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// What the demo model always answers (twelve words).
@@ -27,6 +44,152 @@ pub const ANSWER: &str =
     "Palisade reserved tokens for this answer before the model saw the prompt.";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The demo budget's size, from the environment (read once).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    tokens: u64,
+    requests: u64,
+    window: Duration,
+}
+
+fn limits() -> Limits {
+    static LIMITS: OnceLock<Limits> = OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Limits {
+            tokens: var("PALISADE_DEMO_LLM_TOKENS", 1_000_000),
+            requests: var("PALISADE_DEMO_LLM_REQUESTS", 10_000),
+            window: Duration::from_secs(var("PALISADE_DEMO_LLM_WINDOW", 60).max(1)),
+        }
+    })
+}
+
+/// One API key's window: when it started, what was used.
+#[derive(Clone, Copy, Debug)]
+struct Used {
+    since: Instant,
+    tokens: u64,
+    requests: u64,
+}
+
+fn budgets() -> &'static Mutex<HashMap<String, Used>> {
+    static BUDGETS: OnceLock<Mutex<HashMap<String, Used>>> = OnceLock::new();
+    BUDGETS.get_or_init(Default::default)
+}
+
+/// `d` as a Go duration, as OpenAI writes its resets: `59.5s`, `1m0s`,
+/// `20ms`.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (m, s, frac) = (ms / 60_000, ms % 60_000 / 1000, ms % 1000);
+    let secs = if frac == 0 {
+        format!("{s}s")
+    } else {
+        format!("{s}.{}s", format!("{frac:03}").trim_end_matches('0'))
+    };
+    if m == 0 { secs } else { format!("{m}m{secs}") }
+}
+
+/// OpenAI's rate-limit headers for `used` of `limits`, `reset` before the
+/// window ends.
+fn ratelimit_headers(limits: Limits, used: Used, reset: Duration) -> Vec<(&'static str, String)> {
+    let reset = go_duration(reset);
+    vec![
+        ("x-ratelimit-limit-requests", limits.requests.to_string()),
+        ("x-ratelimit-limit-tokens", limits.tokens.to_string()),
+        (
+            "x-ratelimit-remaining-requests",
+            limits.requests.saturating_sub(used.requests).to_string(),
+        ),
+        (
+            "x-ratelimit-remaining-tokens",
+            limits.tokens.saturating_sub(used.tokens).to_string(),
+        ),
+        ("x-ratelimit-reset-requests", reset.clone()),
+        ("x-ratelimit-reset-tokens", reset),
+    ]
+}
+
+/// Admits a call of at most `estimate` tokens on `key`'s budget (a request
+/// is counted), or answers OpenAI's 429.
+fn admit(key: &str, estimate: u64) -> Result<(), Box<Response>> {
+    let limits = limits();
+    let now = Instant::now();
+    let mut all = budgets().lock().unwrap_or_else(|p| p.into_inner());
+    let used = all.entry(key.to_owned()).or_insert(Used {
+        since: now,
+        tokens: 0,
+        requests: 0,
+    });
+    if now.duration_since(used.since) >= limits.window {
+        *used = Used {
+            since: now,
+            tokens: 0,
+            requests: 0,
+        };
+    }
+    let reset = limits.window - now.duration_since(used.since);
+    let (kind, spent) = if used.requests >= limits.requests {
+        ("requests", true)
+    } else {
+        ("tokens", used.tokens + estimate > limits.tokens)
+    };
+    if !spent {
+        used.requests += 1;
+        return Ok(());
+    }
+    let message = format!(
+        "Rate limit reached for palisade-demo on {kind} per window: Limit {}, Used {}, Requested {estimate}. Please try again in {}.",
+        if kind == "tokens" {
+            limits.tokens
+        } else {
+            limits.requests
+        },
+        if kind == "tokens" {
+            used.tokens
+        } else {
+            used.requests
+        },
+        go_duration(reset),
+    );
+    let body = json!({
+        "error": { "message": message, "type": kind, "param": null, "code": "rate_limit_exceeded" }
+    });
+    let mut res = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let retry = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry));
+    for (name, value) in ratelimit_headers(limits, *used, reset) {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
+    }
+    Err(Box::new(res))
+}
+
+/// Charges `tokens` to `key`'s budget; the headers to answer with.
+fn charge(key: &str, tokens: u64) -> Vec<(&'static str, String)> {
+    let limits = limits();
+    let mut all = budgets().lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let used = all.entry(key.to_owned()).or_insert(Used {
+        since: now,
+        tokens: 0,
+        requests: 1,
+    });
+    used.tokens += tokens;
+    let reset = limits.window.saturating_sub(now.duration_since(used.since));
+    ratelimit_headers(limits, *used, reset)
+}
 
 /// An OpenAI error object (`invalid_request_error`) with `status`.
 fn invalid(status: StatusCode, message: &str) -> Response {
@@ -56,7 +219,7 @@ fn content_words(content: &Value) -> u64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(body: Bytes) -> Response {
+pub async fn chat_completions(headers: HeaderMap, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return invalid(
             StatusCode::BAD_REQUEST,
@@ -83,10 +246,19 @@ pub async fn chat_completions(body: Bytes) -> Response {
         .iter()
         .find_map(|k| req.get(*k).and_then(Value::as_u64));
     let all: Vec<&str> = ANSWER.split(' ').collect();
+    let api_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if let Err(refused) = admit(&api_key, prompt_tokens + cap.unwrap_or(all.len() as u64)) {
+        return *refused;
+    }
     let take = cap.map_or(all.len(), |c| all.len().min(c as usize));
     let words = &all[..take];
     let finish = if take < all.len() { "length" } else { "stop" };
     let completion_tokens = words.len() as u64;
+    let quota = charge(&api_key, prompt_tokens + completion_tokens);
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -128,7 +300,9 @@ pub async fn chat_completions(body: Bytes) -> Response {
             "service_tier": "default",
             "system_fingerprint": "fp_palisade_demo",
         });
-        return axum::Json(body).into_response();
+        let mut res = axum::Json(body).into_response();
+        add_headers(&mut res, quota);
+        return res;
     }
 
     let include_usage = req
@@ -178,14 +352,24 @@ pub async fn chat_completions(body: Bytes) -> Response {
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
-    (
+    let mut res = (
         [
             (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response();
+    add_headers(&mut res, quota);
+    res
+}
+
+fn add_headers(res: &mut Response, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +379,21 @@ mod tests {
     #[test]
     fn the_answer_has_twelve_words() {
         assert_eq!(ANSWER.split(' ').count(), 12);
+    }
+
+    #[test]
+    fn resets_are_go_durations() {
+        assert_eq!(go_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(go_duration(Duration::from_millis(59_500)), "59.5s");
+        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
+        assert_eq!(go_duration(Duration::from_millis(61_250)), "1m1.25s");
+        for ms in [0u64, 1, 999, 1000, 59_999, 60_000, 3_599_999] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(
+                palisade::llm::quota::parse_go_duration(&go_duration(d)),
+                Some(d)
+            );
+        }
     }
 
     #[test]

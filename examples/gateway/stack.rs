@@ -16,7 +16,7 @@ use palisade::core::key::ExtensionKey;
 use palisade::core::{PalisadeBody, key::ConstKey};
 use palisade::dlq::{DeadLetterLayer, DeadLetterQueue};
 use palisade::fault::FaultMetrics;
-use palisade::llm::{LimitKey, TokenBudgetLayer, TokenMetrics};
+use palisade::llm::{LimitKey, PacingMetrics, ProviderPacingLayer, TokenBudgetLayer, TokenMetrics};
 use palisade::pii::{PiiMaskLayer, PiiMetrics};
 use palisade::ratelimit::{RateLimitLayer, RateLimitMetrics, RateLimiter};
 use palisade::retry::bulkhead::BulkheadLayer;
@@ -148,6 +148,9 @@ pub fn full(
 
     // Token budgets for LLM upstreams (`[[token_limits]]`; none: no layer).
     let token_limits = token_limits(cfg, store, registry)?;
+    // The provider's own quota headers, shared on the store (`[llm.pacing]`;
+    // on with token limits unless `enabled` says otherwise).
+    let pacing = pacing(cfg, store, registry)?;
 
     let service = StackBuilder::new()
         .layer(tower::util::MapResponseLayer::new(to_axum))
@@ -156,6 +159,10 @@ pub fn full(
         .cache(cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))
+        // A provider that said its budget is spent (a 429 with Retry-After,
+        // or nothing remaining until a reset) is not called again before
+        // then, from any replica: answered 429 here, before any reservation.
+        .layer(pacing)
         // Reserve tokens before the upstream (429 before any byte goes out,
         // never mid-stream) and settle the usage the response reports;
         // outside the retry, so a retried call is reserved once.
@@ -206,6 +213,27 @@ fn token_limits(
         })
         .collect::<Result<_, _>>()?;
     Ok(TokenLimits(layers))
+}
+
+/// Provider pacing (`[llm.pacing]`), or a pass-through when it is off.
+fn pacing<B>(
+    cfg: &PalisadeConfig,
+    store: &Store,
+    registry: &Registry,
+) -> Result<Either<ProviderPacingLayer, AsPalisade<B>>, Box<dyn std::error::Error>> {
+    let section = &cfg.llm.pacing;
+    if !section.is_enabled(!cfg.token_limits.is_empty()) {
+        return Ok(Either::Right(MapResponseLayer::new(|res: Response<B>| {
+            res.map(PalisadeBody::inner)
+        })));
+    }
+    let layer = section
+        .layer(store.clone(), Some(&PacingMetrics::register(registry)?))
+        .map_err(|e| match e.field() {
+            Some(field) => format!("llm.pacing.{field}: {e}"),
+            None => format!("llm.pacing: {e}"),
+        })?;
+    Ok(Either::Left(layer))
 }
 
 /// Any number of token budgets as one layer (each boxed: how many is

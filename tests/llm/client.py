@@ -11,7 +11,8 @@ call, in the order given:
    "finish_reason": "stop"}
 or, when the SDK raises an API error,
   {"ok": false, "error": "RateLimitError", "status": 429, "chunks": n,
-   "retry_after": "...", "ratelimit": "...", "ratelimit_policy": "..."}
+   "retry_after": "...", "ratelimit": "...", "ratelimit_policy": "...",
+   "content_type": "...", "body": {...} | null}
 where `chunks` counts the stream chunks received before the error (0: the
 error came before the stream started).
 """
@@ -98,6 +99,8 @@ def run(call):
             "retry_after": h.get("retry-after"),
             "ratelimit": h.get("ratelimit"),
             "ratelimit_policy": h.get("ratelimit-policy"),
+            "content_type": h.get("content-type"),
+            "body": e.body if isinstance(e.body, (dict, list)) else None,
         }
 
 

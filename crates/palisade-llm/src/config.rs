@@ -284,3 +284,109 @@ impl TokenLimitConfig {
         b.build()
     }
 }
+
+/// Provider pacing as configuration: the gateway's `[llm.pacing]` (see
+/// [`ProviderPacing`](crate::ProviderPacing)).
+///
+/// `enabled` is unset by default, which means **on when any token limit is
+/// configured** (LLM traffic is then expected) and off otherwise; `true` /
+/// `false` decide outright.
+///
+/// ```
+/// use palisade_llm::PacingConfig;
+/// use std::time::Duration;
+///
+/// let cfg: PacingConfig = toml::from_str(r#"
+///     enabled = true
+///     upstream = "openai"
+///     path_prefix = "/v1/"
+///     max_wait = "5s"
+///     max_waiting = 16
+/// "#).unwrap();
+/// assert!(cfg.is_enabled(false));
+/// let layer = cfg.layer(palisade_store::Store::in_memory(), None).unwrap();
+/// assert_eq!(layer.upstream(), "openai");
+///
+/// let auto = PacingConfig::default();
+/// assert!(auto.is_enabled(true) && !auto.is_enabled(false));
+/// assert_eq!(auto.max_wait, Duration::ZERO, "refuse at once by default");
+///
+/// let bad: PacingConfig = toml::from_str("max_wait = \"2s\"\nmax_waiting = 0").unwrap();
+/// assert_eq!(bad.validate().unwrap_err().field(), Some("max_waiting"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacingConfig {
+    /// On, off, or unset: on when token limits are configured.
+    pub enabled: Option<bool>,
+    /// The upstream's name in the shared state's key and the metrics
+    /// (default `upstream`).
+    pub upstream: String,
+    /// Pace only requests whose path starts with this (default every
+    /// request).
+    pub path_prefix: Option<String>,
+    /// Longest a request waits for the provider's reset instead of being
+    /// refused (default 0: refuse at once).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Most requests waiting at once (default 64; used when `max_wait` is
+    /// set).
+    pub max_waiting: usize,
+}
+
+impl Default for PacingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            upstream: "upstream".into(),
+            path_prefix: None,
+            max_wait: Duration::ZERO,
+            max_waiting: 64,
+        }
+    }
+}
+
+impl PacingConfig {
+    /// Whether pacing is on, given whether token limits are configured.
+    pub fn is_enabled(&self, token_limits: bool) -> bool {
+        self.enabled.unwrap_or(token_limits)
+    }
+
+    fn builder(
+        &self,
+        store: Store,
+        metrics: Option<&crate::PacingMetrics>,
+    ) -> crate::ProviderPacingBuilder {
+        let mut b = crate::ProviderPacingLayer::builder(store)
+            .upstream(self.upstream.clone())
+            .wait(self.max_wait, self.max_waiting);
+        if let Some(p) = &self.path_prefix {
+            b = b.path_prefix(p.clone());
+        }
+        if let Some(m) = metrics {
+            b = b.metrics(m);
+        }
+        b
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`PacingError::InvalidField`](crate::PacingError::InvalidField)
+    /// naming the key.
+    pub fn validate(&self) -> Result<(), crate::PacingError> {
+        self.builder(Store::in_memory(), None).build().map(drop)
+    }
+
+    /// The layer, keeping the provider's state on `store`.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub fn layer(
+        &self,
+        store: Store,
+        metrics: Option<&crate::PacingMetrics>,
+    ) -> Result<crate::ProviderPacingLayer, crate::PacingError> {
+        self.builder(store, metrics).build()
+    }
+}

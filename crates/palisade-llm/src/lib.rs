@@ -54,11 +54,17 @@
 mod budget;
 mod config;
 mod metrics;
+mod pacing;
+pub mod quota;
 pub mod usage;
 
 pub use budget::{
     FailPolicy, Mode, OnMissingUsage, ResponseFuture, TokenBody, TokenBudget, TokenBudgetBuilder,
     TokenBudgetError, TokenBudgetLayer,
 };
-pub use config::{LimitKey, TokenKeyKind, TokenKind, TokenLimitConfig};
+pub use config::{LimitKey, PacingConfig, TokenKeyKind, TokenKind, TokenLimitConfig};
 pub use metrics::TokenMetrics;
+pub use pacing::{
+    PacingError, PacingMetrics, ProviderPacing, ProviderPacingBuilder, ProviderPacingLayer,
+    ResponseFuture as PacingResponseFuture,
+};
