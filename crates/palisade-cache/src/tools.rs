@@ -234,9 +234,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(lookup) = lookup(&req) else {
             let fut = inner.call(req);
-            return Box::pin(
-                async move { Ok(fut.await?.map(|body| ToolCacheBody::Pass { body })) },
-            );
+            return Box::pin(async move { Ok(fut.await?.map(|body| ToolCacheBody::pass(body))) });
         };
         let layer = self.layer.clone();
         Box::pin(async move {
@@ -268,7 +266,7 @@ where
                 .then(|| ReplyScan::for_response(res.headers(), layer.max_body))
                 .flatten();
             let Some(scan) = scan else {
-                return Ok(res.map(|body| ToolCacheBody::Pass { body }));
+                return Ok(res.map(|body| ToolCacheBody::pass(body)));
             };
             let events = res
                 .headers()
@@ -305,7 +303,7 @@ where
                     }
                 }),
             );
-            Ok(Response::from_parts(parts, ToolCacheBody::Tapped { body }))
+            Ok(Response::from_parts(parts, ToolCacheBody::tapped(body)))
         })
     }
 }
@@ -321,7 +319,7 @@ fn hit<B>(entry: &ToolEntry, message: Bytes, x_cache: bool) -> Response<ToolCach
     } else {
         ("application/json", message)
     };
-    let mut res = Response::new(ToolCacheBody::Hit { data: Some(data) });
+    let mut res = Response::new(ToolCacheBody::hit(data));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if x_cache {
@@ -334,34 +332,52 @@ fn hit<B>(entry: &ToolEntry, message: Bytes, x_cache: bool) -> Response<ToolCach
 pin_project! {
     /// The response body of a [`ToolCache`]: a stored reply, or the
     /// upstream's body (read on its way for the reply to store).
-    #[project = ToolCacheBodyProj]
-    pub enum ToolCacheBody<B> {
-        /// Served from the cache.
-        Hit {
-            /// The reply, until it is read.
-            data: Option<Bytes>,
-        },
-        /// The upstream's answer, watched for a result to store.
-        Tapped {
-            /// The tapped body.
-            #[pin]
-            body: ReplyTap<B>,
-        },
-        /// The upstream's answer, untouched.
-        Pass {
-            /// The upstream's body.
-            #[pin]
-            body: B,
-        },
+    pub struct ToolCacheBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Hit { data: Option<Bytes> },
+        Tapped { #[pin] body: ReplyTap<B> },
+        Pass { #[pin] body: B },
+    }
+}
+
+impl<B> ToolCacheBody<B> {
+    fn hit(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Hit { data: Some(data) },
+        }
+    }
+
+    fn tapped(body: ReplyTap<B>) -> Self {
+        Self {
+            kind: Kind::Tapped { body },
+        }
+    }
+
+    fn pass(body: B) -> Self {
+        Self {
+            kind: Kind::Pass { body },
+        }
+    }
+
+    /// Whether this answer came from the cache.
+    pub fn is_hit(&self) -> bool {
+        matches!(self.kind, Kind::Hit { .. })
     }
 }
 
 impl<B> fmt::Debug for ToolCacheBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Hit { .. } => "ToolCacheBody::Hit",
-            Self::Tapped { .. } => "ToolCacheBody::Tapped",
-            Self::Pass { .. } => "ToolCacheBody::Pass",
+        f.write_str(match self.kind {
+            Kind::Hit { .. } => "ToolCacheBody::Hit",
+            Kind::Tapped { .. } => "ToolCacheBody::Tapped",
+            Kind::Pass { .. } => "ToolCacheBody::Pass",
         })
     }
 }
@@ -374,26 +390,26 @@ impl<B: Body<Data = Bytes>> Body for ToolCacheBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project() {
-            ToolCacheBodyProj::Hit { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ToolCacheBodyProj::Tapped { body } => body.poll_frame(cx),
-            ToolCacheBodyProj::Pass { body } => body.poll_frame(cx),
+        match self.project().kind.project() {
+            KindProj::Hit { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Tapped { body } => body.poll_frame(cx),
+            KindProj::Pass { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hit { data } => data.is_none(),
-            Self::Tapped { body } => body.is_end_stream(),
-            Self::Pass { body } => body.is_end_stream(),
+        match &self.kind {
+            Kind::Hit { data } => data.is_none(),
+            Kind::Tapped { body } => body.is_end_stream(),
+            Kind::Pass { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Hit { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Tapped { body } => body.size_hint(),
-            Self::Pass { body } => body.size_hint(),
+        match &self.kind {
+            Kind::Hit { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Tapped { body } => body.size_hint(),
+            Kind::Pass { body } => body.size_hint(),
         }
     }
 }
