@@ -95,6 +95,15 @@ impl ToolCatalog {
     /// (`None`: not a list, or learning is off). A store that fails is
     /// logged: this replica still knows.
     pub async fn learn_list(&self, message: &[u8]) -> Option<usize> {
+        let tools = self.learn_here(message)?;
+        self.share(&tools).await;
+        Some(tools.len())
+    }
+
+    /// The part of [`learn_list`](Self::learn_list) that needs no store:
+    /// this replica knows the tools at once (before the list reaches the
+    /// client); [`share`](Self::share) them next.
+    pub fn learn_here(&self, message: &[u8]) -> Option<Vec<(String, ToolAnnotations)>> {
         if !self.inner.learn {
             return None;
         }
@@ -109,7 +118,12 @@ impl ToolCatalog {
                 learned.insert(name.clone(), *annotations);
             }
         }
-        for (name, annotations) in &tools {
+        Some(tools)
+    }
+
+    /// Shares learned tools with the other replicas, through the store.
+    pub async fn share(&self, tools: &[(String, ToolAnnotations)]) {
+        for (name, annotations) in tools {
             let value = match serde_json::to_vec(annotations) {
                 Ok(v) => Bytes::from(v),
                 Err(_) => continue,
@@ -123,7 +137,6 @@ impl ToolCatalog {
                 tracing::warn!(tool = %name, %err, "could not share a tool's annotations");
             }
         }
-        Some(tools.len())
     }
 
     /// What is known of `tool`: learned here or by another replica (from

@@ -79,6 +79,10 @@ pub fn full(
     if let Some(store) = &shared {
         cache = cache.store(store.clone());
     }
+    // MCP: results of read-only tools, cached (the HTTP cache never stores
+    // a POST); with `[mcp]` off no call is marked cacheable and it passes
+    // every request on as it is.
+    let tool_cache = cache.build_tools().map_err(|e| format!("cache: {e}"))?;
     let cache: CacheLayer = cache.build().map_err(|e| format!("cache: {e}"))?;
     let cache_handle = cache.handle();
 
@@ -154,6 +158,7 @@ pub fn full(
         .rate_limit(rate_limit)
         .shape_response(shape)
         .cache(cache)
+        .layer(tool_cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))
         // Reserve tokens before the upstream (429 before any byte goes out,

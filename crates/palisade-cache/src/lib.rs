@@ -116,7 +116,7 @@ pub use error::CacheError;
 pub use http::{Cache, CacheLayer, NoKey, ResponseFuture, X_CACHE};
 pub use metrics::CacheMetrics;
 pub use service::{CacheService, CacheServiceLayer, SvcFuture};
-pub use tools::{ToolCache, ToolCacheBody, ToolCacheLayer};
+pub use tools::{ToolCache, ToolCacheBody, ToolCacheFuture, ToolCacheLayer};
 
 use std::{fmt, sync::Arc};
 

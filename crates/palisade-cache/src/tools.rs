@@ -223,7 +223,7 @@ where
 {
     type Response = Response<ToolCacheBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ToolCacheFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -233,11 +233,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(lookup) = lookup(&req) else {
-            let fut = inner.call(req);
-            return Box::pin(async move { Ok(fut.await?.map(|body| ToolCacheBody::pass(body))) });
+            return ToolCacheFuture {
+                kind: FutKind::Pass {
+                    fut: inner.call(req),
+                },
+            };
         };
         let layer = self.layer.clone();
-        Box::pin(async move {
+        let fut = Box::pin(async move {
             let core = &layer.core;
             let now = now_ms();
             let found = match core.l1_get(&lookup.key) {
@@ -304,7 +307,50 @@ where
                 }),
             );
             Ok(Response::from_parts(parts, ToolCacheBody::tapped(body)))
-        })
+        });
+        ToolCacheFuture {
+            kind: FutKind::Cached { fut },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of a [`ToolCache`]: the inner future as it is
+    /// for a call that is not cacheable (no allocation), a boxed lookup
+    /// for one that is.
+    pub struct ToolCacheFuture<F, B, E> {
+        #[pin]
+        kind: FutKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutKindProj]
+    enum FutKind<F, B, E> {
+        Pass { #[pin] fut: F },
+        Cached { fut: BoxFuture<Result<Response<ToolCacheBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ToolCacheFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ToolCacheFuture")
+    }
+}
+
+impl<F, B, E> Future for ToolCacheFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ToolCacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutKindProj::Pass { fut } => fut
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(ToolCacheBody::pass))),
+            FutKindProj::Cached { fut } => fut.as_mut().poll(cx),
+        }
     }
 }
 
