@@ -4,8 +4,13 @@
 //! gateway (initialize, session id, list, call), a per-tool limit refuses
 //! one tool's fourth call while another tool answers, a tool that answers
 //! `isError` opens its own breaker only, and the open breaker answers the
-//! call with a JSON-RPC error the SDK reads. Run against the server's event
-//! stream replies and its JSON replies.
+//! call with a JSON-RPC error the SDK reads. With the annotations the
+//! gateway learns from `tools/list` (and `[mcp.tools.NAME]` overrides): a
+//! read-only tool's result is served from the cache on the second identical
+//! call while a destructive tool's call and a tool error always reach the
+//! server, and a read-only tool's call is retried after a 503 while a
+//! destructive one's is not. Run against the server's event stream replies
+//! and its JSON replies.
 //!
 //! Needs Python with `mcp`: `.ci/run` makes `target/pyvenv`; elsewhere set
 //! `PALISADE_PYTHON` or the test skips (under CI it fails).
@@ -125,7 +130,17 @@ async fn per_tool_limits_and_breakers(json: bool) {
     assert_eq!(out.len(), 10, "{mode}: one line a step: {out:#?}");
     assert_eq!(
         out[0]["tools"],
-        serde_json::json!(["broken", "echo", "search"])
+        serde_json::json!([
+            "broken",
+            "echo",
+            "failing_read",
+            "flaky_lookup",
+            "flaky_remove",
+            "lookup",
+            "plain",
+            "remove",
+            "search"
+        ])
     );
     for (i, text) in [(1, "one"), (2, "two"), (3, "three")] {
         assert_eq!(out[i]["is_error"], false, "{mode}: {:?}", out[i]);
@@ -186,4 +201,100 @@ async fn mcp_sdk_through_the_gateway_with_event_stream_replies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_sdk_through_the_gateway_with_json_replies() {
     per_tool_limits_and_breakers(true).await;
+}
+
+const TOOLS_CONFIG: &str = r#"
+[mcp]
+enabled = true
+
+# No annotations on the server: read-only by configuration.
+[mcp.tools.plain]
+read_only = true
+
+[retry]
+initial_delay = "10ms"
+max_delay = "50ms"
+
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 100000
+"#;
+
+async fn annotations_retries_and_cache(json: bool) {
+    let Some(python) = python() else { return };
+    let (_server, port) = mcp_server(&python, json).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gw = Gateway::start_with_config(Some(TOOLS_CONFIG), &["--upstream", &upstream], &[]);
+    let call = |tool: &str, key: &str| serde_json::json!(["call", tool, {"key": key}]);
+    let steps = serde_json::json!([
+        ["list"],
+        call("lookup", "a"),
+        call("lookup", "a"),
+        call("lookup", "b"),
+        call("remove", "a"),
+        call("remove", "a"),
+        call("failing_read", "a"),
+        call("failing_read", "a"),
+        call("plain", "a"),
+        call("plain", "a"),
+        call("flaky_lookup", "a"),
+        call("flaky_remove", "a"),
+        call("flaky_remove", "a"),
+    ]);
+    let out = client(&python, &format!("{}/mcp", gw.url), steps).await;
+    let mode = if json {
+        "JSON replies"
+    } else {
+        "event-stream replies"
+    };
+    assert_eq!(out.len(), 13, "{mode}: one line a step: {out:#?}");
+    let answered = |i: usize, text: &str| {
+        assert_eq!(out[i]["is_error"], false, "{mode}: step {i}: {:?}", out[i]);
+        assert_eq!(out[i]["text"], text, "{mode}: step {i}");
+    };
+    // Read-only: the second identical call is served from the cache (the
+    // tool ran once), other arguments reach the server.
+    answered(1, "a: run 1");
+    answered(2, "a: run 1");
+    answered(3, "b: run 2");
+    // Destructive: every call reaches the server.
+    answered(4, "removed a: run 1");
+    answered(5, "removed a: run 2");
+    // A tool error of a read-only tool is never cached.
+    for (i, run) in [(6, 1), (7, 2)] {
+        assert_eq!(out[i]["is_error"], true, "{mode}: {:?}", out[i]);
+        assert!(
+            out[i]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("run {run}")),
+            "{mode}: the tool ran again: {:?}",
+            out[i]
+        );
+    }
+    // Read-only by configuration: cached.
+    answered(8, "a: run 1");
+    answered(9, "a: run 1");
+    // The read-only tool's 503 was retried: the client made one call, the
+    // server saw two.
+    answered(10, "a: arrival 2");
+    // The destructive tool's 503 was not: the client sees the error, and
+    // its next call is the server's second.
+    assert!(
+        out[11]["error"].is_string(),
+        "{mode}: the destructive tool's 503 reaches the client: {:?}",
+        out[11]
+    );
+    answered(12, "removed a: arrival 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_annotations_retries_and_cache_with_event_stream_replies() {
+    annotations_retries_and_cache(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_annotations_retries_and_cache_with_json_replies() {
+    annotations_retries_and_cache(true).await;
 }
