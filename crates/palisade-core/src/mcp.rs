@@ -162,6 +162,9 @@ pub struct ToolFacts {
     /// How long a result may be cached (zero: never); only read-only tools'
     /// results are.
     pub cache_ttl: Duration,
+    /// The most tokens a result may take on its way to the client (`None`:
+    /// no limit); a larger one is cut to fit.
+    pub output_budget: Option<u64>,
 }
 
 impl ToolFacts {
@@ -171,7 +174,15 @@ impl ToolFacts {
         Self {
             annotations,
             cache_ttl: Duration::ZERO,
+            output_budget: None,
         }
+    }
+
+    /// Sets the token budget of a result.
+    #[must_use]
+    pub fn output_budget(mut self, tokens: Option<u64>) -> Self {
+        self.output_budget = tokens;
+        self
     }
 
     /// Sets the TTL of cached results.
