@@ -304,7 +304,10 @@ impl ServerSection {
 ///   never retried, unless the connection was refused before it was sent;
 /// - the results of read-only tools are cached for `cache_ttl` (default
 ///   60 s; `"0s"` turns it off), keyed by tool and canonical arguments,
-///   never an error (see [`palisade_cache::tools`]).
+///   never an error (see [`palisade_cache::tools`]);
+/// - a result over `max_output_tokens` (default 0: off; per tool too) is
+///   cut to fit, structure kept, with a marker in its `_meta` (see
+///   [`palisade_shape::budget`]); the cache keeps the whole result.
 ///
 /// ```
 /// use palisade::config::PalisadeConfig;
@@ -349,6 +352,10 @@ pub struct McpSection {
     /// never).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// The most tokens (characters / 4) a tool result may take on its way
+    /// to the client; a larger one is cut structure-preserving, with a
+    /// marker in its `_meta` (default 0: no limit).
+    pub max_output_tokens: u64,
     /// Per-tool settings, overriding what the server says.
     pub tools: std::collections::BTreeMap<String, McpToolSection>,
 }
@@ -361,6 +368,7 @@ impl Default for McpSection {
             open_status: 200,
             learn_annotations: true,
             cache_ttl: Duration::from_secs(60),
+            max_output_tokens: 0,
             tools: std::collections::BTreeMap::new(),
         }
     }
@@ -381,6 +389,9 @@ pub struct McpToolSection {
     /// This tool's cache TTL (default `mcp.cache_ttl`; zero: never).
     #[serde(with = "humantime_serde::option")]
     pub cache_ttl: Option<Duration>,
+    /// This tool's output budget in tokens (default `mcp.max_output_tokens`;
+    /// zero: no limit).
+    pub max_output_tokens: Option<u64>,
 }
 
 impl McpToolSection {

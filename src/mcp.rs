@@ -45,6 +45,14 @@ use std::time::Duration;
 /// How long learned annotations stay in the store without a new list.
 const LEARNED_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// What the configuration says of one tool.
+#[derive(Debug)]
+struct Override {
+    annotations: ToolAnnotations,
+    ttl: Option<Duration>,
+    budget: Option<u64>,
+}
+
 /// The annotations of one upstream's tools (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct ToolCatalog {
@@ -56,7 +64,8 @@ struct Inner {
     upstream: String,
     learn: bool,
     default_ttl: Duration,
-    overrides: HashMap<String, (ToolAnnotations, Option<Duration>)>,
+    default_budget: u64,
+    overrides: HashMap<String, Override>,
     learned: RwLock<HashMap<String, ToolAnnotations>>,
     store: Store,
 }
@@ -70,10 +79,20 @@ impl ToolCatalog {
                 upstream: upstream.into(),
                 learn: section.learn_annotations,
                 default_ttl: section.cache_ttl,
+                default_budget: section.max_output_tokens,
                 overrides: section
                     .tools
                     .iter()
-                    .map(|(name, t)| (name.clone(), (t.annotations(), t.cache_ttl)))
+                    .map(|(name, t)| {
+                        (
+                            name.clone(),
+                            Override {
+                                annotations: t.annotations(),
+                                ttl: t.cache_ttl,
+                                budget: t.max_output_tokens,
+                            },
+                        )
+                    })
                     .collect(),
                 learned: RwLock::new(HashMap::new()),
                 store,
@@ -172,11 +191,18 @@ impl ToolCatalog {
             },
             None => ToolAnnotations::default(),
         };
-        let (annotations, ttl) = match self.inner.overrides.get(tool) {
-            Some((over, ttl)) => (learned.overridden_by(over), *ttl),
-            None => (learned, None),
+        let (annotations, ttl, budget) = match self.inner.overrides.get(tool) {
+            Some(over) => (
+                learned.overridden_by(&over.annotations),
+                over.ttl,
+                over.budget,
+            ),
+            None => (learned, None, None),
         };
-        ToolFacts::new(annotations).cache_ttl(ttl.unwrap_or(self.inner.default_ttl))
+        let budget = budget.unwrap_or(self.inner.default_budget);
+        ToolFacts::new(annotations)
+            .cache_ttl(ttl.unwrap_or(self.inner.default_ttl))
+            .output_budget((budget > 0).then_some(budget))
     }
 }
 
@@ -197,6 +223,7 @@ mod tests {
                 [mcp.tools.lookup]
                 read_only = true
                 cache_ttl = "0s"
+                max_output_tokens = 500
                 "#,
             ),
             [("", ""); 0],
@@ -218,6 +245,8 @@ mod tests {
         let lookup = catalog.facts("lookup").await;
         assert!(lookup.annotations.is_retry_safe());
         assert_eq!(lookup.cacheable_for(), None);
+        assert_eq!(lookup.output_budget, Some(500));
+        assert_eq!(search.output_budget, None, "off by default");
     }
 
     #[tokio::test]

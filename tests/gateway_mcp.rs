@@ -9,7 +9,8 @@
 //! read-only tool's result is served from the cache on the second identical
 //! call while a destructive tool's call and a tool error always reach the
 //! server, and a read-only tool's call is retried after a 503 while a
-//! destructive one's is not. Run against the server's event stream replies
+//! destructive one's is not; a result over its tool's token budget is cut
+//! to fit and stays valid. Run against the server's event stream replies
 //! and its JSON replies.
 //!
 //! Needs Python with `mcp`: `.ci/run` makes `target/pyvenv`; elsewhere set
@@ -136,6 +137,7 @@ async fn per_tool_limits_and_breakers(json: bool) {
             "failing_read",
             "flaky_lookup",
             "flaky_remove",
+            "huge",
             "lookup",
             "plain",
             "remove",
@@ -211,6 +213,9 @@ enabled = true
 [mcp.tools.plain]
 read_only = true
 
+[mcp.tools.huge]
+max_output_tokens = 400
+
 [retry]
 initial_delay = "10ms"
 max_delay = "50ms"
@@ -241,6 +246,8 @@ async fn annotations_retries_and_cache(json: bool) {
         call("flaky_lookup", "a"),
         call("flaky_remove", "a"),
         call("flaky_remove", "a"),
+        call("huge", "a"),
+        call("huge", "a"),
     ]);
     let out = client(&python, &format!("{}/mcp", gw.url), steps).await;
     let mode = if json {
@@ -248,7 +255,7 @@ async fn annotations_retries_and_cache(json: bool) {
     } else {
         "event-stream replies"
     };
-    assert_eq!(out.len(), 13, "{mode}: one line a step: {out:#?}");
+    assert_eq!(out.len(), 15, "{mode}: one line a step: {out:#?}");
     let answered = |i: usize, text: &str| {
         assert_eq!(out[i]["is_error"], false, "{mode}: step {i}: {:?}", out[i]);
         assert_eq!(out[i]["text"], text, "{mode}: step {i}");
@@ -287,6 +294,38 @@ async fn annotations_retries_and_cache(json: bool) {
         out[11]
     );
     answered(12, "removed a: arrival 2");
+    // The huge result is cut to its budget; the SDK read it (valid JSON, its
+    // structured content still matching the tool's output schema), and the
+    // marker says what was kept. The second call is the cache's whole
+    // result, cut again: the same figures, the tool ran once.
+    let mut figures = Vec::new();
+    for i in [13, 14] {
+        assert_eq!(out[i]["is_error"], false, "{mode}: {:?}", out[i]);
+        let marker = &out[i]["meta"]["palisade.dev/outputBudget"];
+        let (original, kept) = (
+            marker["originalTokens"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{mode}: a marker: {:?}", out[i]["meta"])),
+            marker["keptTokens"].as_u64().unwrap(),
+        );
+        assert_eq!(marker["budgetTokens"], 400, "{mode}");
+        assert!(original > 10 * 400, "{mode}: 300 long lines: {original}");
+        assert!(kept <= 400, "{mode}: kept {kept}");
+        let lines = out[i]["structured"]["result"].as_array().unwrap();
+        assert!(
+            !lines.is_empty() && lines.len() < 300,
+            "{mode}: {} lines",
+            lines.len()
+        );
+        assert!(
+            lines[0].as_str().unwrap().starts_with("run 1 a item 0"),
+            "{mode}: {:?}",
+            lines[0]
+        );
+        assert!(out[i]["items"].as_u64().unwrap() < 300, "{mode}");
+        figures.push((original, kept));
+    }
+    assert_eq!(figures[0], figures[1], "{mode}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

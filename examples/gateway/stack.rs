@@ -158,6 +158,9 @@ pub fn full(
         .rate_limit(rate_limit)
         .shape_response(shape)
         .cache(cache)
+        // MCP: tool results cut to their tool's token budget on the way
+        // out (outside the tool cache, which keeps them whole).
+        .layer(palisade::shape::budget::ToolBudgetLayer::new())
         .layer(tool_cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))

@@ -10,7 +10,7 @@ ones, how many calls of it reached the server): `lookup` (read-only),
 `remove` (destructive), `failing_read` (read-only, always `isError`),
 `plain` (no annotations), `flaky_lookup` (read-only) and `flaky_remove`
 (destructive): the first call of each flaky tool is answered HTTP 503
-before the SDK sees it.
+before the SDK sees it. `huge` (read-only) answers 300 long lines.
 
     python server.py [--json]    # --json: JSON replies instead of event streams
 """
@@ -90,6 +90,13 @@ def flaky_lookup(key: str) -> str:
 def flaky_remove(key: str) -> str:
     """Destructive; its first call is answered 503 by the server."""
     return f"removed {key}: arrival {ARRIVALS['flaky_remove']}"
+
+
+@server.tool(annotations=READ_ONLY)
+def huge(key: str) -> list[str]:
+    """Read-only, and far too large: 300 long lines."""
+    RUNS["huge"] += 1
+    return [f"run {RUNS['huge']} {key} item {i}: " + "lorem ipsum " * 20 for i in range(300)]
 
 
 class FailFirst:
