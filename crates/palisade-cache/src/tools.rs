@@ -469,22 +469,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use tower::{Service, ServiceExt};
 
+    type Upstream = tower::util::BoxCloneService<
+        Request<palisade_core::PalisadeBody<Full<Bytes>>>,
+        Response<Full<Bytes>>,
+        std::convert::Infallible,
+    >;
+
     /// An upstream answering `reply(n)` (n counts calls from 1) as
     /// `content_type`.
     fn upstream(
         content_type: &'static str,
         reply: fn(usize) -> String,
-    ) -> (
-        Arc<AtomicUsize>,
-        impl Service<
-            Request<palisade_core::PalisadeBody<Full<Bytes>>>,
-            Response = Response<Full<Bytes>>,
-            Error = std::convert::Infallible,
-            Future: Send,
-        > + Clone
-        + Send
-        + 'static,
-    ) {
+    ) -> (Arc<AtomicUsize>, Upstream) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let svc = tower::service_fn(move |_req| {
@@ -496,7 +492,7 @@ mod tests {
                     .unwrap())
             }
         });
-        (calls, svc)
+        (calls, Upstream::new(svc))
     }
 
     async fn call<S>(
