@@ -2,7 +2,7 @@
 //! `tools/list` replies give, shared through the [store](palisade_store)
 //! so every replica agrees (one that never saw a list reads what another
 //! learned), overridden by `[mcp.tools.NAME]` (see
-//! [`McpSection`](crate::config::McpSection)). A gateway asks it for the
+//! [`McpSection`]). A gateway asks it for the
 //! [`ToolFacts`] of each `tools/call` and sets them as a request extension,
 //! with their [`Idempotency`](palisade_core::Idempotency): the retry layer
 //! and the tool-result cache act on those.
