@@ -11,7 +11,8 @@
 //! server, and a read-only tool's call is retried after a 503 while a
 //! destructive one's is not; a result over its tool's token budget is cut
 //! to fit and stays valid. Run against the server's event stream replies
-//! and its JSON replies.
+//! and its JSON replies. Two replicas on one Redis share what they learned
+//! and what they cached.
 //!
 //! Needs Python with `mcp`: `.ci/run` makes `target/pyvenv`; elsewhere set
 //! `PALISADE_PYTHON` or the test skips (under CI it fails).
@@ -336,4 +337,82 @@ async fn mcp_annotations_retries_and_cache_with_event_stream_replies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_annotations_retries_and_cache_with_json_replies() {
     annotations_retries_and_cache(true).await;
+}
+
+/// Polls `ready` (at most 10 s) until the shared store holds what a replica
+/// writes after answering (it shares after the answer's bytes went out).
+async fn until_stored<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} is in the store within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two replicas on one Redis: what one learned from `tools/list` and the
+/// result it cached serve a client of the other, which never listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_redis_share_annotations_and_cached_results() {
+    let Some(python) = python() else { return };
+    let Some(redis) = palisade_testkit::RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (_server, port) = mcp_server(&python, true).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Gateway::start_with_config(Some(TOOLS_CONFIG), &["--upstream", &upstream], &env);
+    let b = Gateway::start_with_config(Some(TOOLS_CONFIG), &["--upstream", &upstream], &env);
+
+    let through_a = client(
+        &python,
+        &format!("{}/mcp", a.url),
+        serde_json::json!([["list"], ["call", "lookup", {"key": "r"}]]),
+    )
+    .await;
+    assert_eq!(through_a[1]["text"], "r: run 1", "{through_a:?}");
+
+    // A shares both after answering: wait for them in the store.
+    let cfg =
+        palisade::config::PalisadeConfig::from_sources(Some(TOOLS_CONFIG), [("", ""); 0]).unwrap();
+    let store = palisade::store::Store::connect(&url).await.unwrap();
+    let catalog = palisade::mcp::ToolCatalog::new(
+        &cfg.mcp,
+        upstream.parse::<http::Uri>().unwrap().to_string(),
+        store.clone(),
+    );
+    until_stored("lookup's annotations", || {
+        let catalog = catalog.clone();
+        async move { catalog.facts("lookup").await.annotations.is_read_only() }
+    })
+    .await;
+    let entry = store.key(
+        &cfg.cache.namespace,
+        "tool",
+        r#"/mcp lookup {"key":"r"}"#,
+        &cfg.cache.version,
+    );
+    until_stored("lookup's result", || {
+        let (store, entry) = (store.clone(), entry.clone());
+        async move { matches!(store.get(&entry).await, Ok(Some(_))) }
+    })
+    .await;
+
+    // B never saw a list: it knows lookup is read-only from the store, and
+    // answers from A's cached result (the tool ran once).
+    let through_b = client(
+        &python,
+        &format!("{}/mcp", b.url),
+        serde_json::json!([["call", "lookup", {"key": "r"}], ["call", "remove", {"key": "r"}]]),
+    )
+    .await;
+    assert_eq!(through_b[0]["text"], "r: run 1", "{through_b:?}");
+    assert_eq!(through_b[1]["text"], "removed r: run 1", "{through_b:?}");
 }
