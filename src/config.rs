@@ -2,7 +2,8 @@
 //! environment, checked at start-up with errors that name the key.
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
-//! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
+//! limits), `[mcp]` (per-tool breakers, retries and result caching for MCP
+//! servers, `[mcp.tools.NAME]` overrides), `[circuit_breaker]`,
 //! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
 //! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, `[[token_limits]]`
 //! (token budgets for LLM upstreams, none unless configured), `[llm]`
@@ -294,26 +295,71 @@ impl ServerSection {
 ///   status `open_status` (default 200, which every MCP client reads; 503
 ///   for clients that look at statuses).
 ///
+///
+/// Tools' annotations (`readOnlyHint`, `idempotentHint`, `destructiveHint`)
+/// are learned from the `tools/list` replies passing through (see
+/// [`ToolCatalog`](crate::mcp::ToolCatalog)), and `[mcp.tools.NAME]`
+/// overrides them (`read_only`, `idempotent`, `destructive`, and the tool's
+/// own `cache_ttl`):
+/// - a call of a read-only or idempotent tool may be retried (on the
+///   `[retry]` statuses and transport failures); any other tool's call is
+///   never retried, unless the connection was refused before it was sent;
+/// - the results of read-only tools are cached for `cache_ttl` (default
+///   60 s; `"0s"` turns it off), keyed by tool and canonical arguments,
+///   never an error (see [`palisade_cache::tools`]);
+/// - a result over `max_output_tokens` (default 0: off; per tool too) is
+///   cut to fit, structure kept, with a marker in its `_meta` (see
+///   [`palisade_shape::budget`]); the cache keeps the whole result.
+///
 /// ```
 /// use palisade::config::PalisadeConfig;
+/// use std::time::Duration;
 ///
 /// let cfg = PalisadeConfig::from_sources(Some("[mcp]\nenabled = true"), [("", ""); 0]).unwrap();
-/// assert!(cfg.mcp.enabled && cfg.mcp.tool_errors_fail);
+/// assert!(cfg.mcp.enabled && cfg.mcp.tool_errors_fail && cfg.mcp.learn_annotations);
 /// assert_eq!(cfg.mcp.open_status, 200);
+/// assert_eq!(cfg.mcp.cache_ttl, Duration::from_secs(60));
 /// let err = PalisadeConfig::from_sources(Some("[mcp]\nopen_status = 42"), [("", ""); 0]).unwrap_err();
 /// assert_eq!(err.key(), Some("mcp.open_status"));
+///
+/// let file = r#"
+///     [mcp.tools.lookup]
+///     read_only = true
+///     cache_ttl = "5m"
+/// "#;
+/// let cfg = PalisadeConfig::from_sources(Some(file), [("", ""); 0]).unwrap();
+/// assert_eq!(cfg.mcp.tools["lookup"].read_only, Some(true));
+/// assert_eq!(cfg.mcp.tools["lookup"].cache_ttl, Some(Duration::from_secs(300)));
+/// let err = PalisadeConfig::from_sources(Some("[mcp.tools.lookup]\nread_only = true\ndestructive = true"), [("", ""); 0]).unwrap_err();
+/// assert_eq!(err.key(), Some("mcp.tools.lookup.destructive"));
+/// let err = PalisadeConfig::from_sources(Some("[mcp.tools.lookup]\nreadonly = true"), [("", ""); 0]).unwrap_err();
+/// assert!(err.key().unwrap().starts_with("mcp.tools.lookup"), "{err}");
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct McpSection {
-    /// Per-tool breakers judging JSON-RPC replies (default off).
+    /// Per-tool breakers judging JSON-RPC replies, retries and caching by
+    /// tool annotations (default off).
     pub enabled: bool,
     /// A tool result with `isError: true` counts as a failure (default on).
     pub tool_errors_fail: bool,
     /// The HTTP status of the JSON-RPC error answering a call to an open
     /// circuit: 200 (default) or 503.
     pub open_status: u16,
+    /// Learn tools' annotations from `tools/list` replies (default on; off:
+    /// only `[mcp.tools.NAME]` says what a tool is).
+    pub learn_annotations: bool,
+    /// How long results of read-only tools are cached (default 60 s; zero:
+    /// never).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// The most tokens (characters / 4) a tool result may take on its way
+    /// to the client; a larger one is cut structure-preserving, with a
+    /// marker in its `_meta` (default 0: no limit).
+    pub max_output_tokens: u64,
+    /// Per-tool settings, overriding what the server says.
+    pub tools: std::collections::BTreeMap<String, McpToolSection>,
 }
 
 impl Default for McpSection {
@@ -322,14 +368,57 @@ impl Default for McpSection {
             enabled: false,
             tool_errors_fail: true,
             open_status: 200,
+            learn_annotations: true,
+            cache_ttl: Duration::from_secs(60),
+            max_output_tokens: 0,
+            tools: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// One tool's settings (`[mcp.tools.NAME]`): each set field overrides the
+/// annotation the server gives.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct McpToolSection {
+    /// `readOnlyHint`.
+    pub read_only: Option<bool>,
+    /// `idempotentHint`.
+    pub idempotent: Option<bool>,
+    /// `destructiveHint`.
+    pub destructive: Option<bool>,
+    /// This tool's cache TTL (default `mcp.cache_ttl`; zero: never).
+    #[serde(with = "humantime_serde::option")]
+    pub cache_ttl: Option<Duration>,
+    /// This tool's output budget in tokens (default `mcp.max_output_tokens`;
+    /// zero: no limit).
+    pub max_output_tokens: Option<u64>,
+}
+
+impl McpToolSection {
+    /// The annotations this section sets.
+    pub fn annotations(&self) -> palisade_core::mcp::ToolAnnotations {
+        palisade_core::mcp::ToolAnnotations {
+            read_only: self.read_only,
+            idempotent: self.idempotent,
+            destructive: self.destructive,
         }
     }
 }
 
 impl McpSection {
-    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+    fn validate(&self) -> Result<(), (String, &'static str)> {
         if !matches!(self.open_status, 200 | 503) {
-            return Err(("open_status", "must be 200 or 503"));
+            return Err(("open_status".into(), "must be 200 or 503"));
+        }
+        for (name, tool) in &self.tools {
+            if tool.read_only == Some(true) && tool.destructive == Some(true) {
+                return Err((
+                    format!("tools.{name}.destructive"),
+                    "a read-only tool cannot be destructive",
+                ));
+            }
         }
         Ok(())
     }

@@ -151,6 +151,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None,
     )?;
 
+    // MCP: the upstream's tools, as its `tools/list` replies describe them
+    // and `[mcp.tools.NAME]` overrides; shared through the store.
+    let tool_catalog = cfg
+        .mcp
+        .enabled
+        .then(|| palisade::mcp::ToolCatalog::new(&cfg.mcp, upstream.to_string(), store.clone()));
+
     let families = serve::ServerMetricFamilies::register(&registry)?;
     let client_metrics = families.listener("client");
     let state = AppState {
@@ -165,7 +172,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // MCP / JSON-RPC: the method and the tool are in the body; learn
         // them (read ahead, passed on whole) so limits, breakers and caches
         // can key by tool.
-        .layer(axum::middleware::from_fn(learn_json_rpc))
+        .layer(axum::middleware::from_fn_with_state(
+            tool_catalog,
+            learn_json_rpc,
+        ))
         // Answers compressed for clients that accept it; the layers inside
         // see (and PII masking decodes) what the upstream sent. Server-sent
         // events, gRPC and images are left as they are.
@@ -359,18 +369,69 @@ const JSON_RPC_PEEK: usize = 64 * 1024;
 
 /// Learns the JSON-RPC call of a JSON `POST` (see
 /// `palisade::core::jsonrpc::peek`): its method and, for MCP's `tools/call`,
-/// the tool, as request extensions.
-async fn learn_json_rpc(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+/// the tool, as request extensions. With `[mcp]` on, a `tools/call` also
+/// gets what the catalog knows of its tool (`ToolFacts`, and the
+/// `Idempotency` the retry layer honours), and a `tools/list` reply teaches
+/// the catalog its tools' annotations on its way to the client.
+async fn learn_json_rpc(
+    State(catalog): State<Option<palisade::mcp::ToolCatalog>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    use palisade::core::jsonrpc::{JsonRpcCall, JsonRpcReply, ReplyScan};
     let json = req.method() == http::Method::POST
         && palisade::core::body::media::MediaKind::of(req.headers())
             == palisade::core::body::media::MediaKind::Json;
     if !json {
         return next.run(req).await;
     }
-    let req = palisade::core::jsonrpc::peek(req, JSON_RPC_PEEK).await;
-    next.run(req.map(Body::new)).await
+    let mut req = palisade::core::jsonrpc::peek(req, JSON_RPC_PEEK).await;
+    let Some(catalog) = catalog else {
+        return next.run(req.map(Body::new)).await;
+    };
+    let method = req
+        .extensions()
+        .get::<JsonRpcCall>()
+        .map(|call| (call.method().to_owned(), call.target().map(str::to_owned)));
+    match method {
+        Some((method, Some(tool))) if method == "tools/call" => {
+            let facts = catalog.facts(&tool).await;
+            req.extensions_mut().insert(facts.idempotency());
+            req.extensions_mut().insert(facts);
+            next.run(req.map(Body::new)).await
+        }
+        Some((method, _)) if method == "tools/list" => {
+            let res = next.run(req.map(Body::new)).await;
+            let identity = !res.headers().contains_key(http::header::CONTENT_ENCODING);
+            let scan = (res.status() == http::StatusCode::OK && identity)
+                .then(|| ReplyScan::for_response(res.headers(), TOOLS_LIST_MAX))
+                .flatten();
+            let Some(scan) = scan else { return res };
+            res.map(|body| {
+                Body::new(palisade::core::mcp::ReplyTap::new(
+                    body,
+                    scan,
+                    Box::new(move |reply, message| {
+                        if reply != JsonRpcReply::Result {
+                            return;
+                        }
+                        // Known here before the client reads the list;
+                        // the other replicas learn it through the store.
+                        if let Some(tools) = catalog.learn_here(&message) {
+                            tokio::spawn(async move { catalog.share(&tools).await });
+                        }
+                    }),
+                ))
+            })
+        }
+        _ => next.run(req.map(Body::new)).await,
+    }
 }
 
+/// The largest `tools/list` reply read for annotations.
+const TOOLS_LIST_MAX: usize = 4 << 20;
+
+/// The URL without its password, for logs.
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

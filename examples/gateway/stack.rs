@@ -79,6 +79,10 @@ pub fn full(
     if let Some(store) = &shared {
         cache = cache.store(store.clone());
     }
+    // MCP: results of read-only tools, cached (the HTTP cache never stores
+    // a POST); with `[mcp]` off no call is marked cacheable and it passes
+    // every request on as it is.
+    let tool_cache = cache.build_tools().map_err(|e| format!("cache: {e}"))?;
     let cache: CacheLayer = cache.build().map_err(|e| format!("cache: {e}"))?;
     let cache_handle = cache.handle();
 
@@ -157,6 +161,10 @@ pub fn full(
         .rate_limit(rate_limit)
         .shape_response(shape)
         .cache(cache)
+        // MCP: tool results cut to their tool's token budget on the way
+        // out (outside the tool cache, which keeps them whole).
+        .layer(palisade::shape::budget::ToolBudgetLayer::new())
+        .layer(tool_cache)
         .mask_pii(pii)
         .layer(DeadLetterLayer::new(dlq.clone()))
         // A provider that said its budget is spent (a 429 with Retry-After,

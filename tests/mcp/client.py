@@ -5,8 +5,9 @@ prints one JSON line per step.
 
     python client.py URL '[["list"], ["call", "echo", {"text": "hi"}]]'
 
-A call prints {"tool", "is_error", "text"} or {"tool", "error"} when the
-call itself failed (a JSON-RPC error, an HTTP error).
+A call prints {"tool", "is_error", "text", "items" (content items),
+"structured" (structuredContent), "meta" (_meta)} or {"tool", "error"}
+when the call itself failed (a JSON-RPC error, an HTTP error).
 """
 
 import asyncio
@@ -30,7 +31,14 @@ async def main(url: str, steps: list) -> None:
                     print(json.dumps({"tool": name, "error": str(exc)}), flush=True)
                     continue
                 text = "".join(getattr(c, "text", "") for c in result.content)
-                print(json.dumps({"tool": name, "is_error": bool(result.is_error), "text": text}), flush=True)
+                print(json.dumps({
+                    "tool": name,
+                    "is_error": bool(result.is_error),
+                    "text": text,
+                    "items": len(result.content),
+                    "structured": result.structured_content,
+                    "meta": result.meta,
+                }), flush=True)
             else:
                 raise SystemExit(f"unknown step {step!r}")
 

@@ -226,6 +226,20 @@ impl CacheBuilder {
         self
     }
 
+    /// The cache of MCP tool results ([`ToolCacheLayer`](crate::ToolCacheLayer)),
+    /// with these tiers (named `<name>-tools`, its keys under the `tool`
+    /// entity in the store); `max_body_bytes` bounds a stored reply.
+    pub fn build_tools(&self) -> Result<crate::ToolCacheLayer, CacheError> {
+        let mut cfg = self.validated()?;
+        cfg.name = format!("{}-tools", cfg.name);
+        let core = crate::core::Core::new(self.tier_settings(&cfg, "tool"));
+        Ok(crate::ToolCacheLayer::new(
+            core,
+            cfg.max_body_bytes,
+            cfg.x_cache_header,
+        ))
+    }
+
     /// The settings, checked: an invalid value is an error naming it,
     /// never silently replaced.
     pub(crate) fn validated(&self) -> Result<Config, CacheError> {

@@ -43,6 +43,11 @@
 //! - Only GET responses are stored (HEAD requests are answered from them);
 //!   [`Config::default_ttl`] never applies to other methods.
 //!
+//! # MCP tool results: [`ToolCacheLayer`]
+//!
+//! `tools/call` results of read-only tools, keyed by tool and canonical
+//! arguments, never errors, a TTL per tool (see [`tools`]).
+//!
 //! # Any service: [`CacheServiceLayer`]
 //!
 //! A key extractor and a `Serialize + DeserializeOwned + Clone` response.
@@ -103,6 +108,7 @@ mod metrics;
 mod policy;
 mod replicas;
 mod service;
+pub mod tools;
 
 pub use crate::core::CacheStats;
 pub use config::{CacheBuilder, Config};
@@ -110,6 +116,7 @@ pub use error::CacheError;
 pub use http::{Cache, CacheLayer, NoKey, ResponseFuture, X_CACHE};
 pub use metrics::CacheMetrics;
 pub use service::{CacheService, CacheServiceLayer, SvcFuture};
+pub use tools::{ToolCache, ToolCacheBody, ToolCacheFuture, ToolCacheLayer};
 
 use std::{fmt, sync::Arc};
 

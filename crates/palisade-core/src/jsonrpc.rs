@@ -71,6 +71,7 @@ pub struct JsonRpcCall {
     method: Arc<str>,
     id: Option<Arc<str>>,
     target: Option<Arc<str>>,
+    arguments: Option<Arc<str>>,
 }
 
 impl JsonRpcCall {
@@ -99,13 +100,22 @@ impl JsonRpcCall {
         struct Params {
             name: Option<String>,
             uri: Option<String>,
+            #[serde(default)]
+            arguments: Option<serde_json::Value>,
         }
         let raw: Raw<'_> = serde_json::from_slice(body).ok()?;
         if raw.jsonrpc != "2.0" {
             return None;
         }
+        let mut arguments = None;
         let target = raw.params.and_then(|p| match &*raw.method {
-            "tools/call" | "prompts/get" => p.name,
+            "tools/call" => {
+                arguments = Some(crate::mcp::canonical_json(
+                    p.arguments.as_ref().unwrap_or(&serde_json::Value::Null),
+                ));
+                p.name
+            }
+            "prompts/get" => p.name,
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.uri,
             _ => None,
         });
@@ -113,7 +123,22 @@ impl JsonRpcCall {
             method: raw.method.into(),
             id: raw.id.map(|id| id.get().into()),
             target: target.map(Into::into),
+            arguments: arguments.map(Into::into),
         })
+    }
+
+    /// The arguments of a `tools/call`, as canonical JSON (object keys
+    /// sorted, no spaces; `null` when there are none): equal arguments
+    /// give equal text, whatever order the client wrote them in.
+    ///
+    /// ```
+    /// use palisade_core::jsonrpc::JsonRpcCall;
+    ///
+    /// let a = JsonRpcCall::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"b":[1, {"d":2,"c":3}],"a":"x"}}}"#).unwrap();
+    /// assert_eq!(a.arguments(), Some(r#"{"a":"x","b":[1,{"c":3,"d":2}]}"#));
+    /// ```
+    pub fn arguments(&self) -> Option<&str> {
+        self.arguments.as_deref()
     }
 
     /// The method (`tools/call`, `resources/read`, `initialize` …).
@@ -332,6 +357,32 @@ impl ReplyScan {
     /// (server-sent events only: a JSON document is judged by
     /// [`finish`](Self::finish)).
     pub fn push(&mut self, data: &[u8]) -> Option<JsonRpcReply> {
+        self.push_inner(data)
+    }
+
+    /// [`push`](Self::push), with the reply's message (the JSON text of the
+    /// event's data) once it is known.
+    ///
+    /// ```
+    /// use palisade_core::jsonrpc::{JsonRpcReply, ReplyScan};
+    ///
+    /// let mut sse = ReplyScan::events(1 << 20);
+    /// let (reply, message) = sse.push_message(b"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n").unwrap();
+    /// assert_eq!((reply, &message[..]), (JsonRpcReply::Result, &br#"{"jsonrpc":"2.0","id":3,"result":{}}"#[..]));
+    /// ```
+    pub fn push_message(&mut self, data: &[u8]) -> Option<(JsonRpcReply, Bytes)> {
+        let reply = self.push_inner(data)?;
+        Some((reply, Bytes::copy_from_slice(&self.held)))
+    }
+
+    /// [`finish`](Self::finish), with the reply's message.
+    #[must_use]
+    pub fn finish_message(mut self) -> Option<(JsonRpcReply, Bytes)> {
+        let reply = self.finish_inner()?;
+        Some((reply, std::mem::take(&mut self.held).freeze()))
+    }
+
+    fn push_inner(&mut self, data: &[u8]) -> Option<JsonRpcReply> {
         if self.gave_up {
             return None;
         }
@@ -358,6 +409,10 @@ impl ReplyScan {
     /// The reply, at the end of the body.
     #[must_use]
     pub fn finish(mut self) -> Option<JsonRpcReply> {
+        self.finish_inner()
+    }
+
+    fn finish_inner(&mut self) -> Option<JsonRpcReply> {
         if self.gave_up {
             return None;
         }

@@ -6,6 +6,10 @@
 //!   timed out, failed on the way, or a layer refused it), by type.
 //! - [`jsonrpc`]: the JSON-RPC call (MCP method, tool) in a request body,
 //!   learned without consuming it.
+//! - [`mcp`]: MCP tools' annotations (read-only, idempotent, destructive),
+//!   the facts a gateway attaches to a tool call, canonical arguments.
+//! - [`Idempotency`]: a request extension telling the retry layer whether a
+//!   request may be sent again, whatever its method.
 //! - [`key`]: which bucket a request belongs to (peer IP behind trusted proxies,
 //!   a header, an extension set by an auth layer, the path, a constant, tuples).
 //! - [`Error`]: the error every layer's own error converts into; it knows its
@@ -39,11 +43,34 @@ mod error;
 pub mod error_class;
 pub mod jsonrpc;
 pub mod key;
+pub mod mcp;
 pub mod metrics;
 
 pub use body::PalisadeBody;
 pub use error::{Error, ErrorKind, is_grpc_request};
 pub use tower_http::classify::GrpcCode;
+
+/// Whether a request may be sent again, whatever its method says: a request
+/// extension set by whoever knows (a gateway from an MCP tool's
+/// annotations, see [`mcp::ToolFacts::idempotency`]) and honoured by the
+/// retry layer. `NotIdempotent` is retried only when the request surely
+/// never left (a refused connection), even where non-idempotent requests
+/// are retried by configuration.
+///
+/// ```
+/// use palisade_core::Idempotency;
+///
+/// let mut req = http::Request::post("/mcp").body(()).unwrap();
+/// req.extensions_mut().insert(Idempotency::Idempotent);
+/// assert_eq!(req.extensions().get::<Idempotency>(), Some(&Idempotency::Idempotent));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Idempotency {
+    /// Sending it twice has the effect of sending it once.
+    Idempotent,
+    /// It must not be sent twice.
+    NotIdempotent,
+}
 
 /// A boxed error, as tower and hyper use it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -10,6 +10,7 @@ use crate::{
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, request::Parts};
 use http_body::{Body, Frame};
+use palisade_core::Idempotency;
 use pin_project_lite::pin_project;
 use std::{
     collections::VecDeque,
@@ -69,6 +70,9 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
 pub(crate) struct HttpJudge {
     grpc: bool,
     idempotent: bool,
+    /// Marked [`Idempotency::NotIdempotent`](palisade_core::Idempotency):
+    /// retried only when it surely never left, whatever the policy says.
+    forbidden: bool,
 }
 
 impl<ResBody, E> Judge<Response<ResBody>, E> for HttpJudge
@@ -115,6 +119,13 @@ where
 
     #[inline]
     fn may_retry(&self, policy: &Policy, reason: RetryReason) -> Result<(), StopReason> {
+        if self.forbidden {
+            return if reason.request_not_sent() {
+                Ok(())
+            } else {
+                Err(StopReason::NotIdempotent)
+            };
+        }
         if self.idempotent
             || policy.non_idempotent
             || reason.request_not_sent()
@@ -147,15 +158,20 @@ where
 
     fn marked_idempotent(&self) -> bool {
         self.parts.headers.contains_key(IDEMPOTENCY_KEY)
+            && self.parts.extensions.get::<Idempotency>() != Some(&Idempotency::NotIdempotent)
     }
 }
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-/// Idempotent by method; an `Idempotency-Key` header is looked at only when
-/// a retry is considered ([`Replay::marked_idempotent`]).
+/// Idempotent by the [`Idempotency`] extension when there is one, else by
+/// method; an `Idempotency-Key` header is looked at only when a retry is
+/// considered ([`Replay::marked_idempotent`]).
 #[inline]
 fn is_idempotent(parts: &Parts) -> bool {
+    if let Some(marked) = parts.extensions.get::<Idempotency>() {
+        return *marked == Idempotency::Idempotent;
+    }
     matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -307,6 +323,7 @@ where
             // gRPC calls are always POSTs.
             grpc: parts.method == Method::POST && palisade_core::is_grpc_request(&parts.headers),
             idempotent: is_idempotent(&parts),
+            forbidden: parts.extensions.get::<Idempotency>() == Some(&Idempotency::NotIdempotent),
         };
         let deadline = policy.deadline.map(|d| Instant::now() + d);
         let policy = policy.clone();

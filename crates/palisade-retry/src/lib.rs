@@ -16,7 +16,11 @@
 //! - by default only idempotent requests (`GET`, `HEAD`, `OPTIONS`, `PUT`,
 //!   `DELETE`, `TRACE`, or any request with an `Idempotency-Key` header).
 //!   Others are retried only on connect errors, when the request never
-//!   left; [`RetryLayerBuilder::retry_non_idempotent`] opts in to more.
+//!   left; [`RetryLayerBuilder::retry_non_idempotent`] opts in to more. A
+//!   [`palisade_core::Idempotency`] request extension (set by a gateway
+//!   from an MCP tool's annotations) decides instead of the method:
+//!   `Idempotent` is retried like a `GET`, `NotIdempotent` only on connect
+//!   errors, whatever `retry_non_idempotent` and `Idempotency-Key` say.
 //!
 //! The request body is buffered up to [`Config::max_replay_body`] (64 KiB)
 //! so it can be sent again byte for byte. A larger body is streamed through

@@ -114,6 +114,52 @@ async fn post_is_not_retried_by_default_but_can_opt_in() {
 }
 
 #[tokio::test]
+async fn the_idempotency_extension_decides_over_the_method() {
+    use palisade_core::Idempotency;
+    let up = upstream(|_, _| status(503)).await;
+    let marked = |mark: Idempotency, key: bool| {
+        let mut req = Request::post(up.uri("/"));
+        if key {
+            req = req.header("idempotency-key", "k-1");
+        }
+        let mut req = req.body(Full::new(Bytes::from("x"))).unwrap();
+        req.extensions_mut().insert(mark);
+        req
+    };
+    // A POST marked idempotent (a read-only MCP tool) is retried.
+    let res = ServiceBuilder::new()
+        .layer(fast().build().unwrap())
+        .service(client())
+        .oneshot(marked(Idempotency::Idempotent, false))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.hits(), 3);
+    // One marked not idempotent (a destructive tool) never is: not with
+    // `retry_non_idempotent`, not with an `Idempotency-Key`.
+    for key in [false, true] {
+        let res = ServiceBuilder::new()
+            .layer(fast().retry_non_idempotent(true).build().unwrap())
+            .service(client())
+            .oneshot(marked(Idempotency::NotIdempotent, key))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(up.hits(), 3 + 2);
+    // A GET marked not idempotent is not retried either.
+    let mut get = get(up.uri("/"));
+    get.extensions_mut().insert(Idempotency::NotIdempotent);
+    let _ = ServiceBuilder::new()
+        .layer(fast().build().unwrap())
+        .service(client())
+        .oneshot(get)
+        .await
+        .unwrap();
+    assert_eq!(up.hits(), 3 + 2 + 1);
+}
+
+#[tokio::test]
 async fn client_errors_are_never_retried() {
     let up = upstream(|_, _| status(400)).await;
     let svc = ServiceBuilder::new()

@@ -16,6 +16,8 @@
 //!   include), array and string cuts, compaction (on by default).
 //! - [`TokenEstimator`]: about 4 characters per token by default
 //!   ([`CharsPerToken`]); an exact BPE count with the `tiktoken` feature.
+//! - [`budget::ToolBudgetLayer`]: MCP tool results cut to their tool's
+//!   token budget, structure kept, with a marker in `_meta`.
 //! - [`ShapeConfig`]: serde configuration, loaded with
 //!   [`ShapeResponseLayer::from_config`].
 //!
@@ -72,6 +74,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod budget;
 mod config;
 mod engine;
 mod estimate;
