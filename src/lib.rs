@@ -13,6 +13,7 @@ pub mod batch;
 pub mod builder;
 pub mod config;
 pub mod dlq;
+pub mod routes;
 
 pub use builder::{ServiceBuilderExt, StackBuilder};
 
