@@ -46,7 +46,10 @@ pub async fn traceparent(mut req: Request<Body>, next: axum::middleware::Next) -
         TRACEPARENT,
         HeaderValue::from_str(&value).expect("hex digits and dashes"),
     );
-    let span = tracing::info_span!(
+    // At ERROR level, so the span is on whatever the filter lets through
+    // (`RUST_LOG=warn` included): its fields go on every line the request
+    // logs. The formatter logs no line for the span itself.
+    let span = tracing::error_span!(
         "request",
         trace_id = %format_args!("{trace_id:032x}"),
         span_id = %format_args!("{span_id:016x}"),
