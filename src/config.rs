@@ -2,7 +2,8 @@
 //! environment, checked at start-up with errors that name the key.
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
-//! limits), `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
+//! limits, `Host`), `[[routes]]` (path prefixes with their own limits),
+//! `[mcp]` (per-tool breakers for MCP servers), `[circuit_breaker]`,
 //! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
 //! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, `[[token_limits]]`
 //! (token budgets for LLM upstreams, none unless configured), `[llm]`
@@ -14,6 +15,8 @@
 //!
 //! | section | keys (defaults) |
 //! |---|---|
+//! | `[upstream]` | `response_timeout` (30s), `idle_timeout` (60s), `max_concurrent` (0: no limit), `preserve_host` (false: the upstream's own authority), `http2` (false), `ca_file`, `client_cert_file`, `client_key_file` |
+//! | `[[routes]]` | `path_prefix` (required; the longest match wins), `response_timeout`, `idle_timeout`, `max_body_bytes` (each: the top-level value when left out; see [`RouteSection`]) |
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
 //! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096) |
@@ -1093,6 +1096,72 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
         }
+    }
+
+    #[test]
+    fn routes_are_checked_naming_the_key() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(cfg.routes.is_empty(), "none unless configured");
+        assert!(!cfg.upstream.preserve_host);
+        let file = r#"
+            [upstream]
+            preserve_host = true
+            [[routes]]
+            path_prefix = "/v1/"
+            response_timeout = "2m"
+            idle_timeout = "0s"
+            [[routes]]
+            path_prefix = "/upload/"
+            max_body_bytes = 1024
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert!(cfg.upstream.preserve_host);
+        assert_eq!(
+            cfg.routes[0],
+            RouteSection::new("/v1/")
+                .response_timeout(Duration::from_secs(120))
+                .idle_timeout(Duration::ZERO)
+        );
+        assert_eq!(
+            cfg.routes[1],
+            RouteSection::new("/upload/").max_body_bytes(1024)
+        );
+        for (file, key) in [
+            (
+                "[[routes]]\nidle_timeout = \"1s\"\n",
+                "routes[0].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"v1\"\n",
+                "routes[0].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\n[[routes]]\npath_prefix = \"/a\"\n",
+                "routes[1].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nresponse_timeout = \"400days\"\n",
+                "routes[0].response_timeout",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 0\n",
+                "routes[0].max_body_bytes",
+            ),
+            (
+                "[server]\nmax_body_bytes = 100\n[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 101\n",
+                "routes[0].max_body_bytes",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nidle_timeout = 5\n",
+                "routes[0].idle_timeout",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{file}: {err}");
+        }
+        // No global cap: any route limit.
+        let file = "[server]\nmax_body_bytes = 0\n[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 99999999999\n";
+        PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
     }
 
     #[cfg(feature = "llm")]
