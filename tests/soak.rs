@@ -177,7 +177,7 @@ async fn good_clients_are_served_and_memory_stays_bounded_under_a_hostile_mix() 
             let mut n = 0u64;
             while Instant::now() < end {
                 n += 1;
-                let (req, expect): (_, &[u8]) = if (n + worker) % 2 == 0 {
+                let (req, expect): (_, &[u8]) = if (n + worker).is_multiple_of(2) {
                     (
                         http::Request::get(format!("{url}/users/7"))
                             .body(Full::new(Bytes::new()))
