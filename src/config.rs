@@ -2,8 +2,9 @@
 //! environment, checked at start-up with errors that name the key.
 //!
 //! Sections: `[store]`, `[server]` (limits on clients), `[upstream]` (time
-//! limits), `[mcp]` (per-tool breakers, retries and result caching for MCP
-//! servers, `[mcp.tools.NAME]` overrides), `[circuit_breaker]`,
+//! limits, `Host`), `[[routes]]` (path prefixes with their own limits),
+//! `[mcp]` (per-tool breakers, retries and result caching for MCP servers,
+//! `[mcp.tools.NAME]` overrides), `[circuit_breaker]`,
 //! `[retry]`, `[rate_limit]`, `[cache]`, `[pii]`, `[shape]`,
 //! `[adaptive_concurrency]`, `[fault]`, `[micro_batch]`, `[[token_limits]]`
 //! (token budgets for LLM upstreams, none unless configured), `[llm]`
@@ -15,6 +16,8 @@
 //!
 //! | section | keys (defaults) |
 //! |---|---|
+//! | `[upstream]` | `response_timeout` (30s), `idle_timeout` (60s), `max_concurrent` (0: no limit), `preserve_host` (false: the upstream's own authority), `http2` (false), `ca_file`, `client_cert_file`, `client_key_file` |
+//! | `[[routes]]` | `path_prefix` (required; the longest match wins), `response_timeout`, `idle_timeout`, `max_body_bytes` (each: the top-level value when left out; see [`RouteSection`]) |
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
 //! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096) |
@@ -148,6 +151,12 @@ pub struct UpstreamSection {
     /// `UNAVAILABLE`) at once, never queued; a call holds its slot across
     /// its retries, until the response head arrives.
     pub max_concurrent: usize,
+    /// Send the client's `Host` to the upstream (default false: the
+    /// upstream's own authority, from its URL). For an upstream that serves
+    /// several names, or builds links from the name it was asked for. The
+    /// connection, TLS name (SNI) and certificate check stay the upstream
+    /// URL's.
+    pub preserve_host: bool,
 }
 
 impl Default for UpstreamSection {
@@ -160,6 +169,133 @@ impl Default for UpstreamSection {
             client_key_file: None,
             http2: false,
             max_concurrent: 0,
+            preserve_host: false,
+        }
+    }
+}
+
+/// One `[[routes]]` entry: requests whose path starts with `path_prefix`
+/// (the longest matching prefix wins; a plain string prefix, so `/v1`
+/// also matches `/v1beta` — end it with `/` to match a directory) get
+/// this entry's policies instead of the top-level ones. Each policy left
+/// out is the top-level one; requests matching no route get the top-level
+/// values. More policies can join the entry later without changing how
+/// routes are matched (see [`RouteTable`](crate::routes::RouteTable)).
+///
+/// ```
+/// use palisade::config::PalisadeConfig;
+/// use std::time::Duration;
+///
+/// let file = r#"
+///     [[routes]]
+///     path_prefix = "/v1/chat/"
+///     response_timeout = "120s"
+///     idle_timeout = "5m"
+///     [[routes]]
+///     path_prefix = "/upload/"
+///     max_body_bytes = 1048576
+/// "#;
+/// let cfg = PalisadeConfig::from_sources(Some(file), [("", ""); 0]).unwrap();
+/// assert_eq!(cfg.routes[0].response_timeout, Some(Duration::from_secs(120)));
+/// assert_eq!(cfg.routes[1].max_body_bytes, Some(1 << 20));
+/// assert_eq!(cfg.routes[1].response_timeout, None, "the top-level one");
+///
+/// let err = PalisadeConfig::from_sources(Some("[[routes]]\npath_prefix = \"v1\""), [("", ""); 0])
+///     .unwrap_err();
+/// assert_eq!(err.key(), Some("routes[0].path_prefix"));
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteSection {
+    /// The path prefix this route matches (required; starts with `/`).
+    pub path_prefix: String,
+    /// The most a request on this route waits for the response head,
+    /// retries included (as `upstream.response_timeout`; `0s`: no limit).
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+    /// A response stream on this route that sends nothing for this long is
+    /// cut (as `upstream.idle_timeout`; `0s`: never).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// The largest request body on this route (at least 1, and at most
+    /// `server.max_body_bytes`, which stays the cap for every request). A
+    /// larger `Content-Length` is answered `413` before anything reaches
+    /// the upstream; a chunked body that grows past it fails the request
+    /// (`413` when no answer has begun).
+    pub max_body_bytes: Option<u64>,
+}
+
+impl RouteSection {
+    /// A route for requests whose path starts with `path_prefix`, with
+    /// every policy the top-level one.
+    ///
+    /// ```
+    /// use palisade::config::RouteSection;
+    /// use std::time::Duration;
+    ///
+    /// let route = RouteSection::new("/slow/").response_timeout(Duration::from_secs(90));
+    /// assert_eq!(route.path_prefix, "/slow/");
+    /// assert_eq!(route.idle_timeout, None);
+    /// ```
+    pub fn new(path_prefix: impl Into<String>) -> Self {
+        Self {
+            path_prefix: path_prefix.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets `response_timeout`.
+    pub fn response_timeout(mut self, limit: Duration) -> Self {
+        self.response_timeout = Some(limit);
+        self
+    }
+
+    /// Sets `idle_timeout`.
+    pub fn idle_timeout(mut self, limit: Duration) -> Self {
+        self.idle_timeout = Some(limit);
+        self
+    }
+
+    /// Sets `max_body_bytes`.
+    pub fn max_body_bytes(mut self, limit: u64) -> Self {
+        self.max_body_bytes = Some(limit);
+        self
+    }
+
+    /// The range checks: `(field, what is wrong)`; `server_max_body` is
+    /// `server.max_body_bytes` (0: no global cap).
+    fn validate(&self, server_max_body: u64) -> Result<(), (&'static str, String)> {
+        const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+        if self.path_prefix.is_empty() {
+            return Err((
+                "path_prefix",
+                "is required (a path such as \"/v1/\")".into(),
+            ));
+        }
+        if !self.path_prefix.starts_with('/') {
+            return Err(("path_prefix", "must start with `/`".into()));
+        }
+        for (key, value) in [
+            ("response_timeout", self.response_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_some_and(|v| v > LONGEST) {
+                return Err((key, "must be at most 365 days (0s turns it off)".into()));
+            }
+        }
+        match self.max_body_bytes {
+            Some(0) => Err((
+                "max_body_bytes",
+                "must be at least 1 (leave it out for `server.max_body_bytes`)".into(),
+            )),
+            Some(n) if server_max_body > 0 && n > server_max_body => Err((
+                "max_body_bytes",
+                format!(
+                    "must be at most server.max_body_bytes ({server_max_body}), the cap on every request"
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -437,6 +573,9 @@ pub struct PalisadeConfig {
     pub server: ServerSection,
     /// MCP awareness: per-tool breakers judging JSON-RPC replies.
     pub mcp: McpSection,
+    /// Routes (`[[routes]]`): path prefixes with their own policies (none
+    /// by default: every request gets the top-level ones).
+    pub routes: Vec<RouteSection>,
     /// The circuit breaker.
     #[cfg(feature = "breaker")]
     pub circuit_breaker: palisade_breaker::Config,
@@ -675,6 +814,20 @@ impl PalisadeConfig {
         self.mcp
             .validate()
             .map_err(|(field, why)| (format!("mcp.{field}"), why.to_owned()))?;
+        for (i, route) in self.routes.iter().enumerate() {
+            route
+                .validate(self.server.max_body_bytes)
+                .map_err(|(field, why)| (format!("routes[{i}].{field}"), why))?;
+            if let Some(first) = self.routes[..i]
+                .iter()
+                .position(|r| r.path_prefix == route.path_prefix)
+            {
+                return Err((
+                    format!("routes[{i}].path_prefix"),
+                    format!("`{}` is already routes[{first}]'s", route.path_prefix),
+                ));
+            }
+        }
         #[cfg(feature = "breaker")]
         if let Err(e) = self.circuit_breaker.validate() {
             return Err(match e {
@@ -1032,6 +1185,72 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.key(), Some("micro_batch.max_batch_size"), "{err}");
         }
+    }
+
+    #[test]
+    fn routes_are_checked_naming_the_key() {
+        let cfg = PalisadeConfig::from_sources(None, env(&[])).unwrap();
+        assert!(cfg.routes.is_empty(), "none unless configured");
+        assert!(!cfg.upstream.preserve_host);
+        let file = r#"
+            [upstream]
+            preserve_host = true
+            [[routes]]
+            path_prefix = "/v1/"
+            response_timeout = "2m"
+            idle_timeout = "0s"
+            [[routes]]
+            path_prefix = "/upload/"
+            max_body_bytes = 1024
+        "#;
+        let cfg = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
+        assert!(cfg.upstream.preserve_host);
+        assert_eq!(
+            cfg.routes[0],
+            RouteSection::new("/v1/")
+                .response_timeout(Duration::from_secs(120))
+                .idle_timeout(Duration::ZERO)
+        );
+        assert_eq!(
+            cfg.routes[1],
+            RouteSection::new("/upload/").max_body_bytes(1024)
+        );
+        for (file, key) in [
+            (
+                "[[routes]]\nidle_timeout = \"1s\"\n",
+                "routes[0].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"v1\"\n",
+                "routes[0].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\n[[routes]]\npath_prefix = \"/a\"\n",
+                "routes[1].path_prefix",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nresponse_timeout = \"400days\"\n",
+                "routes[0].response_timeout",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 0\n",
+                "routes[0].max_body_bytes",
+            ),
+            (
+                "[server]\nmax_body_bytes = 100\n[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 101\n",
+                "routes[0].max_body_bytes",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/a\"\nidle_timeout = 5\n",
+                "routes[0].idle_timeout",
+            ),
+        ] {
+            let err = PalisadeConfig::from_sources(Some(file), env(&[])).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{file}: {err}");
+        }
+        // No global cap: any route limit.
+        let file = "[server]\nmax_body_bytes = 0\n[[routes]]\npath_prefix = \"/a\"\nmax_body_bytes = 99999999999\n";
+        PalisadeConfig::from_sources(Some(file), env(&[])).unwrap();
     }
 
     #[cfg(feature = "llm")]

@@ -14,6 +14,7 @@ pub mod builder;
 pub mod config;
 pub mod dlq;
 pub mod mcp;
+pub mod routes;
 
 pub use builder::{ServiceBuilderExt, StackBuilder};
 

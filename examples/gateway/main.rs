@@ -15,6 +15,7 @@ mod observe;
 mod proxy;
 mod serve;
 mod stack;
+mod trace;
 
 use axum::{
     Router,
@@ -185,13 +186,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 max_uri: cfg.server.max_uri_bytes,
                 max_body: cfg.server.max_body_bytes,
                 refused_body: client_metrics.refused_body.clone(),
+                routes: palisade::routes::RouteTable::new(&cfg.routes),
             },
             front_door,
         ))
         .layer(axum::middleware::from_fn_with_state(
             latency,
             observe::observe,
-        ));
+        ))
+        // Outermost: every log line of a request carries its trace id, and
+        // the upstream gets a `traceparent` naming the gateway's span.
+        .layer(axum::middleware::from_fn(trace::traceparent));
 
     // The admin routes change breakers and purge caches: off loopback they
     // need a token.
@@ -273,6 +278,8 @@ struct FrontDoor {
     /// 0: no limit.
     max_body: u64,
     refused_body: prometheus::IntCounter,
+    /// `[[routes]]`: matched here, once, for every layer below.
+    routes: palisade::routes::RouteTable,
 }
 
 /// Refuses, before any layer, what must never reach the upstream: a
@@ -281,16 +288,34 @@ struct FrontDoor {
 /// reads the body as chunked and drops the `Content-Length`, as RFC 9112
 /// §6.3 says, and the upstream request is re-framed), a request target over
 /// `server.max_uri_bytes` (414), a `Content-Length` over
-/// `server.max_body_bytes` (413, before the body is read: a client that
-/// sent `Expect: 100-continue` is not told to continue). The upstream
-/// request is always re-framed by the client.
+/// `server.max_body_bytes` or its route's `max_body_bytes` (413, before the
+/// body is read: a client that sent `Expect: 100-continue` is not told to
+/// continue). The upstream request is always re-framed by the client.
+///
+/// It also matches the request's route (`[[routes]]`), once: the
+/// [`Route`](palisade::routes::Route) goes in the request's extensions for
+/// the layers below (the proxy's idle limit), with the route's response
+/// limit as a [`RouteTimeout`](palisade::retry::timeout::RouteTimeout).
 async fn front_door(
     State(door): State<FrontDoor>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response<Body> {
     use http::{StatusCode, header};
     let max_uri = door.max_uri;
+    let route = door.routes.route(&mut req);
+    // The route's body limit, under the global cap (checked at start-up).
+    let route_max_body = route.as_ref().and_then(|r| r.section().max_body_bytes);
+    let max_body = route_max_body.unwrap_or(door.max_body);
+    if let Some(limit) = route.as_ref().and_then(|r| r.section().response_timeout) {
+        req.extensions_mut()
+            .insert(palisade::retry::timeout::RouteTimeout(if limit.is_zero() {
+                // Off, as a limit that never comes (as `upstream.response_timeout`).
+                std::time::Duration::from_secs(365 * 24 * 3600)
+            } else {
+                limit
+            }));
+    }
     let h = req.headers();
     let declared = h
         .get(header::CONTENT_LENGTH)
@@ -322,11 +347,11 @@ async fn front_door(
             StatusCode::URI_TOO_LONG,
             format!("request target over {max_uri} bytes"),
         ))
-    } else if door.max_body > 0 && declared.is_some_and(|n| n > door.max_body) {
+    } else if max_body > 0 && declared.is_some_and(|n| n > max_body) {
         door.refused_body.inc();
         Some((
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {} bytes", door.max_body),
+            format!("request body over {max_body} bytes"),
         ))
     } else {
         None
@@ -334,6 +359,24 @@ async fn front_door(
     let Some((status, detail)) = refusal else {
         if http_body::Body::is_end_stream(req.body()) {
             return next.run(req).await;
+        }
+        if let Some(limit) = route_max_body {
+            // A chunked body growing past the route's limit fails the
+            // request (413 from the proxy when no answer has begun); the
+            // listener already holds it to the global cap.
+            use http_body_util::BodyExt;
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let refused = door.refused_body.clone();
+            req = req.map(|body| {
+                Body::new(
+                    http_body_util::Limited::new(body, limit).map_err(move |err| {
+                        if err.is::<http_body_util::LengthLimitError>() {
+                            refused.inc();
+                        }
+                        err
+                    }),
+                )
+            });
         }
         // A body still to come: the layers learn when it has ended (the
         // response time limit starts then, and a breaker does not count a

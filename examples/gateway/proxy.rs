@@ -45,6 +45,8 @@ pub struct Proxy {
     idle_timeout: Duration,
     /// Clients whose forwarding headers are believed.
     trusted: std::sync::Arc<[ipnet::IpNet]>,
+    /// Send the client's `Host` (`upstream.preserve_host`), over HTTP/1.1.
+    preserve_host: bool,
 }
 
 impl Proxy {
@@ -100,6 +102,7 @@ impl Proxy {
             authority,
             idle_timeout: cfg.idle_timeout,
             trusted: trusted.into(),
+            preserve_host: cfg.preserve_host,
         })
     }
 }
@@ -258,14 +261,23 @@ where
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         let h2 = (grpc || self.all_h2) && upgrade.is_none();
-        let client = if upgrade.is_some() {
+        // The client's `Host`, when preserved, travels as a header: over
+        // HTTP/1.1, never beside an HTTP/2 `:authority` that names the
+        // upstream (a mismatch HTTP/2 servers may refuse).
+        let preserve_host = self.preserve_host && !h2;
+        let client = if upgrade.is_some() || preserve_host {
             self.h1.clone()
         } else if h2 {
             self.h2.clone()
         } else {
             self.client.clone()
         };
-        let idle = self.idle_timeout;
+        // The request's route may set its own idle limit.
+        let idle = parts
+            .extensions
+            .get::<palisade::routes::Route>()
+            .and_then(|r| r.section().idle_timeout)
+            .unwrap_or(self.idle_timeout);
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -298,6 +310,10 @@ where
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.remove(header::HOST);
+            if preserve_host && let Some(host) = &client_host {
+                // Else the client sets the upstream's own authority.
+                parts.headers.insert(header::HOST, host.clone());
+            }
             crate::forwarding::add_forwarding(
                 &mut parts.headers,
                 peer,
@@ -367,7 +383,7 @@ where
                 }
                 Err(err) if client_body_too_large(&err) => Ok(Error::new(
                     ErrorKind::PayloadTooLarge,
-                    "the request body is over server.max_body_bytes",
+                    "the request body is over its size limit (server.max_body_bytes, or its route's)",
                 )
                 .into_http_response(grpc)),
                 Err(err) if client_too_slow(&err) => Ok(Error::new(

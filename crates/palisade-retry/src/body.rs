@@ -147,11 +147,24 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Buffered { data, .. } => SizeHint::with_exact(data.len() as u64),
-            Kind::Streamed { prefix, rest, .. } => {
+            Kind::Streamed {
+                prefix,
+                rest,
+                error,
+                failed,
+            } => {
                 let read: u64 = prefix
                     .iter()
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
+                if error.is_some() || *failed {
+                    // It ends in an error, not after `read` bytes: an exact
+                    // size would let a client frame it by length, and the
+                    // receiver take the part read for a whole body.
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(read);
+                    return hint;
+                }
                 let Some(rest) = rest else {
                     return SizeHint::with_exact(read);
                 };
@@ -180,5 +193,35 @@ impl<B: Body> fmt::Debug for ReplayBody<B> {
                 .field("prefix_frames", &prefix.len())
                 .finish_non_exhaustive(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    type Failing = http_body_util::StreamBody<
+        futures_util::stream::Empty<Result<Frame<Bytes>, std::io::Error>>,
+    >;
+
+    #[tokio::test]
+    async fn a_body_that_ended_in_an_error_claims_no_exact_size() {
+        let prefix = VecDeque::from([Frame::data(Bytes::from_static(b"0123456789"))]);
+        let body: ReplayBody<Failing> =
+            ReplayBody::streamed(prefix, None, Some(std::io::Error::other("too large")));
+        let hint = body.size_hint();
+        assert_eq!(
+            hint.exact(),
+            None,
+            "framed by length, the part read looks whole"
+        );
+        assert_eq!(hint.lower(), 10);
+        let err = body.collect().await.unwrap_err();
+        assert_eq!(err.to_string(), "too large");
+        // Read whole without an error: exact.
+        let prefix = VecDeque::from([Frame::data(Bytes::from_static(b"0123456789"))]);
+        let body: ReplayBody<Failing> = ReplayBody::streamed(prefix, None, None);
+        assert_eq!(body.size_hint().exact(), Some(10));
     }
 }

@@ -9,6 +9,10 @@
 //! [`palisade_core::Error`]) and, for gRPC, also honours a shorter
 //! `grpc-timeout` sent by the caller.
 //!
+//! One request can carry its own limit in place of the layer's: a
+//! [`RouteTimeout`] in its extensions (a route's own, put there by whatever
+//! matched the route).
+//!
 //! For any other service (a client, a database call, a queue consumer),
 //! [`TimeoutLayer::for_services`] gives the same limit with a typed error,
 //! [`TimeoutError`], instead of an answer.
@@ -51,6 +55,39 @@ use std::{
 use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
+
+/// A request extension that sets this request's limit in place of the
+/// [`TimeoutLayer`]'s own — longer or shorter (a route's own limit, say).
+/// A gRPC caller's shorter `grpc-timeout` still wins, and the clock still
+/// waits for the request body to end.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use palisade_retry::timeout::{RouteTimeout, TimeoutLayer};
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(TimeoutLayer::new(Duration::from_secs(1)))
+///     .service_fn(|_req: http::Request<()>| async {
+///         tokio::time::sleep(Duration::from_secs(5)).await;
+///         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+///     });
+/// // This request may take 10 s: the slow answer arrives.
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(RouteTimeout(Duration::from_secs(10)));
+/// let res = svc.clone().oneshot(req).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// // Without it, the layer's 1 s.
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 504);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteTimeout(pub Duration);
 
 /// Applies [`Timeout`] to a service; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -310,7 +347,11 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let grpc = is_grpc_request(req.headers());
-        let mut timeout = self.timeout;
+        // This request's own limit (a route's), else the layer's.
+        let mut timeout = req
+            .extensions()
+            .get::<RouteTimeout>()
+            .map_or(self.timeout, |own| own.0);
         if grpc && let Some(asked) = grpc_timeout(req.headers()) {
             timeout = timeout.min(asked);
         }
@@ -480,6 +521,60 @@ mod tests {
             .unwrap();
         assert_eq!(res.status(), 504);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_timeout_replaces_the_layers_limit_for_its_request() {
+        let layer = TimeoutLayer::new(Duration::from_secs(2));
+        let with = |limit: Duration| {
+            let mut req = Request::new(());
+            req.extensions_mut().insert(RouteTimeout(limit));
+            req
+        };
+        // Longer than the layer's: a 3 s answer arrives.
+        let res = layer
+            .layer(slow(Duration::from_secs(3)))
+            .oneshot(with(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // Shorter: cut at its own limit, not the layer's.
+        let start = tokio::time::Instant::now();
+        let res = layer
+            .layer(slow(Duration::from_secs(1)))
+            .oneshot(with(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 504);
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        // A gRPC caller's shorter deadline still wins.
+        let mut req = with(Duration::from_secs(10));
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        req.headers_mut()
+            .insert("grpc-timeout", "300m".parse().unwrap());
+        let start = tokio::time::Instant::now();
+        let res = layer
+            .layer(slow(Duration::from_secs(3)))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["grpc-status"], "4");
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        // And the clock still starts when the body has ended: 4 s of body,
+        // then a 2 s answer, within a 3 s route limit.
+        let start = tokio::time::Instant::now();
+        let mut req =
+            palisade_core::body::sent::track(Request::new(trickled(Duration::from_secs(4))));
+        req.extensions_mut()
+            .insert(RouteTimeout(Duration::from_secs(3)));
+        let res = layer
+            .layer(reads_then_answers(Duration::from_secs(2)))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
     }
 
     #[tokio::test(start_paused = true)]
