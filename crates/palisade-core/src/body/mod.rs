@@ -71,11 +71,13 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Trailers boxed: rare, and a `HeaderMap` would make every body
+        // (and every response moved through the layers) larger.
+        Full { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         Resumed {
             prefix: Option<Bytes>,
             body: Option<Pin<Box<B>>>,
-            trailers: Option<HeaderMap>,
+            trailers: Option<Box<HeaderMap>>,
             error: Option<BoxError>,
         },
         Stream { body: UnsyncBoxBody<Bytes, BoxError> },
@@ -125,7 +127,7 @@ impl<B> PalisadeBody<B> {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
-                trailers,
+                trailers: trailers.map(Box::new),
             },
         }
     }
@@ -293,7 +295,7 @@ where
                 if let Some(d) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             KindProj::Resumed {
                 prefix,
@@ -314,7 +316,7 @@ where
                     }
                 }
                 if let Some(t) = trailers.take() {
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(*t))));
                 }
                 Poll::Ready(error.take().map(Err))
             }
