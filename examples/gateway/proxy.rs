@@ -27,10 +27,18 @@ use std::{
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Forwards requests to one upstream.
+/// Forwards requests to one upstream. Cloned for every request (axum
+/// clones the stack per request): one reference count, not the three
+/// clients' many.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    inner: std::sync::Arc<ProxyInner>,
+}
+
+type ProxyClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+struct ProxyInner {
+    client: ProxyClient,
     /// HTTP/2 only (prior knowledge on `http://`): gRPC requests, and
     /// every request when `upstream.http2` is set.
     h2: Client<HttpsConnector<HttpConnector>, ProxyBody>,
@@ -94,15 +102,17 @@ impl Proxy {
             .http2_only(true)
             .build(https_h2);
         Ok(Self {
-            client,
-            h2,
-            all_h2: cfg.http2,
-            h1,
-            scheme,
-            authority,
-            idle_timeout: cfg.idle_timeout,
-            trusted: trusted.into(),
-            preserve_host: cfg.preserve_host,
+            inner: std::sync::Arc::new(ProxyInner {
+                client,
+                h2,
+                all_h2: cfg.http2,
+                h1,
+                scheme,
+                authority,
+                idle_timeout: cfg.idle_timeout,
+                trusted: trusted.into(),
+                preserve_host: cfg.preserve_host,
+            }),
         })
     }
 }
@@ -239,6 +249,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.inner.clone();
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -246,8 +257,8 @@ where
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(this.scheme.clone())
+            .authority(this.authority.clone())
             .path_and_query(path)
             .build();
         // gRPC needs HTTP/2 end to end (and its trailers); anything else
@@ -260,24 +271,25 @@ where
         let client_side = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-        let h2 = (grpc || self.all_h2) && upgrade.is_none();
+        let h2 = (grpc || this.all_h2) && upgrade.is_none();
         // The client's `Host`, when preserved, travels as a header: over
         // HTTP/1.1, never beside an HTTP/2 `:authority` that names the
         // upstream (a mismatch HTTP/2 servers may refuse).
-        let preserve_host = self.preserve_host && !h2;
-        let client = if upgrade.is_some() || preserve_host {
-            self.h1.clone()
+        let preserve_host = this.preserve_host && !h2;
+        // Which client sends it (borrowed from `this` in the future).
+        let pick: fn(&ProxyInner) -> &ProxyClient = if upgrade.is_some() || preserve_host {
+            |p| &p.h1
         } else if h2 {
-            self.h2.clone()
+            |p| &p.h2
         } else {
-            self.client.clone()
+            |p| &p.client
         };
         // The request's route may set its own idle limit.
         let idle = parts
             .extensions
             .get::<palisade::routes::Route>()
             .and_then(|r| r.section().idle_timeout)
-            .unwrap_or(self.idle_timeout);
+            .unwrap_or(this.idle_timeout);
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -289,7 +301,6 @@ where
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         let client_version = parts.version;
-        let trusted = self.trusted.clone();
         // The JSON-RPC call a response answers goes with it, so a
         // classifier can tell a call's reply stream from a server's own.
         let json_rpc = parts
@@ -317,7 +328,7 @@ where
             crate::forwarding::add_forwarding(
                 &mut parts.headers,
                 peer,
-                &trusted,
+                &this.trusted,
                 client_version,
                 client_host.as_ref(),
             );
@@ -340,6 +351,7 @@ where
                 http::Version::HTTP_11
             };
             let body = body.map_err(Into::into).boxed_unsync();
+            let client = pick(&this);
             match client.request(Request::from_parts(parts, body)).await {
                 Ok(mut res) if res.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                     let Some(client_side) = client_side else {
