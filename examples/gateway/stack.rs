@@ -259,10 +259,24 @@ where
     ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Service =
-        tower::util::MapRequest<Boxed<S::Error>, fn(Request<PalisadeBody<Body>>) -> Request<Body>>;
+    type Service = Either<
+        tower::util::MapRequest<Boxed<S::Error>, fn(Request<PalisadeBody<Body>>) -> Request<Body>>,
+        tower::util::MapRequest<
+            tower::util::MapResponse<S, fn(Response<ResBody>) -> Response<Body>>,
+            fn(Request<PalisadeBody<Body>>) -> Request<Body>,
+        >,
+    >;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let to_body: fn(Request<PalisadeBody<Body>>) -> Request<Body> = |req| req.map(Body::new);
+        if self.0.is_empty() {
+            // No budget: no boxed service (cloned, with all below it, for
+            // every request) and no boxed future.
+            return Either::Right(tower::util::MapRequest::new(
+                tower::util::MapResponse::new(inner, to_axum::<ResBody>),
+                to_body,
+            ));
+        }
         let mut service: Boxed<S::Error> =
             BoxCloneSyncService::new(ServiceBuilder::new().map_response(to_axum).service(inner));
         for limit in self.0.iter().rev() {
@@ -274,9 +288,7 @@ where
                     .service(service),
             );
         }
-        tower::util::MapRequest::new(service, |req: Request<PalisadeBody<Body>>| {
-            req.map(Body::new)
-        })
+        Either::Left(tower::util::MapRequest::new(service, to_body))
     }
 }
 
