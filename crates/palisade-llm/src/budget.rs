@@ -15,7 +15,6 @@ use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use std::{
     fmt,
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -870,30 +869,5 @@ where
     }
 }
 
-pin_project! {
-    /// Response future of [`TokenBudget`].
-    pub struct ResponseFuture<B, E> {
-        #[pin]
-        inner: Pin<Box<dyn Future<Output = Result<Answer<B>, E>> + Send>>,
-    }
-}
-
-impl<B, E> ResponseFuture<B, E> {
-    fn new(f: impl Future<Output = Result<Answer<B>, E>> + Send + 'static) -> Self {
-        Self { inner: Box::pin(f) }
-    }
-}
-
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Answer<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
+/// Response future of [`TokenBudget`].
+pub type ResponseFuture<B, E> = crate::future::BoxedResponse<Answer<B>, E>;

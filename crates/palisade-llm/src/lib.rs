@@ -53,6 +53,7 @@
 
 mod budget;
 mod config;
+mod future;
 mod metrics;
 mod pacing;
 pub mod quota;
@@ -63,6 +64,7 @@ pub use budget::{
     TokenBudgetError, TokenBudgetLayer,
 };
 pub use config::{LimitKey, PacingConfig, TokenKeyKind, TokenKind, TokenLimitConfig};
+pub use future::BoxedResponse;
 pub use metrics::TokenMetrics;
 pub use pacing::{
     PacingError, PacingMetrics, ProviderPacing, ProviderPacingBuilder, ProviderPacingLayer,

@@ -6,13 +6,10 @@ use http::{HeaderMap, Request, Response};
 use palisade_core::metrics::{register_counter_vec, register_int_gauge_vec};
 use palisade_core::{Error, ErrorKind, PalisadeBody, is_grpc_request};
 use palisade_store::Store;
-use pin_project_lite::pin_project;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use sha2::{Digest, Sha256};
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -548,33 +545,8 @@ where
     }
 }
 
-pin_project! {
-    /// Response future of [`ProviderPacing`].
-    pub struct ResponseFuture<B, E> {
-        #[pin]
-        inner: Pin<Box<dyn Future<Output = Result<Answer<B>, E>> + Send>>,
-    }
-}
-
-impl<B, E> ResponseFuture<B, E> {
-    fn new(f: impl Future<Output = Result<Answer<B>, E>> + Send + 'static) -> Self {
-        Self { inner: Box::pin(f) }
-    }
-}
-
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Answer<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
+/// Response future of [`ProviderPacing`].
+pub type ResponseFuture<B, E> = crate::future::BoxedResponse<Answer<B>, E>;
 
 #[cfg(test)]
 mod tests {
