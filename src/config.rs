@@ -313,15 +313,16 @@ impl RouteSection {
 /// assert_eq!(d.keep_alive_timeout, Duration::from_secs(60));
 /// assert_eq!(d.max_body_bytes, 32 * 1024 * 1024);
 /// assert_eq!(d.max_concurrent_streams, 100);
+/// assert!(d.strict_http1);
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerSection {
     /// A client has this long to send a whole request head, on a new
-    /// connection or between keep-alive requests (default 30 s); then the
-    /// connection is closed. A client that sends half a head and stops
-    /// holds nothing longer.
+    /// connection or between keep-alive requests (default 30 s; `0s`:
+    /// never); then the connection is closed. A client that sends half a
+    /// head and stops holds nothing longer.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Connections served at once (default 0: three quarters of the
@@ -362,6 +363,14 @@ pub struct ServerSection {
     /// 1 KiB), announced in `SETTINGS_MAX_HEADER_LIST_SIZE`; it also bounds
     /// the `CONTINUATION` frames read for one header block.
     pub max_header_list_size: u32,
+    /// HTTP/1.1 request heads that servers read in different ways, the
+    /// stuff of request smuggling, are answered `400` and the connection
+    /// closed, before any layer or the upstream sees them (default true):
+    /// a line ended by a bare LF, an obs-folded header line, `Content-Length`
+    /// given twice (even with equal values), or both `Content-Length` and
+    /// `Transfer-Encoding`. `false` reads them as RFC 9112 allows (and
+    /// re-frames them for the upstream all the same).
+    pub strict_http1: bool,
 }
 
 impl Default for ServerSection {
@@ -377,6 +386,7 @@ impl Default for ServerSection {
             max_connections_per_ip: 0,
             max_concurrent_streams: 100,
             max_header_list_size: 64 * 1024,
+            strict_http1: true,
         }
     }
 }
@@ -386,12 +396,6 @@ impl ServerSection {
     fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         // Past a year a deadline may overflow the clock; no limit is that long.
         const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
-        if self.header_read_timeout.is_zero() {
-            return Err((
-                "header_read_timeout",
-                "must be more than 0s (every connection would be cut at once)",
-            ));
-        }
         for (key, value) in [
             ("header_read_timeout", self.header_read_timeout),
             ("body_idle_timeout", self.body_idle_timeout),
@@ -1009,7 +1013,7 @@ mod tests {
                 "server.max_header_list_size",
             ),
             (
-                &[("PALISADE__SERVER__HEADER_READ_TIMEOUT", "\"0s\"")][..],
+                &[("PALISADE__SERVER__HEADER_READ_TIMEOUT", "\"400days\"")][..],
                 "server.header_read_timeout",
             ),
             (

@@ -191,53 +191,135 @@ async fn ambiguous_framing_and_oversized_heads_are_refused_before_the_upstream()
     assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
 }
 
-/// Two framings in one request (`Content-Length` and chunked): the gateway
-/// reads the body one way only (chunked, RFC 9112 §6.3), answers, and closes
-/// the connection, so bytes smuggled behind the first request are never
-/// read as a request; what goes upstream is re-framed by the gateway.
+/// Heads that servers read in different ways (the stuff of request
+/// smuggling) are answered 400 with a problem naming the shape, the
+/// connection is closed, and neither they nor the request smuggled behind
+/// them reach the upstream. hyper alone would read each of them (dropping
+/// one `Content-Length`, or reading bare LFs as line ends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_framings_are_read_one_way_and_the_connection_closed() {
-    use tokio::io::AsyncWriteExt;
+async fn smuggling_shapes_are_refused_with_400_and_never_forwarded() {
     let gw = Gateway::start(&[], &[]);
+    let to = addr(&gw.url);
     let before = gw.upstream_hits().await;
-    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
-    // Read by its Content-Length (4), the body would be "5\r\nh"; read as
-    // chunked it is "hello". A second request follows on the connection.
-    s.write_all(
-        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
-          5\r\nhello\r\n0\r\n\r\n\
-          GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let all = until_closed(&mut s, Duration::from_secs(20))
-        .await
-        .expect("the answer, then the close");
-    let text = String::from_utf8_lossy(&all);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.ends_with("\r\n\r\nhello"),
-        "the body read as chunked, nothing after: {text}"
-    );
-    assert_eq!(
-        text.matches("HTTP/1.1 ").count(),
-        1,
-        "the smuggled request is never answered"
-    );
+    let smuggled = "GET /users/7 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, String, &str); 7] = [
+        (
+            "Content-Length, then Transfer-Encoding",
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
+            ),
+            "both `Transfer-Encoding` and `Content-Length`",
+        ),
+        (
+            "Transfer-Encoding, then Content-Length",
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            "both `Transfer-Encoding` and `Content-Length`",
+        ),
+        (
+            "two equal Content-Lengths",
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi{smuggled}"
+            ),
+            "more than one `Content-Length`",
+        ),
+        (
+            "one Content-Length with two values",
+            format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\nhi{smuggled}"),
+            "more than one `Content-Length`",
+        ),
+        (
+            "bare LF line ends",
+            format!("GET /health HTTP/1.1\nHost: x\n\n{smuggled}"),
+            "LF alone",
+        ),
+        (
+            "one bare LF among CRLFs",
+            format!("GET /health HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n{smuggled}"),
+            "LF alone",
+        ),
+        (
+            "obs-fold",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n{smuggled}"),
+            "obs-fold",
+        ),
+    ];
+    for (name, raw, detail) in cases {
+        let mut s = TcpStream::connect(&to).await.unwrap();
+        let _ = s.write_all(raw.as_bytes()).await;
+        let all = until_closed(&mut s, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{name}: the connection stays open"));
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 400"), "{name}: {text}");
+        assert!(text.contains("application/problem+json"), "{name}: {text}");
+        assert!(text.contains(detail), "{name}: {text}");
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: the smuggled request is never answered: {text}"
+        );
+    }
     assert_eq!(
         gw.upstream_hits().await,
-        before + 1,
-        "only the POST reached the upstream"
+        before,
+        "neither a refused request nor one behind it reached the upstream"
     );
+    assert_eq!(
+        metric(
+            &gw,
+            "palisade_server_refused_total{limit=\"strict_http1\",listener=\"client\"}"
+        )
+        .await,
+        7.0
+    );
+    // A plain request is still served.
+    assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);
 }
 
-/// Bare-LF line ends are read as line ends and never forwarded as they
-/// came: the upstream gets the gateway's own CRLF framing.
+/// The strict reading keeps its place in the stream: requests pipelined on
+/// one connection with bodies of every framing (a length, chunks with an
+/// extension and trailers, none), their heads and bodies split across many
+/// small writes, are each answered, in order, with their own body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bare_lf_heads_are_reframed_with_crlf_for_the_upstream() {
+async fn pipelined_requests_of_every_framing_are_all_served() {
+    let gw = Gateway::start(&[], &[]);
+    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let raw: &[u8] = b"\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nfirst\
+        POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+        3;ext=1\r\nsec\r\n3\r\nond\r\n0\r\nX-Trailer: t\r\n\r\n\
+        GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthird";
+    // Pieces of 7 bytes: heads, chunk lines and bodies all arrive cut.
+    for piece in raw.chunks(7) {
+        s.write_all(piece).await.unwrap();
+        // A traffic shape on a real socket (another process): each piece
+        // its own segment.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("four answers, then the close");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 4, "{text}");
+    let first = text.find("\r\n\r\nfirst").expect(&text);
+    let second = text.find("\r\n\r\nsecond").expect(&text);
+    let third = text.find("\r\n\r\nthird").expect(&text);
+    assert!(first < second && second < third, "{text}");
+}
+
+/// With `server.strict_http1 = false`, bare-LF line ends are read as line
+/// ends (RFC 9112 allows it) and never forwarded as they came: the upstream
+/// gets the gateway's own CRLF framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_strict_http1_bare_lf_heads_are_reframed_with_crlf() {
     let (upstream, mut seen) = recording_upstream().await;
     let gw = Gateway::start_with_config(
-        Some("[upstream]\nresponse_timeout = \"1s\"\n[retry]\nmax_attempts = 1\n"),
+        Some(
+            "[server]\nstrict_http1 = false\n[upstream]\nresponse_timeout = \"1s\"\n[retry]\nmax_attempts = 1\n",
+        ),
         &["--upstream", &upstream],
         &[],
     );

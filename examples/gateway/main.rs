@@ -15,6 +15,7 @@ mod observe;
 mod proxy;
 mod serve;
 mod stack;
+mod strict;
 mod trace;
 
 use axum::{

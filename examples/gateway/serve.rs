@@ -7,6 +7,7 @@
 //! resets; request bodies bounded in size and in idle time; graceful
 //! shutdown.
 
+use crate::strict::{Refusal, StrictHeads};
 use axum::{Router, body::Body, extract::ConnectInfo};
 use dashmap::DashMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -24,7 +25,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -73,7 +74,7 @@ impl ServerMetricFamilies {
                 registry,
                 "palisade_server_refused_total",
                 "Connections and requests refused by a listener limit (max_connections, \
-                 max_connections_per_ip, max_body_bytes, cancelled_requests).",
+                 max_connections_per_ip, max_body_bytes, cancelled_requests, strict_http1).",
                 &["listener", "limit"],
             )?,
             timed_out: register_counter_vec(
@@ -95,6 +96,7 @@ impl ServerMetricFamilies {
                 .refused
                 .with_label_values(&[name, "max_connections_per_ip"]),
             refused_body: self.refused.with_label_values(&[name, "max_body_bytes"]),
+            refused_framing: self.refused.with_label_values(&[name, "strict_http1"]),
             refused_resets: self
                 .refused
                 .with_label_values(&[name, "cancelled_requests"]),
@@ -118,6 +120,7 @@ pub struct ServerMetrics {
     refused_connections: IntCounter,
     refused_per_ip: IntCounter,
     refused_resets: IntCounter,
+    refused_framing: IntCounter,
     /// Also counted by the front door for a `Content-Length` over the limit.
     pub refused_body: IntCounter,
     header_read_timeout: IntCounter,
@@ -226,9 +229,12 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        // `0s`: no limit (hyper's own default would be 30 s).
+        .header_read_timeout(
+            (!cfg.header_read_timeout.is_zero()).then_some(cfg.header_read_timeout),
+        )
         // A head that does not fit is answered 431 by hyper.
-        .max_buf_size(cfg.max_head_bytes.max(8192));
+        .max_buf_size(max_head(cfg));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -299,6 +305,10 @@ pub async fn serve(
                 body_idle: cfg.body_idle_timeout,
                 body_limit,
                 keep_alive: cfg.keep_alive_timeout,
+                strict: cfg.strict_http1,
+                header_read: (!cfg.header_read_timeout.is_zero())
+                    .then_some(cfg.header_read_timeout),
+                max_head: max_head(cfg),
                 metrics: how.metrics.clone(),
             },
             stopping.clone(),
@@ -318,12 +328,46 @@ pub async fn serve(
     Ok(())
 }
 
+/// The largest request head hyper reads (`server.max_head_bytes`, at
+/// least 8 KiB).
+fn max_head(cfg: &ServerSection) -> usize {
+    cfg.max_head_bytes.max(8192)
+}
+
 /// What each connection needs from the configuration.
 struct Settings {
     body_idle: Duration,
     body_limit: usize,
     keep_alive: Duration,
+    /// `server.strict_http1`: heads checked by [`StrictHeads`].
+    strict: bool,
+    /// `server.header_read_timeout` (`None`: off).
+    header_read: Option<Duration>,
+    max_head: usize,
     metrics: ServerMetrics,
+}
+
+/// The answer to a head [`StrictHeads`] refused.
+fn refused_head(why: Refusal) -> http::Response<Body> {
+    let status = http::StatusCode::BAD_REQUEST;
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": why.detail(),
+    });
+    let mut res = http::Response::new(Body::from(body.to_string()));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 /// Requests on one connection the client cancelled before their answer
@@ -429,9 +473,25 @@ async fn connection(
     let (activity, mut active) = Activity::new();
     let abusive = activity.abusive.clone();
     let (body_idle, body_limit, metrics) = (s.body_idle, s.body_limit, s.metrics.clone());
+    let strict = s.strict;
+    // Set on a `101`: from then on the connection carries another protocol.
+    let switched = Arc::new(AtomicBool::new(false));
+    let stream = StrictHeads::new(
+        stream,
+        s.strict,
+        s.max_head,
+        s.header_read,
+        switched.clone(),
+    );
     let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (busy, pending) = activity.begin();
         let metrics = metrics.clone();
+        let refusal = if strict {
+            crate::strict::refused(req.uri().path())
+        } else {
+            None
+        };
+        let switched = switched.clone();
         let mut req = req.map(|body| {
             // A client that stops sending its body is cut off (408); one
             // that sends more than the limit is refused (413).
@@ -451,7 +511,16 @@ async fn connection(
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
         async move {
+            if let Some(why) = refusal {
+                metrics.refused_framing.inc();
+                pending.answer();
+                drop(busy);
+                return Ok(refused_head(why));
+            }
             let res = app.oneshot(req).await?;
+            if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                switched.store(true, Ordering::Release);
+            }
             pending.answer();
             // The request is in progress until its answer is sent.
             Ok::<_, std::convert::Infallible>(res.map(|body| {
@@ -489,9 +558,13 @@ async fn connection(
         }
     };
     if let Err(err) = result {
+        // hyper's own limit, or the first head's (held by `StrictHeads`).
         let timed_out = err
             .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout);
+            .is_some_and(hyper::Error::is_timeout)
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         if timed_out {
             s.metrics.header_read_timeout.inc();
         }
