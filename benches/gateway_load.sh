@@ -2,6 +2,9 @@
 # Gateway load benchmark: req/s and p50 / p99 latency, in ONE run, for
 #   1. the bare demo upstream (no gateway),
 #   2. the gateway with no layers (--no-layers),
+#   2b. the same with the listener's own limits off (strict HTTP/1.1 heads,
+#       header / keep-alive / body-idle timeouts, body size): what the front
+#       door's defaults cost,
 #   3. the gateway with the full stack, in-process store,
 #   4. the gateway with the full stack on Redis (a redis-server it starts),
 # each on two paths: /health (text, layer overhead only) and /users/7 (JSON
@@ -34,6 +37,16 @@ key = "peer_ip"
 limit = 1000000
 TOML
 
+# The listener's limits, every one that can be, off.
+cat > "$WORK/open.toml" <<'TOML'
+[server]
+strict_http1 = false
+header_read_timeout = "0s"
+keep_alive_timeout = "0s"
+body_idle_timeout = "0s"
+max_body_bytes = 0
+TOML
+
 # start NAME ARGS... : runs the gateway binary, waits for its address line.
 start() {
   local name=$1; shift
@@ -58,6 +71,7 @@ for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && brea
 
 gateway() { start "$1" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "$UPSTREAM" "${@:2}"; }
 gateway bare --no-layers
+gateway open --no-layers --config "$WORK/open.toml"
 gateway full --config "$WORK/bench.toml"
 gateway redis --config "$WORK/bench.toml" --redis "redis://127.0.0.1:$REDIS_PORT"
 
@@ -78,13 +92,14 @@ echo "|---|---|---:|---:|---:|---:|"
 for path in /health /users/7; do
   declare -A R=()
   R[upstream]=$(run "$UPSTREAM$path")
-  for g in bare full redis; do R[$g]=$(run "$(addr_of $g 'listening on')$path"); done
+  for g in bare open full redis; do R[$g]=$(run "$(addr_of $g 'listening on')$path"); done
   base=$(awk '{print $1}' <<<"${R[bare]}")
-  for setup in upstream bare full redis; do
+  for setup in upstream bare open full redis; do
     read -r rps p50 p99 <<<"${R[$setup]}"
     case $setup in
       upstream) label="upstream alone (no gateway)";;
       bare) label="gateway, no layers";;
+      open) label="gateway, no layers, listener limits off";;
       full) label="gateway, full stack, in-process";;
       redis) label="gateway, full stack, Redis";;
     esac

@@ -319,8 +319,8 @@ impl RouteSection {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerSection {
-    /// A client has this long to send a whole request head, on a new
-    /// connection or between keep-alive requests (default 30 s; `0s`:
+    /// A client has this long to send a whole request head: the first from
+    /// the accept, a later one from its first byte (default 30 s; `0s`:
     /// never); then the connection is closed. A client that sends half a
     /// head and stops holds nothing longer.
     #[serde(with = "humantime_serde")]
@@ -341,9 +341,9 @@ pub struct ServerSection {
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
     /// A connection with no request in progress is closed after this long
-    /// (default 60 s; `0s`: never). HTTP/1.1 keep-alive connections are
-    /// also closed by `header_read_timeout` when that is shorter (the next
-    /// head must start within it); HTTP/2 connections get `GOAWAY`.
+    /// (default 60 s; `0s`: never); HTTP/2 connections get `GOAWAY`. With
+    /// `strict_http1 = false`, hyper also closes an HTTP/1.1 keep-alive
+    /// connection whose next head has not come within `header_read_timeout`.
     #[serde(with = "humantime_serde")]
     pub keep_alive_timeout: Duration,
     /// The largest request body (default 32 MiB; `0`: no limit). A larger
@@ -1032,6 +1032,23 @@ mod tests {
         let err =
             PalisadeConfig::from_sources(Some("[pii]\nmax_body_byte = 5\n"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("max_body_byte"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_can_be_turned_off() {
+        let cfg = PalisadeConfig::from_sources(
+            Some("[server]\nheader_read_timeout = \"0s\"\nstrict_http1 = false\n"),
+            env(&[]),
+        )
+        .unwrap();
+        assert!(cfg.server.header_read_timeout.is_zero());
+        assert!(!cfg.server.strict_http1);
+        assert!(
+            PalisadeConfig::from_sources(None, env(&[]))
+                .unwrap()
+                .server
+                .strict_http1
+        );
     }
 
     #[test]

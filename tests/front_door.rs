@@ -552,16 +552,29 @@ async fn http2_limits_are_announced_and_enforced() {
     assert_eq!(big["status"], 431, "{big}");
 }
 
-/// What hyper does on its own: an idle HTTP/1.1 keep-alive connection must
-/// start its next request head within `server.header_read_timeout`, so it is
-/// closed after it even with `keep_alive_timeout` off.
+/// An idle HTTP/1.1 keep-alive connection is the keep-alive limit's, not the
+/// head limit's (hyper alone times the wait for the next head with
+/// `header_read_timeout`, so an idle connection went at 1 s here); a head
+/// that has begun on a kept-alive connection must end within the head limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_http1_connections_are_closed_after_the_header_read_timeout() {
+async fn idle_http1_connections_are_the_keep_alive_limits_and_begun_heads_the_head_limits() {
     let gw = Gateway::start_with_config(
-        Some("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"0s\"\n"),
+        Some("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"3s\"\n"),
         &[],
         &[],
     );
+    let timeouts = |which: &'static str| {
+        let gw = &gw;
+        async move {
+            metric(
+                gw,
+                &format!(
+                    "palisade_server_timeouts_total{{listener=\"client\",timeout=\"{which}\"}}"
+                ),
+            )
+            .await
+        }
+    };
     let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -571,14 +584,21 @@ async fn idle_http1_connections_are_closed_after_the_header_read_timeout() {
         .expect("the idle keep-alive connection is closed");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        metric(
-            &gw,
-            "palisade_server_timeouts_total{listener=\"client\",timeout=\"header_read_timeout\"}"
-        )
+    assert_eq!(timeouts("keep_alive_timeout").await, 1.0);
+    assert_eq!(timeouts("header_read_timeout").await, 0.0);
+
+    // One answered request, then half a head: cut by the head limit.
+    let mut s = TcpStream::connect(addr(&gw.url)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nX-Half: ")
         .await
-            >= 1.0
-    );
+        .unwrap();
+    let got = until_closed(&mut s, Duration::from_secs(20))
+        .await
+        .expect("the half head is cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+    assert_eq!(timeouts("header_read_timeout").await, 1.0);
+    assert_eq!(timeouts("keep_alive_timeout").await, 1.0);
 }
 
 /// `server.keep_alive_timeout` closes a connection with no request in

@@ -1,7 +1,8 @@
 //! The listeners (client-facing and admin): hyper's connection builder with
-//! a timer, so a client that sends half a request head and stops is cut off
-//! after `server.header_read_timeout`; a connection with no request in
-//! progress is closed after `server.keep_alive_timeout`; a bound on
+//! a timer, and HTTP/1.1 heads checked before hyper reads them
+//! ([`StrictHeads`]), so a client that sends half a request head and stops
+//! is cut off after `server.header_read_timeout`; a connection with no
+//! request in progress is closed after `server.keep_alive_timeout`; a bound on
 //! connections served at once, in all and per client address, past which a
 //! new one gets `503` at once; HTTP/2 limits on streams, header lists and
 //! resets; request bodies bounded in size and in idle time; graceful
@@ -123,7 +124,7 @@ pub struct ServerMetrics {
     refused_framing: IntCounter,
     /// Also counted by the front door for a `Content-Length` over the limit.
     pub refused_body: IntCounter,
-    header_read_timeout: IntCounter,
+    pub header_read_timeout: IntCounter,
     keep_alive_timeout: IntCounter,
     body_idle_timeout: IntCounter,
 }
@@ -229,9 +230,12 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // `0s`: no limit (hyper's own default would be 30 s).
+        // `0s`: no limit (hyper's own default would be 30 s). With strict
+        // heads they are timed by `StrictHeads` (hyper would also time an
+        // idle keep-alive connection, which is `keep_alive_timeout`'s job).
         .header_read_timeout(
-            (!cfg.header_read_timeout.is_zero()).then_some(cfg.header_read_timeout),
+            (!cfg.header_read_timeout.is_zero() && !cfg.strict_http1)
+                .then_some(cfg.header_read_timeout),
         )
         // A head that does not fit is answered 431 by hyper.
         .max_buf_size(max_head(cfg));
@@ -481,6 +485,7 @@ async fn connection(
         s.strict,
         s.max_head,
         s.header_read,
+        s.metrics.header_read_timeout.clone(),
         switched.clone(),
     );
     let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -558,13 +563,10 @@ async fn connection(
         }
     };
     if let Err(err) = result {
-        // hyper's own limit, or the first head's (held by `StrictHeads`).
+        // hyper's own limit (`StrictHeads` counts its own).
         let timed_out = err
             .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout)
-            || err
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+            .is_some_and(hyper::Error::is_timeout);
         if timed_out {
             s.metrics.header_read_timeout.inc();
         }

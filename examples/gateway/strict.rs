@@ -156,11 +156,20 @@ pub struct StrictHeads<S> {
     /// Set by the listener when it answers `101`: from then on the bytes
     /// are the new protocol's.
     switched: Arc<AtomicBool>,
-    /// The first head's deadline (`server.header_read_timeout`). hyper
-    /// times the later ones itself, but it learns that a connection speaks
-    /// HTTP/1.1 from its first bytes, which are held here until the head is
-    /// whole: a client that sends half a first head is cut off here.
-    first_head: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `server.header_read_timeout`, timed here rather than by hyper (which
+    /// sees no byte of a head until it is whole): the first head from the
+    /// accept, each later one from its first byte. An idle keep-alive
+    /// connection is not timed here (that is `keep_alive_timeout`).
+    header_read: Option<HeadTimer>,
+}
+
+/// The deadline of the head being read.
+struct HeadTimer {
+    limit: std::time::Duration,
+    /// Counted here: hyper, which had no byte of the head, closes quietly.
+    timed_out: prometheus::IntCounter,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl<S> StrictHeads<S> {
@@ -171,12 +180,18 @@ impl<S> StrictHeads<S> {
         strict: bool,
         max_head: usize,
         header_read_timeout: Option<std::time::Duration>,
+        timed_out: prometheus::IntCounter,
         switched: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            first_head: header_read_timeout
+            header_read: header_read_timeout
                 .filter(|_| strict)
-                .map(|limit| Box::pin(tokio::time::sleep(limit))),
+                .map(|limit| HeadTimer {
+                    limit,
+                    timed_out,
+                    deadline: Box::pin(tokio::time::sleep(limit)),
+                    armed: true,
+                }),
             inner,
             state: if strict {
                 State::Head(HeadScan::default())
@@ -188,6 +203,24 @@ impl<S> StrictHeads<S> {
             ready_from: 0,
             max_head,
             switched,
+        }
+    }
+
+    /// A head was judged: none is being read.
+    fn disarm(&mut self) {
+        if let Some(timer) = &mut self.header_read {
+            timer.armed = false;
+        }
+    }
+
+    /// Starts the clock when a head has begun to arrive.
+    fn arm_if_head_began(&mut self) {
+        if let (Some(timer), State::Head(_)) = (&mut self.header_read, &self.state) {
+            if !timer.armed && !self.held.is_empty() {
+                timer.armed = true;
+                let at = tokio::time::Instant::now() + timer.limit;
+                timer.deadline.as_mut().reset(at);
+            }
         }
     }
 
@@ -322,7 +355,7 @@ impl<S> StrictHeads<S> {
         if head.starts_with(b"PRI * HTTP/2.0\r\n") {
             // HTTP/2's preface: none of this applies.
             self.release(end);
-            self.first_head = None;
+            self.disarm();
             return State::Through;
         }
         let mut why = if scan.bare_lf {
@@ -379,12 +412,12 @@ impl<S> StrictHeads<S> {
                 );
                 self.held.clear();
                 self.ready.extend_from_slice(&stand_in(why));
-                self.first_head = None;
+                self.disarm();
                 State::Refused
             }
             None => {
                 self.release(end);
-                self.first_head = None;
+                self.disarm();
                 if matches!(next, State::Ended) {
                     // Nothing after an unreadable head is given to hyper.
                     self.held.clear();
@@ -448,8 +481,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for StrictHeads<S> {
                 this.advance();
                 continue;
             }
-            if let Some(deadline) = &mut this.first_head {
-                if deadline.as_mut().poll(cx).is_ready() {
+            this.arm_if_head_began();
+            if let Some(timer) = this.header_read.as_mut().filter(|t| t.armed) {
+                if timer.deadline.as_mut().poll(cx).is_ready() {
+                    timer.timed_out.inc();
+                    timer.armed = false;
+                    this.state = State::Ended;
+                    this.held.clear();
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no whole request head within server.header_read_timeout",
