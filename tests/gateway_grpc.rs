@@ -88,9 +88,19 @@ async fn grpc_calls_pass_through_the_gateway_with_their_trailers() {
     assert_eq!(r["fail"]["code"], "UNAVAILABLE", "{r}");
     assert_eq!(r["fail"]["details"], "upstream down", "{r}");
     assert_eq!(r["after_fail"]["ok"], "echo:again", "{r}");
+    // Retry (default: 3 attempts, UNAVAILABLE retried) judges a call by the
+    // status in its head: `Fail`'s trailers-only UNAVAILABLE is tried three
+    // times; `Late`, whose response head (and messages) had reached the
+    // client before its status, is committed, as gRPC's own retry (gRFC A6)
+    // has it, and tried once.
+    let calls = &r["calls"]["ok"];
+    assert_eq!(calls["Fail"], 3, "{r}");
+    assert_eq!(calls["Late"], 1, "{r}");
+    assert_eq!(calls["Say"], 2, "{r}");
+    assert_eq!(calls["Stream"], 1, "{r}");
     // The latency histogram classes each call by its gRPC status, wherever
     // it came: `Fail` in the head (trailers-only), `Late` in the trailers
-    // after two messages; `Say` twice and `Stream` ended OK.
+    // after two messages; `Say` twice, `Stream` ended OK and `Count`.
     let metrics = support::get(&format!("{}/metrics", gw.admin)).await.text();
     let count = |class: &str| -> f64 {
         let name = format!("palisade_http_request_duration_seconds_count{{status=\"{class}\"}}");
@@ -99,7 +109,7 @@ async fn grpc_calls_pass_through_the_gateway_with_their_trailers() {
             .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
             .unwrap_or(0.0)
     };
-    assert_eq!((count("2xx"), count("5xx")), (3.0, 2.0), "{metrics}");
+    assert_eq!((count("2xx"), count("5xx")), (4.0, 2.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

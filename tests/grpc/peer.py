@@ -8,14 +8,34 @@ Methods take and return raw bytes (no protoc needed):
   /demo.Echo/Fail    unary: aborts with UNAVAILABLE
   /demo.Echo/Stream  server streaming: 3 messages, then OK with a trailer
   /demo.Echo/Late    server streaming: 2 messages, then UNAVAILABLE (in trailers)
+  /demo.Echo/Count   unary: how many times each method was called, as JSON
 """
 import json
 import sys
+import threading
+from collections import Counter
 from concurrent import futures
 
 import grpc
 
 ident = lambda b: b
+
+CALLS = Counter()
+CALLS_LOCK = threading.Lock()
+
+
+def counted(name, fn):
+    def handler(request, context):
+        with CALLS_LOCK:
+            CALLS[name] += 1
+        return fn(request, context)
+
+    return handler
+
+
+def count(request, context):
+    with CALLS_LOCK:
+        return json.dumps(CALLS).encode()
 
 
 def say(request, context):
@@ -41,10 +61,11 @@ def late(request, context):
 def serve():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handlers = {
-        "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
-        "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream, ident, ident),
-        "Late": grpc.unary_stream_rpc_method_handler(late, ident, ident),
+        "Say": grpc.unary_unary_rpc_method_handler(counted("Say", say), ident, ident),
+        "Fail": grpc.unary_unary_rpc_method_handler(counted("Fail", fail), ident, ident),
+        "Stream": grpc.unary_stream_rpc_method_handler(counted("Stream", stream), ident, ident),
+        "Late": grpc.unary_stream_rpc_method_handler(counted("Late", late), ident, ident),
+        "Count": grpc.unary_unary_rpc_method_handler(count, ident, ident),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("demo.Echo", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -66,6 +87,7 @@ def call(target):
     fail_ = channel.unary_unary("/demo.Echo/Fail", ident, ident)
     stream_ = channel.unary_stream("/demo.Echo/Stream", ident, ident)
     late_ = channel.unary_stream("/demo.Echo/Late", ident, ident)
+    count_ = channel.unary_unary("/demo.Echo/Count", ident, ident)
 
     def streamed():
         call = stream_(b"go", timeout=10)
@@ -89,6 +111,7 @@ def call(target):
         "fail": outcome(lambda: fail_(b"x", timeout=10).decode()),
         "after_fail": outcome(lambda: say_(b"again", timeout=10).decode()),
     }
+    result["calls"] = outcome(lambda: json.loads(count_(b"", timeout=10)))
     print(json.dumps(result), flush=True)
 
 

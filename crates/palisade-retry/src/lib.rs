@@ -10,7 +10,13 @@
 //!
 //! - responses with a retryable status (429, 502, 503, 504 by default; other
 //!   4xx never), and gRPC responses whose `grpc-status` header is retryable
-//!   (`UNAVAILABLE` by default);
+//!   (`UNAVAILABLE` by default). That is the status of a trailers-only
+//!   answer, the form in which gRPC servers (grpc-go, grpcio, tonic) send an
+//!   error before any message. A status that comes in the trailers, after a
+//!   response head the client already has, is not retried: as in gRPC's own
+//!   retry design (gRFC A6), a call is committed once its response head has
+//!   arrived. The circuit breaker and the gateway's metrics do count such a
+//!   status, judged when the body ends;
 //! - connect errors, timeouts and dropped connections (found by walking the
 //!   error's source chain, see [`classify_error`]);
 //! - by default only idempotent requests (`GET`, `HEAD`, `OPTIONS`, `PUT`,
