@@ -43,14 +43,18 @@ pub enum Refusal {
     ContentLengthTwice,
     /// Both `Content-Length` and `Transfer-Encoding`.
     TwoFramings,
+    /// Bytes that no request head can start with (garbage, a bad method,
+    /// target or header name), refused without waiting for the rest.
+    Malformed,
 }
 
 impl Refusal {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::BareLf,
         Self::ObsFold,
         Self::ContentLengthTwice,
         Self::TwoFramings,
+        Self::Malformed,
     ];
 
     fn slug(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Refusal {
             Self::ObsFold => "obs-fold",
             Self::ContentLengthTwice => "content-length-twice",
             Self::TwoFramings => "content-length-and-transfer-encoding",
+            Self::Malformed => "malformed",
         }
     }
 
@@ -69,6 +74,7 @@ impl Refusal {
             Self::ObsFold => "a header line folded onto the next (obs-fold)",
             Self::ContentLengthTwice => "more than one `Content-Length`",
             Self::TwoFramings => "both `Transfer-Encoding` and `Content-Length`",
+            Self::Malformed => "a malformed request head",
         }
     }
 }
@@ -135,6 +141,10 @@ struct HeadScan {
     lines: usize,
     bare_lf: bool,
     obs_fold: bool,
+    /// The held length at which the unfinished head is next parsed (each
+    /// time twice the last, so a head sent a byte at a time costs linear
+    /// work).
+    next_parse: usize,
 }
 
 /// The largest chunk-size or trailer line read; past it the connection ends
@@ -215,12 +225,13 @@ impl<S> StrictHeads<S> {
 
     /// Starts the clock when a head has begun to arrive.
     fn arm_if_head_began(&mut self) {
-        if let (Some(timer), State::Head(_)) = (&mut self.header_read, &self.state) {
-            if !timer.armed && !self.held.is_empty() {
-                timer.armed = true;
-                let at = tokio::time::Instant::now() + timer.limit;
-                timer.deadline.as_mut().reset(at);
-            }
+        if let (Some(timer), State::Head(_)) = (&mut self.header_read, &self.state)
+            && !timer.armed
+            && !self.held.is_empty()
+        {
+            timer.armed = true;
+            let at = tokio::time::Instant::now() + timer.limit;
+            timer.deadline.as_mut().reset(at);
         }
     }
 
@@ -331,11 +342,24 @@ impl<S> StrictHeads<S> {
                 }
                 State::Head(scan) => {
                     let Some(end) = scan_head(scan, &self.held) else {
-                        if self.held.len() > self.max_head {
-                            // More than hyper reads: it answers 431 and
-                            // closes; nothing after this is given to it.
+                        // Refused without waiting for the rest.
+                        let why = if scan.bare_lf {
+                            Some(Refusal::BareLf)
+                        } else if scan.obs_fold {
+                            Some(Refusal::ObsFold)
+                        } else if hopeless(scan, &self.held) {
+                            Some(Refusal::Malformed)
+                        } else {
+                            None
+                        };
+                        if let Some(why) = why {
+                            self.state = self.refuse(why);
+                        } else if self.held.len() > self.max_head {
+                            // More than hyper reads: it answers 431;
+                            // nothing after this is given to it.
                             let n = self.held.len();
                             self.release(n);
+                            self.disarm();
                             self.state = State::Ended;
                         }
                         return;
@@ -345,6 +369,18 @@ impl<S> StrictHeads<S> {
                 }
             }
         }
+    }
+
+    /// Gives hyper the stand-in for a refused head, and nothing after it.
+    fn refuse(&mut self, why: Refusal) -> State {
+        tracing::info!(
+            refusal = why.slug(),
+            "request head refused (strict HTTP/1.1)"
+        );
+        self.held.clear();
+        self.ready.extend_from_slice(&stand_in(why));
+        self.disarm();
+        State::Refused
     }
 
     /// Decides on the whole head `held[..end]`: released with the framing
@@ -405,16 +441,7 @@ impl<S> StrictHeads<S> {
             }
         }
         match why {
-            Some(why) => {
-                tracing::info!(
-                    refusal = why.slug(),
-                    "request head refused (strict HTTP/1.1)"
-                );
-                self.held.clear();
-                self.ready.extend_from_slice(&stand_in(why));
-                self.disarm();
-                State::Refused
-            }
+            Some(why) => self.refuse(why),
             None => {
                 self.release(end);
                 self.disarm();
@@ -426,6 +453,26 @@ impl<S> StrictHeads<S> {
             }
         }
     }
+}
+
+/// Whether the unfinished head in `held` is already invalid whatever
+/// follows (garbage, a bad method, target or header name): parsed again
+/// only once `held` has doubled since the last time. Too many header lines
+/// are left to hyper (`431`) once the head is whole or too long.
+fn hopeless(scan: &mut HeadScan, held: &[u8]) -> bool {
+    let Some(start) = scan.first_line else {
+        return false;
+    };
+    if held.len() < scan.next_parse {
+        return false;
+    }
+    scan.next_parse = held.len().saturating_mul(2).max(64);
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; 128];
+    let mut req = httparse::Request::new(&mut []);
+    matches!(
+        req.parse_with_uninit_headers(&held[start..], &mut headers),
+        Err(e) if e != httparse::Error::TooManyHeaders
+    )
 }
 
 /// Scans `held` from where `scan` stopped; the end of the head (just past
@@ -482,17 +529,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for StrictHeads<S> {
                 continue;
             }
             this.arm_if_head_began();
-            if let Some(timer) = this.header_read.as_mut().filter(|t| t.armed) {
-                if timer.deadline.as_mut().poll(cx).is_ready() {
-                    timer.timed_out.inc();
-                    timer.armed = false;
-                    this.state = State::Ended;
-                    this.held.clear();
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no whole request head within server.header_read_timeout",
-                    )));
-                }
+            if let Some(timer) = this.header_read.as_mut().filter(|t| t.armed)
+                && timer.deadline.as_mut().poll(cx).is_ready()
+            {
+                timer.timed_out.inc();
+                timer.armed = false;
+                this.state = State::Ended;
+                this.held.clear();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no whole request head within server.header_read_timeout",
+                )));
             }
             match this.state {
                 State::Ended => return Poll::Ready(Ok(())),
