@@ -5,12 +5,14 @@
 //! whose budget is spent gets a 429 (`openai.RateLimitError`) with
 //! `Retry-After` before any stream starts, and the upstream never sees the
 //! call; on three replicas sharing one real Redis (and a Redis Cluster) the
-//! budget holds within the stated bound. A bad `[[token_limits]]` entry
+//! budget holds within the stated bound; a replica killed mid-stream gives
+//! its reservation back when the lease expires. A bad `[[token_limits]]` entry
 //! stops the gateway with an error naming the key.
 //!
 //! Needs Python with `openai`: `.ci/run` makes `target/pyvenv`; elsewhere set
 //! `PALISADE_PYTHON` or the SDK tests skip (under CI they fail).
 
+mod reliability_support;
 mod support;
 
 use palisade_testkit::{RedisCluster, RedisServer};
@@ -453,4 +455,132 @@ async fn after_the_providers_429_the_next_call_is_refused_without_reaching_it() 
         .await,
         1.0
     );
+}
+
+/// A replica killed (SIGKILL) in the middle of a stream never settles its
+/// reservation: every other replica keeps the tokens counted until the
+/// reservation's lease expires, and then has them back. The upstream here
+/// is an OpenAI-style model whose first answer is a stream that sends one
+/// chunk and then holds; later answers are whole, with their usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_gives_its_reservation_back_after_the_lease() {
+    use axum::{Router, response::IntoResponse, routing::post};
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    const LEASE: Duration = Duration::from_secs(6);
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let seen = calls.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    let chunk = axum::body::Bytes::from_static(
+                        b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+                    );
+                    let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(chunk)])
+                        .chain(futures_util::stream::pending());
+                    return (
+                        [("content-type", "text/event-stream")],
+                        axum::body::Body::from_stream(body),
+                    )
+                        .into_response();
+                }
+                axum::Json(json!({
+                    "id": "c2",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let (upstream, _server) = reliability_support::serve(app).await;
+    let config = CONFIG.replace("period = \"1000h\"", "period = \"1000h\"\nlease = \"6s\"");
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut a = Gateway::start_with_config(Some(&config), &["--upstream", &upstream], &env);
+    let b = Gateway::start_with_config(Some(&config), &["--upstream", &upstream], &env);
+
+    let body = |stream: bool, max_tokens: u64| {
+        serde_json::to_vec(&json!({
+            "model": "m",
+            "stream": stream,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": EIGHT_WORDS}],
+        }))
+        .unwrap()
+    };
+    // Reserves 10 + 60 = 70 of the 100 on replica A, which streams.
+    let reserved_at = Instant::now();
+    let req = http::Request::post(format!("{}/v1/chat/completions", a.url))
+        .header("content-type", "application/json")
+        .header("x-user", "dave")
+        .body(Full::new(bytes::Bytes::from(body(true, 60))))
+        .unwrap();
+    let res = reliability_support::client().request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.frame())
+        .await
+        .expect("the first chunk arrives")
+        .unwrap()
+        .unwrap();
+    assert!(first.is_data());
+
+    // A call that may use 10 + 40 does not fit in the 30 left, on B.
+    let b_url = format!("{}/v1/chat/completions", b.url);
+    let small = body(false, 40);
+    let ask_b = || {
+        support::send(
+            http::Method::POST,
+            &b_url,
+            &[("content-type", "application/json"), ("x-user", "dave")],
+            &small,
+        )
+    };
+    assert_eq!(ask_b().await.status, 429, "A's reservation counts on B");
+
+    // A dies without settling. Until the lease is over B still refuses;
+    // then the 70 tokens are back and the same call is admitted.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    drop(stream);
+    let refused = ask_b().await;
+    if reserved_at.elapsed() < LEASE {
+        assert_eq!(
+            refused.status, 429,
+            "released before its lease: {refused:?}"
+        );
+    }
+    let deadline = Instant::now() + LEASE + Duration::from_secs(20);
+    let admitted = loop {
+        let res = ask_b().await;
+        if res.status == 200 {
+            break res;
+        }
+        assert_eq!(res.status, 429, "{res:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the killed replica's reservation never came back: {res:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        reserved_at.elapsed() >= LEASE,
+        "admitted before the lease could expire"
+    );
+    assert_eq!(admitted.json()["usage"]["total_tokens"], 9);
+    // The refusals never reached the model: the stream and the admitted call.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
