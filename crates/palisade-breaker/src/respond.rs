@@ -320,6 +320,29 @@ impl<F, ResB, E> Wrap<Response<ResB>, E> for HttpFallback<F> {
 /// The future of [`HttpFallback`]'s answers: the fallback's (an open
 /// circuit) or a ready refusal (a key extractor's
 /// [`refusal`](palisade_core::key::KeyExtractor::refusal)).
+///
+/// ```
+/// use palisade_breaker::CircuitBreakerLayer;
+/// use palisade_core::key::{MissingPeer, PeerIp};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ok = |_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// };
+/// let layer = CircuitBreakerLayer::builder("per-client")
+///     .http()
+///     .per_key(PeerIp::new().when_missing(MissingPeer::Refuse))
+///     .fallback(service_fn(ok))
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+/// // No peer address: the extractor's 500, not the fallback's answer.
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 500);
+/// # }
+/// ```
 pub type HttpFallbackFuture<F, ReqB, ResB, E> = Either<
     MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>,
     Ready<Result<Response<PalisadeBody<ResB>>, E>>,
