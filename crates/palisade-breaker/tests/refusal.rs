@@ -222,7 +222,9 @@ async fn http_fallback_answers_the_refusal_not_the_fallback() {
         .fallback(counted(fallbacks.clone()))
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(counted(calls.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(counted(calls.clone()));
 
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), 500);
@@ -250,7 +252,9 @@ async fn typed_fallback_answers_a_refusal_without_calling_the_service() {
         .fallback(counted(fallbacks.clone()))
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service(counted(calls.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(counted(calls.clone()));
     svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(calls.load(SeqCst), 0, "the inner service is not called");
     assert_eq!(fallbacks.load(SeqCst), 1, "its error type cannot carry it");

@@ -919,7 +919,10 @@ where
 /// problem+json (gRPC: trailers-only `grpc-status`).
 #[cold]
 #[inline(never)]
-fn refused<ReqBody, B>(req: &Request<ReqBody>, err: palisade_core::Error) -> Response<PalisadeBody<B>> {
+fn refused<ReqBody, B>(
+    req: &Request<ReqBody>,
+    err: palisade_core::Error,
+) -> Response<PalisadeBody<B>> {
     tracing::debug!(kind = %err.kind(), "cache refused a request without a key");
     err.into_http_response(palisade_core::is_grpc_request(req.headers()))
 }

@@ -140,7 +140,10 @@ async fn http_cache_behind_a_server_without_peer_answers_500_and_stores_nothing(
     let res = svc.clone().oneshot(req()).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-cache"], "MISS");
-    assert_eq!(svc.oneshot(req()).await.unwrap().headers()["x-cache"], "HIT");
+    assert_eq!(
+        svc.oneshot(req()).await.unwrap().headers()["x-cache"],
+        "HIT"
+    );
     assert_eq!(calls.load(SeqCst), 1);
 }
 
@@ -210,8 +213,17 @@ async fn generic_service_returns_key_refused_when_the_error_can_carry_it() {
     assert_eq!((stats.hits, stats.misses, stats.bypassed), (0, 0, 0));
 
     // Nothing was stored: with a peer, a miss then a hit.
-    assert_eq!(svc.clone().oneshot(with_peer(Request::new(()))).await.unwrap(), "call 1");
-    assert_eq!(svc.oneshot(with_peer(Request::new(()))).await.unwrap(), "call 1");
+    assert_eq!(
+        svc.clone()
+            .oneshot(with_peer(Request::new(())))
+            .await
+            .unwrap(),
+        "call 1"
+    );
+    assert_eq!(
+        svc.oneshot(with_peer(Request::new(()))).await.unwrap(),
+        "call 1"
+    );
     let stats = layer.handle().stats();
     assert_eq!((stats.hits, stats.misses), (1, 1));
     assert_eq!(calls.load(SeqCst), 1);
@@ -235,6 +247,9 @@ async fn generic_service_passes_through_uncached_when_the_error_cannot_carry_it(
     // The default policy without a peer: one shared key, cached.
     let lenient = svc_layer(PeerIp::new());
     let svc = lenient.layer(counted::<Infallible>(calls.clone()));
-    assert_eq!(svc.clone().oneshot(Request::new(())).await.unwrap(), "call 3");
+    assert_eq!(
+        svc.clone().oneshot(Request::new(())).await.unwrap(),
+        "call 3"
+    );
     assert_eq!(svc.oneshot(Request::new(())).await.unwrap(), "call 3");
 }
