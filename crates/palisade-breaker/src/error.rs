@@ -118,6 +118,36 @@ pub enum BreakerError<E> {
     /// The inner service failed.
     #[error(transparent)]
     Inner(E),
+    /// The per-key breaker's key extractor refused the request
+    /// ([`KeyExtractor::refusal`](palisade_core::key::KeyExtractor::refusal):
+    /// a [`PeerIp`](palisade_core::key::PeerIp) with
+    /// [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and
+    /// no peer address); the inner service was not called. The extractor's
+    /// error (HTTP 500, gRPC `INTERNAL`), boxed to keep the `Result` small;
+    /// converting into [`palisade_core::Error`] gives it back.
+    ///
+    /// ```
+    /// use palisade_breaker::{BreakerError, CircuitBreakerLayer};
+    /// use palisade_core::key::{MissingPeer, PeerIp};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder("per-client")
+    ///     .per_key(PeerIp::new().when_missing(MissingPeer::Refuse))
+    ///     .build()
+    ///     .unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service_fn(|_req: http::Request<()>| async { Ok::<_, std::io::Error>("called") });
+    /// let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    /// assert!(matches!(err, BreakerError::Refused(_)));
+    /// assert!(err.is_refused());
+    /// assert_eq!(palisade_core::Error::from(err).http_status(), 500);
+    /// # }
+    /// ```
+    #[error(transparent)]
+    Refused(Box<palisade_core::Error>),
 }
 
 impl<E> BreakerError<E> {
@@ -130,15 +160,32 @@ impl<E> BreakerError<E> {
     pub fn as_open(&self) -> Option<&CircuitOpen> {
         match self {
             Self::Open(o) => Some(o),
-            Self::Inner(_) => None,
+            Self::Inner(_) | Self::Refused(_) => None,
         }
+    }
+
+    /// Whether the key extractor refused the request
+    /// ([`BreakerError::Refused`]).
+    ///
+    /// ```
+    /// use palisade_breaker::BreakerError;
+    /// use palisade_core::{Error, ErrorKind};
+    ///
+    /// let err = BreakerError::<std::io::Error>::Refused(Box::new(Error::new(
+    ///     ErrorKind::Internal,
+    ///     "no peer address",
+    /// )));
+    /// assert!(err.is_refused() && !err.is_open());
+    /// ```
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(_))
     }
 
     /// The inner service's error, if it failed.
     pub fn into_inner(self) -> Option<E> {
         match self {
             Self::Inner(e) => Some(e),
-            Self::Open(_) => None,
+            Self::Open(_) | Self::Refused(_) => None,
         }
     }
 }
@@ -147,6 +194,7 @@ impl<E: Into<BoxError>> From<BreakerError<E>> for palisade_core::Error {
     fn from(err: BreakerError<E>) -> Self {
         match err {
             BreakerError::Open(open) => open.into(),
+            BreakerError::Refused(err) => *err,
             BreakerError::Inner(e) => {
                 let e: BoxError = e.into();
                 match e.downcast::<palisade_core::Error>() {

@@ -19,6 +19,40 @@ use std::{
 pub trait Select<Req>: Clone + Send + Sync + 'static {
     /// The breaker for `req`.
     fn select(&self, req: &Req) -> Breaker;
+
+    /// Why `req` must be refused rather than go through a breaker: the
+    /// key extractor's [`KeyExtractor::refusal`] (a
+    /// [`PeerIp`](palisade_core::key::PeerIp) with
+    /// [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and
+    /// no peer address on the request). The breaker service consults it
+    /// before [`select`](Self::select) and, when it is `Some`, answers with
+    /// the error without calling the inner service (see
+    /// [`OnOpen::refused`](crate::respond::OnOpen::refused)). `None` by
+    /// default: a single breaker never refuses.
+    ///
+    /// ```
+    /// use palisade_breaker::{CircuitBreakerLayer, Select};
+    /// use palisade_core::key::{MissingPeer, PeerIp};
+    ///
+    /// let layer = CircuitBreakerLayer::builder("upstreams")
+    ///     .per_key(PeerIp::new().when_missing(MissingPeer::Refuse))
+    ///     .build()
+    ///     .unwrap();
+    /// let req = http::Request::new(()); // no peer address
+    /// let err = layer.breakers().refusal(&req).unwrap();
+    /// assert_eq!(err.http_status(), 500);
+    /// // The default policy shares one key instead of refusing.
+    /// let lenient = CircuitBreakerLayer::builder("upstreams-lenient")
+    ///     .per_key(PeerIp::new())
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(lenient.breakers().refusal(&req).is_none());
+    /// ```
+    #[inline]
+    fn refusal(&self, req: &Req) -> Option<palisade_core::Error> {
+        let _ = req;
+        None
+    }
 }
 
 /// One breaker for every call through the layer.
@@ -212,5 +246,10 @@ where
             Some(key) => self.group.get(key),
             None => self.group.keyless.clone(),
         }
+    }
+
+    #[inline]
+    fn refusal(&self, req: &Req) -> Option<palisade_core::Error> {
+        self.extractor.refusal(req)
     }
 }

@@ -580,6 +580,12 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        // A key extractor that must refuse the request (`MissingPeer::Refuse`
+        // and no peer address): answered before a key is extracted, so the
+        // request is counted once and the inner service never sees it.
+        if let Some(err) = self.select.refusal(&req) {
+            return refused(&self.on_open, req, err);
+        }
         match self.select.select(&req).into_permit() {
             Ok(permit) => {
                 let permit = permit.sending(self.on_open.sending(&req));
@@ -590,11 +596,26 @@ where
     }
 }
 
+/// The answer to a refused request (cold: a setup mistake).
+#[cold]
+#[inline(never)]
+fn refused<F, R, C, O, Req, Res, E>(
+    on_open: &O,
+    req: Req,
+    err: palisade_core::Error,
+) -> ResponseFuture<F, R, C, O>
+where
+    O: OnOpen<Req, Res, E, Future = R>,
+{
+    tracing::debug!(kind = %err.kind(), "circuit breaker refused a request without a key");
+    ResponseFuture::open(on_open.refused(req, err))
+}
+
 pin_project! {
     /// Response future of [`CircuitBreaker`]: the inner call, whose outcome
     /// is recorded when it completes (and as a failure if the future is
     /// dropped after running `cancelled_failure_after`), or the answer to an
-    /// open circuit.
+    /// open circuit or to a request its key extractor refused.
     pub struct ResponseFuture<F, R, C, O> {
         #[pin]
         kind: Kind<F, R, C>,

@@ -12,7 +12,13 @@
 //!   dropped calls give their trial permit back.
 //! - What fails is decided by palisade-core's [classifier](palisade_core::classify).
 //! - One breaker per key (upstream host, route, tool name) with
-//!   [`Builder::per_key`], bounded and evicting idle keys.
+//!   [`Builder::per_key`], bounded and evicting idle keys. A request the
+//!   key extractor refuses ([`KeyExtractor::refusal`](palisade_core::key::KeyExtractor::refusal):
+//!   a [`PeerIp`](palisade_core::key::PeerIp) with
+//!   [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and
+//!   no peer address) never reaches the inner service: it gets the
+//!   extractor's 500 (gRPC `INTERNAL`), or [`BreakerError::Refused`]
+//!   ([`Select::refusal`], [`respond::OnOpen::refused`]).
 //! - A [`BreakerRegistry`] names every breaker: snapshots, reset,
 //!   force-open, disable, a stream of [`StateChange`]s and Prometheus metrics.
 //! - State shared across replicas through palisade-store (Redis, Redis

@@ -7,10 +7,20 @@
 //! | [`HttpAnswer`] | [`.http()`](crate::Builder::http) | `Response<PalisadeBody<B>>` | `S::Error` | 503 + `Retry-After`, or gRPC `UNAVAILABLE` |
 //! | [`Fallback`] | [`.fallback(svc)`](crate::Builder::fallback) on a typed builder | `S::Response` | `S::Error` | the fallback's answer |
 //! | [`HttpFallback`] | [`.fallback(svc)`](crate::Builder::fallback) on an HTTP builder | `Response<PalisadeBody<B>>` | `S::Error` | the fallback's answer |
+//!
+//! A per-key breaker whose key extractor refuses a request
+//! ([`KeyExtractor::refusal`](palisade_core::key::KeyExtractor::refusal):
+//! a [`PeerIp`](palisade_core::key::PeerIp) with
+//! [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and no
+//! peer address) never calls the inner service: [`OnOpen::refused`]
+//! answers it — `Err(BreakerError::Refused)` ([`TypedError`]), the
+//! extractor's 500 problem+json or gRPC `INTERNAL` ([`HttpAnswer`],
+//! [`HttpFallback`]), or the fallback's answer ([`Fallback`], whose error
+//! type cannot carry the refusal).
 
 use crate::breaker::Permit;
 use crate::error::{BreakerError, CircuitOpen};
-use futures_util::future::{MapOk, Ready, TryFutureExt, ready};
+use futures_util::future::{Either, MapOk, Ready, TryFutureExt, ready};
 use http::{Request, Response};
 use palisade_core::body::sent::RequestSent;
 use palisade_core::body::{BodyEnd, OnEnd};
@@ -75,6 +85,30 @@ pub trait OnOpen<Req, Res, E>: Wrap<Res, E> + Clone + Send + Sync + 'static {
     /// Answers a call whose circuit is open.
     fn open(&self, req: Req, open: CircuitOpen) -> Self::Future;
 
+    /// Answers a call whose key extractor refused it
+    /// ([`Select::refusal`](crate::Select::refusal)): `err` is the
+    /// extractor's error (HTTP 500, gRPC `INTERNAL`). The inner service is
+    /// not called.
+    ///
+    /// ```
+    /// use palisade_breaker::respond::{HttpAnswer, OnOpen};
+    /// use palisade_core::{Error, ErrorKind};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = Error::new(ErrorKind::Internal, "no peer address");
+    /// let answer = <HttpAnswer as OnOpen<_, http::Response<()>, std::io::Error>>::refused(
+    ///     &HttpAnswer::default(),
+    ///     http::Request::new(()),
+    ///     err,
+    /// );
+    /// let res = answer.await.unwrap();
+    /// assert_eq!(res.status(), 500);
+    /// assert_eq!(res.headers()["content-type"], "application/problem+json");
+    /// # }
+    /// ```
+    fn refused(&self, req: Req, err: palisade_core::Error) -> Self::Future;
+
     /// The request's body, when it is known to be still arriving (an HTTP
     /// request carrying a [`RequestSent`]): a call dropped before it ended
     /// is not counted as a failure.
@@ -118,6 +152,10 @@ impl<Req, Res, E> OnOpen<Req, Res, E> for TypedError {
 
     fn open(&self, _req: Req, open: CircuitOpen) -> Self::Future {
         ready(Err(BreakerError::Open(open)))
+    }
+
+    fn refused(&self, _req: Req, err: palisade_core::Error) -> Self::Future {
+        ready(Err(BreakerError::Refused(Box::new(err))))
     }
 }
 
@@ -185,6 +223,32 @@ impl<ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpAnswer {
         let grpc = is_grpc_request(req.headers());
         ready(Ok(palisade_core::Error::from(open).into_http_response(grpc)))
     }
+
+    fn refused(&self, req: Request<ReqB>, err: palisade_core::Error) -> Self::Future {
+        ready(Ok(self.refusal(&req, err)))
+    }
+}
+
+impl HttpAnswer {
+    /// The answer to a refused request: the extractor's error as
+    /// problem+json (gRPC: its status, trailers-only), or as a JSON-RPC
+    /// error reply to a JSON-RPC call when JSON-RPC answers are on.
+    fn refusal<ReqB, ResB>(
+        &self,
+        req: &Request<ReqB>,
+        err: palisade_core::Error,
+    ) -> Response<PalisadeBody<ResB>> {
+        if self.json_rpc.is_some()
+            && let Some(id) = req
+                .extensions()
+                .get::<JsonRpcCall>()
+                .and_then(JsonRpcCall::id)
+        {
+            let status = err.http_status();
+            return err.into_json_rpc_response(id, status);
+        }
+        err.into_http_response(is_grpc_request(req.headers()))
+    }
 }
 
 /// An open circuit is answered by a fallback service (for a closure, wrap
@@ -217,6 +281,14 @@ where
     fn open(&self, req: Req, _open: CircuitOpen) -> Self::Future {
         self.0.clone().oneshot(req)
     }
+
+    /// The error type cannot carry the refusal: the fallback answers (the
+    /// inner service is still not called; the refusal is logged at debug
+    /// level and counted in `palisade_missing_peer_total`).
+    fn refused(&self, req: Req, err: palisade_core::Error) -> Self::Future {
+        tracing::debug!(error = %err, "breaker key refused; the fallback answers");
+        self.0.clone().oneshot(req)
+    }
 }
 
 /// [`Fallback`] for the HTTP flavour: the fallback answers with the inner
@@ -245,11 +317,42 @@ impl<F, ResB, E> Wrap<Response<ResB>, E> for HttpFallback<F> {
     }
 }
 
+/// The future of [`HttpFallback`]'s answers: the fallback's (an open
+/// circuit) or a ready refusal (a key extractor's
+/// [`refusal`](palisade_core::key::KeyExtractor::refusal)).
+///
+/// ```
+/// use palisade_breaker::CircuitBreakerLayer;
+/// use palisade_core::key::{MissingPeer, PeerIp};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ok = |_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// };
+/// let layer = CircuitBreakerLayer::builder("per-client")
+///     .http()
+///     .per_key(PeerIp::new().when_missing(MissingPeer::Refuse))
+///     .fallback(service_fn(ok))
+///     .build()
+///     .unwrap();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+/// // No peer address: the extractor's 500, not the fallback's answer.
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 500);
+/// # }
+/// ```
+pub type HttpFallbackFuture<F, ReqB, ResB, E> = Either<
+    MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>,
+    Ready<Result<Response<PalisadeBody<ResB>>, E>>,
+>;
+
 impl<F, ReqB, ResB, E> OnOpen<Request<ReqB>, Response<ResB>, E> for HttpFallback<F>
 where
     F: Service<Request<ReqB>, Response = Response<ResB>, Error = E> + Clone + Send + Sync + 'static,
 {
-    type Future = MapOk<Oneshot<F, Request<ReqB>>, WrapBody<ResB>>;
+    type Future = HttpFallbackFuture<F, ReqB, ResB, E>;
 
     #[inline]
     fn sending(&self, req: &Request<ReqB>) -> Option<RequestSent> {
@@ -258,7 +361,15 @@ where
 
     fn open(&self, req: Request<ReqB>, _open: CircuitOpen) -> Self::Future {
         let wrap: WrapBody<ResB> = |res| res.map(PalisadeBody::inner);
-        self.0.clone().oneshot(req).map_ok(wrap)
+        Either::Left(self.0.clone().oneshot(req).map_ok(wrap))
+    }
+
+    /// The extractor's answer (500 problem+json, gRPC `INTERNAL`), not the
+    /// fallback's: a refusal is a setup mistake, not an unavailable upstream.
+    fn refused(&self, req: Request<ReqB>, err: palisade_core::Error) -> Self::Future {
+        Either::Right(ready(Ok(
+            err.into_http_response(is_grpc_request(req.headers()))
+        )))
     }
 }
 

@@ -387,6 +387,12 @@ fn random_u64() -> u64 {
 ///
 /// `K` adds a custom key part (tenant, API version) to every key: any
 /// [`KeyExtractor`] of the request; a request it gives no key is not cached.
+/// A request it refuses ([`KeyExtractor::refusal`]: a
+/// [`PeerIp`](palisade_core::key::PeerIp) with
+/// [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and no
+/// peer address) is answered with the extractor's error — 500
+/// problem+json, gRPC `INTERNAL` — before any lookup: the inner service is
+/// not called and nothing is stored.
 ///
 /// ```
 /// use palisade_cache::CacheLayer;
@@ -767,6 +773,13 @@ where
         if !shared.enabled {
             return ResponseFuture::pass(self.inner.call(req));
         }
+        // A key extractor that must refuse the request (`MissingPeer::Refuse`
+        // and no peer address): answered before any lookup, so nothing is
+        // served from or stored in the cache, the inner service never sees
+        // it, and it is counted once (no `extract` after it).
+        if let Some(err) = self.key.refusal(&req) {
+            return ResponseFuture::ready(refused(&req, err));
+        }
         if palisade_core::is_grpc_request(req.headers()) {
             // gRPC over HTTP/2 is not HTTP-cacheable: use CacheServiceLayer
             // on the typed service instead.
@@ -900,6 +913,18 @@ where
             }
         }
     }
+}
+
+/// The answer to a request the key extractor refused: its error as
+/// problem+json (gRPC: trailers-only `grpc-status`).
+#[cold]
+#[inline(never)]
+fn refused<ReqBody, B>(
+    req: &Request<ReqBody>,
+    err: palisade_core::Error,
+) -> Response<PalisadeBody<B>> {
+    tracing::debug!(kind = %err.kind(), "cache refused a request without a key");
+    err.into_http_response(palisade_core::is_grpc_request(req.headers()))
 }
 
 /// Swaps a fresh clone in and returns the ready service (tower's pattern).

@@ -12,6 +12,13 @@
 //!   version). The logical key of a URI is `GET <authority><path>[?query][ <custom>]`
 //!   ([`CacheHandle::http_key`]); in the store it becomes
 //!   `<prefix>:<namespace>:http:<key>:<version>` through [`palisade_store::Store::key`].
+//!   A request the extractor refuses
+//!   ([`KeyExtractor::refusal`](palisade_core::key::KeyExtractor::refusal):
+//!   a [`PeerIp`](palisade_core::key::PeerIp) with
+//!   [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse) and
+//!   no peer address) is answered with its 500 (gRPC `INTERNAL`) before any
+//!   lookup, and never reaches the upstream; [`CacheServiceLayer`] returns
+//!   [`CacheError::KeyRefused`] when the service's error type can carry it.
 //! - **RFC 9111 as a shared cache**: `Cache-Control` on both sides
 //!   (`max-age`, `s-maxage`, `no-store`, `no-cache`, `private`,
 //!   `must-revalidate`, `proxy-revalidate`, `public`, `must-understand`;

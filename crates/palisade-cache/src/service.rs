@@ -115,6 +115,13 @@ impl<R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> SvcShared<
         }
     }
 
+    fn bypass(&self) {
+        self.core.counters.bypassed.fetch_add(1, Relaxed);
+        if let Some(m) = &self.core.metrics {
+            m.bypass.inc();
+        }
+    }
+
     fn coalesced(&self) {
         self.core.counters.coalesced.fetch_add(1, Relaxed);
         if let Some(m) = &self.core.metrics {
@@ -136,6 +143,40 @@ impl<R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> SvcShared<
 ///
 /// Entries live for [`Config::default_ttl`](crate::Config::default_ttl)
 /// (default: `l2_ttl`, 300 s), and at most `l1_ttl` in L1.
+///
+/// A request that `K` refuses
+/// ([`KeyExtractor::refusal`]: a [`PeerIp`](palisade_core::key::PeerIp)
+/// with [`MissingPeer::Refuse`](palisade_core::key::MissingPeer::Refuse)
+/// and no peer address) is never looked up or stored. When the service's
+/// error type can carry the refusal — [`CacheError`](crate::CacheError),
+/// [`BoxError`](palisade_core::BoxError) or [`palisade_core::Error`] — the
+/// call fails with [`CacheError::KeyRefused`](crate::CacheError::KeyRefused)
+/// (for `palisade_core::Error`, the extractor's error itself) and the inner
+/// service is not called. Any other error type (`Infallible`, your own)
+/// cannot carry it: the request then goes to the inner service uncached,
+/// and is counted as bypassed (`stats().bypassed`). Either way the request
+/// is counted once in `palisade_missing_peer_total`.
+///
+/// ```
+/// use palisade_cache::{CacheBuilder, CacheError, CacheServiceLayer};
+/// use palisade_core::key::{MissingPeer, PeerIp};
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer: CacheServiceLayer<String, _> = CacheServiceLayer::new(
+///     CacheBuilder::default().name("per-client"),
+///     PeerIp::new().when_missing(MissingPeer::Refuse),
+/// ).unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, BoxError>("fresh".to_owned()) });
+/// let err = svc.oneshot(http::Request::new(())).await.unwrap_err(); // no peer address
+/// assert!(err.downcast_ref::<CacheError>().unwrap().is_key_refused());
+/// # }
+/// ```
+///
+/// Caching by a request's own content:
 ///
 /// ```
 /// use palisade_cache::{CacheBuilder, CacheServiceLayer};
@@ -324,6 +365,7 @@ pin_project! {
     #[project = SvcProj]
     enum SvcKind<F, R, E> {
         Ready { value: Option<R>, _e: PhantomData<fn() -> E> },
+        Failed { err: Option<E> },
         Pass { #[pin] fut: F },
         Boxed { fut: BoxSvcFuture<R, E> },
     }
@@ -344,6 +386,9 @@ where
         match self.project().kind.project() {
             SvcProj::Ready { value, .. } => {
                 Poll::Ready(Ok(value.take().expect("polled after completion")))
+            }
+            SvcProj::Failed { err } => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
             }
             SvcProj::Pass { fut } => fut.poll(cx),
             SvcProj::Boxed { fut } => fut.as_mut().poll(cx),
@@ -375,6 +420,25 @@ where
                 kind: SvcKind::Pass {
                     fut: self.inner.call(req),
                 },
+            };
+        }
+        // A key extractor that must refuse the request (`MissingPeer::Refuse`
+        // and no peer address): no lookup, nothing stored, counted once (no
+        // `extract` after it).
+        if let Some(err) = self.key.refusal(&req) {
+            return match carry::<S::Error>(err) {
+                Some(err) => SvcFuture {
+                    kind: SvcKind::Failed { err: Some(err) },
+                },
+                None => {
+                    // The error type cannot carry it: served uncached.
+                    self.shared.bypass();
+                    SvcFuture {
+                        kind: SvcKind::Pass {
+                            fut: self.inner.call(req),
+                        },
+                    }
+                }
             };
         }
         let Some(key) = self.key.extract(&req) else {
@@ -414,6 +478,29 @@ where
             }
         }
     }
+}
+
+/// A key extractor's refusal as the service's error `E`, when `E` can
+/// carry it: [`CacheError`](crate::CacheError) (as
+/// [`KeyRefused`](crate::CacheError::KeyRefused)),
+/// [`BoxError`](palisade_core::BoxError) (a boxed `KeyRefused`), or
+/// [`palisade_core::Error`] (the extractor's error itself). `None` for any
+/// other type.
+#[cold]
+#[inline(never)]
+fn carry<E: 'static>(err: palisade_core::Error) -> Option<E> {
+    tracing::debug!(kind = %err.kind(), "cache refused a request without a key");
+    let refused = crate::CacheError::KeyRefused(Box::new(err));
+    let mut slot: Option<E> = None;
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(slot) = any.downcast_mut::<Option<crate::CacheError>>() {
+        *slot = Some(refused);
+    } else if let Some(slot) = any.downcast_mut::<Option<palisade_core::BoxError>>() {
+        *slot = Some(Box::new(refused));
+    } else if let Some(slot) = any.downcast_mut::<Option<palisade_core::Error>>() {
+        *slot = Some(refused.into());
+    }
+    slot
 }
 
 async fn svc_slow<S, R, Req>(
