@@ -152,6 +152,8 @@ impl fmt::Debug for Shared {
 /// The provider's budget is spent, as the shared state says.
 #[derive(Debug)]
 struct Block {
+    /// When the provider said it has budget again (Unix ms).
+    until: u64,
     wait: Duration,
     limit: String,
     kind: Option<QuotaKind>,
@@ -195,7 +197,12 @@ impl Shared {
             return None;
         }
         let kind = QuotaKind::ALL.into_iter().find(|k| k.as_str() == kind);
-        Some(Block { wait, limit, kind })
+        Some(Block {
+            until,
+            wait,
+            limit,
+            kind,
+        })
     }
 
     /// Shares that the provider is spent for `spent.wait` from now, unless
@@ -522,9 +529,13 @@ where
                 // Bounded: at most `max_wait`.
                 tokio::time::sleep(block.wait).await;
                 drop(permit);
-                if let Some(block) = shared.blocked(&key).await {
-                    // Extended meanwhile (another 429): refuse.
-                    return Ok(shared.refusal(&block).into_http_response(grpc));
+                // Refused only when the wait was extended meanwhile (another
+                // 429): the same entry may outlive the wait by a clock tick
+                // (its expiry is the store's clock, the wait ours).
+                if let Some(later) = shared.blocked(&key).await
+                    && later.until > block.until
+                {
+                    return Ok(shared.refusal(&later).into_http_response(grpc));
                 }
                 shared.count(Outcome::Waited);
             }
