@@ -459,6 +459,9 @@ impl ServerSection {
 /// assert!(cfg.mcp.enabled && cfg.mcp.tool_errors_fail && cfg.mcp.learn_annotations);
 /// assert_eq!(cfg.mcp.open_status, 200);
 /// assert_eq!(cfg.mcp.cache_ttl, Duration::from_secs(60));
+/// assert_eq!(cfg.mcp.max_call_bytes, 1 << 20);
+/// let err = PalisadeConfig::from_sources(Some("[mcp]\nmax_call_bytes = 0"), [("", ""); 0]).unwrap_err();
+/// assert_eq!(err.key(), Some("mcp.max_call_bytes"));
 /// let err = PalisadeConfig::from_sources(Some("[mcp]\nopen_status = 42"), [("", ""); 0]).unwrap_err();
 /// assert_eq!(err.key(), Some("mcp.open_status"));
 ///
@@ -498,6 +501,11 @@ pub struct McpSection {
     /// to the client; a larger one is cut structure-preserving, with a
     /// marker in its `_meta` (default 0: no limit).
     pub max_output_tokens: u64,
+    /// How much of a JSON `POST` body the gateway reads ahead to learn its
+    /// JSON-RPC call (method, tool) before passing it on whole (default
+    /// 1 MiB; without `[mcp]`, 64 KiB). A larger call passes unlearned:
+    /// no per-tool limit, breaker, retry or cache applies to it.
+    pub max_call_bytes: u64,
     /// Per-tool settings, overriding what the server says.
     pub tools: std::collections::BTreeMap<String, McpToolSection>,
 }
@@ -511,6 +519,7 @@ impl Default for McpSection {
             learn_annotations: true,
             cache_ttl: Duration::from_secs(60),
             max_output_tokens: 0,
+            max_call_bytes: 1 << 20,
             tools: std::collections::BTreeMap::new(),
         }
     }
@@ -551,6 +560,9 @@ impl McpSection {
     fn validate(&self) -> Result<(), (String, &'static str)> {
         if !matches!(self.open_status, 200 | 503) {
             return Err(("open_status".into(), "must be 200 or 503"));
+        }
+        if self.max_call_bytes == 0 {
+            return Err(("max_call_bytes".into(), "must be at least 1"));
         }
         for (name, tool) in &self.tools {
             if tool.read_only == Some(true) && tool.destructive == Some(true) {

@@ -116,7 +116,13 @@ async fn per_tool_limits_and_breakers(json: bool) {
         call("echo", serde_json::json!({"text": "one"})),
         call("echo", serde_json::json!({"text": "two"})),
         call("echo", serde_json::json!({"text": "three"})),
-        call("echo", serde_json::json!({"text": "four"})),
+        // 100 KiB of arguments: past the 64 KiB a JSON body was read ahead
+        // before `mcp.max_call_bytes`, this call went unlearned and the
+        // per-tool limit never saw it.
+        call(
+            "echo",
+            serde_json::json!({"text": format!("four {}", "f".repeat(100 * 1024))})
+        ),
         call("search", serde_json::json!({"q": "x"})),
         call("broken", serde_json::json!({})),
         call("broken", serde_json::json!({})),
@@ -149,9 +155,10 @@ async fn per_tool_limits_and_breakers(json: bool) {
         assert_eq!(out[i]["is_error"], false, "{mode}: {:?}", out[i]);
         assert_eq!(out[i]["text"], text, "{mode}");
     }
-    let refused = out[4]["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{mode}: the fourth call of echo is refused: {:?}", out[4]));
+    let refused = out[4]["error"].as_str().unwrap_or_else(|| {
+        let text = out[4]["text"].as_str().map(|t| &t[..t.len().min(40)]);
+        panic!("{mode}: the fourth call of echo (100 KiB) is refused; got {text:?}")
+    });
     assert!(
         refused.contains("rate limit"),
         "{mode}: the SDK reads the gateway's JSON-RPC refusal: {refused}"

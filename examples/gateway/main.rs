@@ -175,7 +175,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // them (read ahead, passed on whole) so limits, breakers and caches
         // can key by tool.
         .layer(axum::middleware::from_fn_with_state(
-            tool_catalog,
+            JsonRpcLearning {
+                read_ahead: if tool_catalog.is_some() {
+                    usize::try_from(cfg.mcp.max_call_bytes).unwrap_or(usize::MAX)
+                } else {
+                    JSON_RPC_PEEK
+                },
+                catalog: tool_catalog,
+            },
             learn_json_rpc,
         ))
         // Answers compressed for clients that accept it; the layers inside
@@ -408,8 +415,17 @@ async fn front_door(
     res
 }
 
-/// Bodies read ahead to learn a JSON-RPC call; larger ones pass unread.
+/// Bodies read ahead to learn a JSON-RPC call without `[mcp]` (with it,
+/// `mcp.max_call_bytes`); larger ones pass unread.
 const JSON_RPC_PEEK: usize = 64 * 1024;
+
+/// What `learn_json_rpc` needs: the MCP tool catalog (with `[mcp]` on) and
+/// how much of a JSON body it reads ahead.
+#[derive(Clone)]
+struct JsonRpcLearning {
+    catalog: Option<palisade::mcp::ToolCatalog>,
+    read_ahead: usize,
+}
 
 /// Learns the JSON-RPC call of a JSON `POST` (see
 /// `palisade::core::jsonrpc::peek`): its method and, for MCP's `tools/call`,
@@ -418,7 +434,10 @@ const JSON_RPC_PEEK: usize = 64 * 1024;
 /// `Idempotency` the retry layer honours), and a `tools/list` reply teaches
 /// the catalog its tools' annotations on its way to the client.
 async fn learn_json_rpc(
-    State(catalog): State<Option<palisade::mcp::ToolCatalog>>,
+    State(JsonRpcLearning {
+        catalog,
+        read_ahead,
+    }): State<JsonRpcLearning>,
     req: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response<Body> {
@@ -429,7 +448,7 @@ async fn learn_json_rpc(
     if !json {
         return next.run(req).await;
     }
-    let mut req = palisade::core::jsonrpc::peek(req, JSON_RPC_PEEK).await;
+    let mut req = palisade::core::jsonrpc::peek(req, read_ahead).await;
     let Some(catalog) = catalog else {
         return next.run(req.map(Body::new)).await;
     };
