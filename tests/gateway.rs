@@ -246,3 +246,69 @@ async fn slow_request_bodies_are_not_upstream_timeouts() {
     let health = get(&format!("{}/health", gw.url)).await;
     assert_eq!(health.status, 200, "the breaker stayed closed");
 }
+
+/// Tiered limits in the gateway: the plan comes from `rate_limit.tiers.header`,
+/// set by the authenticating proxy in front. From a trusted proxy (here the
+/// test, on 127.0.0.1) each plan gets its quota; on a gateway that does not
+/// trust the peer, a client naming its own plan gets the default tier's.
+#[tokio::test]
+async fn tiered_limits_take_the_plan_from_a_trusted_proxys_header() {
+    let config = |trusted: &str| {
+        format!(
+            r#"
+[rate_limit]
+trusted_proxies = ["{trusted}"]
+
+[[rate_limit.limits]]
+name = "plan"
+key = "header"
+header = "x-user"
+tiered = true
+
+[rate_limit.tiers]
+header = "x-plan"
+period = "1h"
+
+[rate_limit.tiers.limits]
+anonymous = 1
+free = 2
+premium = 4
+"#
+        )
+    };
+    async fn admitted(gw: &Gateway, user: &str, plan: Option<&str>) -> usize {
+        let mut n = 0;
+        for _ in 0..6 {
+            let mut headers = vec![("x-user", user)];
+            if let Some(p) = plan {
+                headers.push(("x-plan", p));
+            }
+            let res = support::send(
+                http::Method::GET,
+                &format!("{}/users/7", gw.url),
+                &headers,
+                b"",
+            )
+            .await;
+            match res.status.as_u16() {
+                200 => n += 1,
+                429 => assert!(res.header("retry-after").is_some(), "{res:?}"),
+                other => panic!("{other}: {res:?}"),
+            }
+        }
+        n
+    }
+
+    let behind_proxy = Gateway::start_with_config(Some(&config("127.0.0.1/32")), &[], &[]);
+    assert_eq!(admitted(&behind_proxy, "ann", Some("premium")).await, 4);
+    assert_eq!(admitted(&behind_proxy, "bob", Some("free")).await, 2);
+    assert_eq!(admitted(&behind_proxy, "cy", None).await, 1);
+    assert_eq!(admitted(&behind_proxy, "di", Some("no-such-plan")).await, 1);
+
+    let exposed = Gateway::start_with_config(Some(&config("10.0.0.0/8")), &[], &[]);
+    assert_eq!(
+        admitted(&exposed, "eve", Some("premium")).await,
+        1,
+        "a client cannot name its own plan"
+    );
+}

@@ -254,7 +254,19 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
+/// The address of the connected peer (the socket's, not one a proxy
+/// claims): [`PeerAddr`], axum `ConnectInfo` or tonic connect info;
+/// `None` on a request that carries none.
+///
+/// ```
+/// use palisade_core::key::{PeerAddr, peer_of};
+///
+/// let mut req = http::Request::new(());
+/// assert_eq!(peer_of(&req), None);
+/// req.extensions_mut().insert(PeerAddr("10.1.2.3:5000".parse().unwrap()));
+/// assert_eq!(peer_of(&req), Some("10.1.2.3".parse().unwrap()));
+/// ```
+pub fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
     if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
         return Some(addr.ip());
     }

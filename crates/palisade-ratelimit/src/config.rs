@@ -143,6 +143,14 @@ pub struct TiersConfig {
     /// standard 300, premium 1000, enterprise unlimited): name a tier to
     /// change it or to add one.
     pub limits: BTreeMap<String, TierLimit>,
+    /// A header naming the request's tier, set by the authenticating proxy
+    /// in front (default: none — the tier comes from a [`Tier`] request
+    /// extension an authentication layer inserts). Believed only on a
+    /// connection from one of `trusted_proxies` (required with it); from
+    /// any other peer it is ignored and the request gets the default tier,
+    /// so a client cannot name its own plan. A [`Tier`] extension still
+    /// wins over it.
+    pub header: Option<String>,
 }
 
 impl Default for TiersConfig {
@@ -151,6 +159,7 @@ impl Default for TiersConfig {
             default: "anonymous".into(),
             period: minute(),
             limits: BTreeMap::new(),
+            header: None,
         }
     }
 }
@@ -294,6 +303,29 @@ impl Config {
             .max_keys(self.max_keys)
             .clock(self.clock)
             .tiers(table);
+        if let Some(h) = &self.tiers.header {
+            let name = http::HeaderName::try_from(h.as_str())
+                .map_err(|_| bad(format!("tiers.header: {h:?} is not a header name")))?;
+            if self.trusted_proxies.is_empty() {
+                return Err(bad(
+                    "tiers.header: needs trusted_proxies (the proxies that set it); \
+                     a tier header from any other peer is ignored"
+                        .into(),
+                ));
+            }
+            let trusted = self.trusted_proxies.clone();
+            b = b.tier_resolver(move |req| {
+                if let Some(tier) = req.extensions().get::<Tier>() {
+                    return Some(tier.clone());
+                }
+                let peer = palisade_core::key::peer_of(req)?.to_canonical();
+                if !trusted.iter().any(|net| net.contains(&peer)) {
+                    return None;
+                }
+                let value = req.headers().get(&name)?.to_str().ok()?.trim();
+                (!value.is_empty()).then(|| Tier::new(value))
+            });
+        }
         for (i, l) in self.limits.iter().enumerate() {
             let name = l.name.clone().unwrap_or_else(|| l.key.name().to_owned());
             let quota = Quota::new(l.limit.unwrap_or(l.key.default_limit()), l.period)
@@ -396,9 +428,70 @@ mod tests {
         assert!(e("[[limits]]\nkey = \"user\"\nlimit = 0").contains("limit \"user\""));
         assert!(e("[tiers.limits]\nfree = \"lots\"").contains("tiers.limits.free"));
         assert!(e("[tiers]\ndefault = \"gold\"").contains("tiers.default"));
+        assert!(e("[tiers]\nheader = \"x-tier\"").contains("tiers.header: needs trusted_proxies"));
+        assert!(
+            e("trusted_proxies = [\"10.0.0.0/8\"]\n[tiers]\nheader = \"x tier\"")
+                .contains("tiers.header: \"x tier\" is not a header name")
+        );
         assert!(
             toml::from_str::<Config>("mod = \"enforce\"").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    /// The tier header is believed from a trusted proxy only; a `Tier`
+    /// extension wins over it; an unknown tier is the default one.
+    #[tokio::test]
+    async fn the_tier_header_counts_only_from_a_trusted_proxy() {
+        use futures_util::FutureExt;
+        use palisade_core::key::PeerAddr;
+        use tower::{Service, ServiceExt};
+        let cfg: Config = toml::from_str(
+            r#"
+            trusted_proxies = ["10.0.0.0/8"]
+            [[limits]]
+            key = "global"
+            tiered = true
+            [tiers]
+            header = "x-tier"
+            [tiers.limits]
+            anonymous = 1
+            premium = 3
+            "#,
+        )
+        .unwrap();
+        let layer = RateLimitLayer::from_config(&cfg, None, None).unwrap();
+        let mut svc = tower::ServiceBuilder::new().layer(layer).service_fn(
+            |_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            },
+        );
+        // One counter per tier slot: `global` is shared by every request.
+        let mut admitted = |peer: &str, tier: Option<&str>, ext: Option<Tier>| {
+            let mut req = http::Request::new(String::new());
+            req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+            if let Some(t) = tier {
+                req.headers_mut().insert("x-tier", t.parse().unwrap());
+            }
+            if let Some(t) = ext {
+                req.extensions_mut().insert(t);
+            }
+            let fut = svc.ready().now_or_never().unwrap().unwrap().call(req);
+            async move { fut.await.unwrap().status() == http::StatusCode::OK }
+        };
+        // From a client (not a proxy) the header is ignored: anonymous, 1.
+        assert!(admitted("203.0.113.9:1", Some("premium"), None).await);
+        assert!(!admitted("203.0.113.9:1", Some("premium"), None).await);
+        // From the proxy: premium, 3.
+        for _ in 0..3 {
+            assert!(admitted("10.0.0.5:1", Some("premium"), None).await);
+        }
+        assert!(!admitted("10.0.0.5:1", Some("premium"), None).await);
+        // An unknown tier is the default one (spent above).
+        assert!(!admitted("10.0.0.5:1", Some("gold"), None).await);
+        // The extension wins over the header: anonymous, spent.
+        assert!(!admitted("10.0.0.5:1", Some("enterprise"), Some(Tier::ANONYMOUS)).await);
+        // The header from the proxy: enterprise, unlimited.
+        assert!(admitted("10.0.0.5:1", Some("enterprise"), None).await);
     }
 }
