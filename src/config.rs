@@ -20,7 +20,7 @@
 //! | `[[routes]]` | `path_prefix` (required; the longest match wins), `response_timeout`, `idle_timeout`, `max_body_bytes` (each: the top-level value when left out; see [`RouteSection`]) |
 //! | `[adaptive_concurrency]` | `enabled` (false), `algorithm` (`aimd` / `gradient`), `min_limit` (1), `initial_limit` (20), `max_limit` (1000), `backoff_ratio` (0.9), `tolerance` (1.5), `smoothing` (0.2), `measure` (`head` / `body`), `max_queue` (0: refuse at once), `queue_timeout` (1s), `routes` ([]: one limit; path prefixes that each learn their own) |
 //! | `[micro_batch]` | `max_batch_size` (100), `max_wait` (1s), `max_queue` (1000) |
-//! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096) |
+//! | `[[token_limits]]` | `kind = "tokens"` (required), `name` (`tokens`), `key` (`header` / `api_key` / `peer_ip` / `global`), `key_header` (`header`: required; `api_key`: `x-api-key`), `trusted_proxies` ([]), `path_prefix` (every path), `quota` (required), `period` (1m), `lease` (10m), `mode`, `on_missing_usage` (`streamed` / `reservation`), `on_store_error` (`open` / `closed`), `estimator` (`chars_per_token` 4, `default_output` 4096), `tiers` (quota per plan, from `rate_limit.tiers.header`; none) |
 //! | `[llm.pacing]` | `enabled` (unset: on when `[[token_limits]]` are configured), `upstream` (`upstream`), `path_prefix` (every path), `max_wait` (0: refuse at once), `max_waiting` (64) |
 //! | `[fault]` | `enabled` (false), `seed`, `trusted_peers` ([]), `header_token`, `key_header`, `[[fault.rules]]` with `path_prefix`, `key` (a `key_header` value), `delay`, `delay_percent` (100), `status`, `grpc_code`, `error_percent` (100), `abort_percent` (0) |
 //!
@@ -830,6 +830,20 @@ impl PalisadeConfig {
         self.mcp
             .validate()
             .map_err(|(field, why)| (format!("mcp.{field}"), why.to_owned()))?;
+        if let Some(h) = &self.rate_limit.tiers.header {
+            if http::HeaderName::try_from(h.as_str()).is_err() {
+                return Err((
+                    "rate_limit.tiers.header".into(),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+            if self.rate_limit.trusted_proxies.is_empty() {
+                return Err((
+                    "rate_limit.tiers.header".into(),
+                    "needs rate_limit.trusted_proxies (the proxies that set it)".into(),
+                ));
+            }
+        }
         for (i, route) in self.routes.iter().enumerate() {
             route
                 .validate(self.server.max_body_bytes)
@@ -1249,6 +1263,14 @@ mod tests {
             RouteSection::new("/upload/").max_body_bytes(1024)
         );
         for (file, key) in [
+            (
+                "[rate_limit.tiers]\nheader = \"x-plan\"\n",
+                "rate_limit.tiers.header",
+            ),
+            (
+                "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[rate_limit.tiers]\nheader = \"x plan\"\n",
+                "rate_limit.tiers.header",
+            ),
             (
                 "[[routes]]\nidle_timeout = \"1s\"\n",
                 "routes[0].path_prefix",

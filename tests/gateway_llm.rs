@@ -584,3 +584,109 @@ async fn a_replica_killed_mid_stream_gives_its_reservation_back_after_the_lease(
     // The refusals never reached the model: the stream and the admitted call.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// Token budgets per plan through the gateway: `tiers` gives a plan its
+/// own quota, and the plan is the one the trusted proxy in front names in
+/// `rate_limit.tiers.header`. Each call may use 10 + 12 tokens and is
+/// charged 20: the default budget of 30 admits one, premium's 300 many; a
+/// gateway that does not trust the peer gives a self-named "premium" the
+/// default budget.
+#[tokio::test]
+async fn token_budgets_per_plan_from_the_trusted_proxys_header() {
+    let config = |trusted: &str| {
+        format!(
+            r#"
+[rate_limit]
+trusted_proxies = ["{trusted}"]
+
+[rate_limit.tiers]
+header = "x-plan"
+
+[[rate_limit.limits]]
+name = "ip"
+key = "peer_ip"
+limit = 100000
+
+[[token_limits]]
+kind = "tokens"
+name = "per-user"
+key = "header"
+key_header = "x-user"
+path_prefix = "/v1/"
+quota = 30
+period = "1000h"
+tiers = {{ premium = 300 }}
+"#
+        )
+    };
+    let behind_proxy = Gateway::start_with_config(Some(&config("127.0.0.1/32")), &[], &[]);
+    assert_eq!(
+        plan_calls(&behind_proxy, "ann", None).await,
+        [200, 429, 429]
+    );
+    assert_eq!(
+        plan_calls(&behind_proxy, "ann", Some("premium")).await,
+        [200, 200, 200],
+        "premium has its own, larger budget"
+    );
+    assert_eq!(tokens_of(&behind_proxy, "charged", "premium").await, 60);
+
+    let exposed = Gateway::start_with_config(Some(&config("10.0.0.0/8")), &[], &[]);
+    assert_eq!(
+        plan_calls(&exposed, "bob", Some("premium")).await,
+        [200, 429, 429],
+        "a client cannot name its own plan"
+    );
+}
+
+/// Three calls by `user` (naming `plan`), each waited for until settled
+/// (a response is charged as its body ends, just after the client read it);
+/// their statuses.
+async fn plan_calls(gw: &Gateway, user: &str, plan: Option<&str>) -> Vec<u16> {
+    let body = serde_json::to_vec(&json!({
+        "model": "m",
+        "max_tokens": 12,
+        "messages": [{"role": "user", "content": EIGHT_WORDS}],
+    }))
+    .unwrap();
+    let url = format!("{}/v1/chat/completions", gw.url);
+    let mut headers = vec![("content-type", "application/json"), ("x-user", user)];
+    if let Some(p) = plan {
+        headers.push(("x-plan", p));
+    }
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let before =
+            tokens_of(gw, "charged", "default").await + tokens_of(gw, "charged", "premium").await;
+        let res = support::send(http::Method::POST, &url, &headers, &body).await;
+        out.push(res.status.as_u16());
+        if res.status != 200 {
+            continue;
+        }
+        assert_eq!(res.json()["usage"]["total_tokens"], 20, "{res:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = tokens_of(gw, "charged", "default").await
+                + tokens_of(gw, "charged", "premium").await;
+            if now == before + 20 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never settled: {now} after {before}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    out
+}
+
+/// `palisade_llm_tokens_total{event}` of the limit `per-user`, tier `tier`.
+async fn tokens_of(gw: &Gateway, event: &str, tier: &str) -> u64 {
+    let text = get(&format!("{}/metrics", gw.admin)).await.text();
+    let prefix =
+        format!(r#"palisade_llm_tokens_total{{event="{event}",limit="per-user",tier="{tier}"}} "#);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}

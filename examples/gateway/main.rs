@@ -174,6 +174,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // MCP / JSON-RPC: the method and the tool are in the body; learn
         // them (read ahead, passed on whole) so limits, breakers and caches
         // can key by tool.
+        // The plan the authenticating proxy in front names, for tiered
+        // rate limits and token budgets alike.
+        .layer(axum::middleware::from_fn_with_state(
+            cfg.rate_limit.tiers.header.as_deref().map(|h| {
+                palisade::core::tier::TierHeader::new(
+                    http::HeaderName::try_from(h).expect("checked by the configuration"),
+                    cfg.rate_limit.trusted_proxies.iter().copied(),
+                )
+            }),
+            set_tier,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             JsonRpcLearning {
                 read_ahead: if tool_catalog.is_some() {
@@ -413,6 +424,19 @@ async fn front_door(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     res
+}
+
+/// Puts the request's plan (`rate_limit.tiers.header`, from a trusted
+/// proxy) in its extensions as a `Tier`, which the layers read.
+async fn set_tier(
+    State(tiers): State<Option<palisade::core::tier::TierHeader>>,
+    mut req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    if let Some(tier) = tiers.as_ref().and_then(|t| t.resolve(&req)) {
+        req.extensions_mut().insert(tier);
+    }
+    next.run(req).await
 }
 
 /// Bodies read ahead to learn a JSON-RPC call without `[mcp]` (with it,

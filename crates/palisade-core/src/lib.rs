@@ -45,6 +45,7 @@ pub mod jsonrpc;
 pub mod key;
 pub mod mcp;
 pub mod metrics;
+pub mod tier;
 
 pub use body::PalisadeBody;
 pub use error::{Error, ErrorKind, is_grpc_request};

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use palisade_core::body::collect::{Read, read_bounded};
 use palisade_core::body::media::content_length;
 use palisade_core::key::KeyExtractor;
+use palisade_core::tier::Tier;
 use palisade_core::{BoxError, Error, ErrorKind, PalisadeBody, is_grpc_request};
 use palisade_store::{Store, TokenReservation, TokenRule};
 use pin_project_lite::pin_project;
@@ -157,6 +158,8 @@ fn sf_string(s: &str) -> String {
 struct Shared {
     store: Store,
     name: Arc<str>,
+    /// The ledger's name in the store: the limit's, `name@tier` for a tier.
+    ledger: Arc<str>,
     sf_name: String,
     policy: HeaderValue,
     rule: TokenRule,
@@ -247,9 +250,35 @@ pub struct TokenBudgetBuilder<K> {
     scan_limit: usize,
     path_prefix: Option<String>,
     metrics: Option<TokenMetrics>,
+    tiers: Vec<(Tier, TokenRule)>,
 }
 
 impl<K> TokenBudgetBuilder<K> {
+    /// A budget of its own for requests of `tier` (a [`Tier`] request
+    /// extension, set by an authentication layer or, in the gateway, from
+    /// the trusted tier header): its quota, period and lease replace the
+    /// layer's rule, which stays the budget of requests without a tier or
+    /// with one not given here. Each tier keeps its own ledger per key (a
+    /// key moved to another plan starts on that plan's budget).
+    /// Metrics carry the tier's name (`default` for the others).
+    ///
+    /// ```
+    /// use palisade_core::{key::ConstKey, tier::Tier};
+    /// use palisade_llm::TokenBudgetLayer;
+    /// use palisade_store::{Store, TokenRule};
+    ///
+    /// let layer = TokenBudgetLayer::builder(Store::in_memory(), ConstKey("all"), TokenRule::per_day(100_000))
+    ///     .tier(Tier::PREMIUM, TokenRule::per_day(2_000_000))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.tiers().collect::<Vec<_>>(), ["premium"]);
+    /// ```
+    pub fn tier(mut self, tier: Tier, rule: TokenRule) -> Self {
+        self.tiers.retain(|(t, _)| *t != tier);
+        self.tiers.push((tier, rule));
+        self
+    }
+
     /// The limit's name (metrics label, `RateLimit` policy name; default
     /// `tokens`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -331,30 +360,6 @@ impl<K> TokenBudgetBuilder<K> {
     /// [`TokenBudgetError::InvalidConfig`] naming the bad setting.
     pub fn build(self) -> Result<TokenBudgetLayer<K>, TokenBudgetError> {
         let bad = TokenBudgetError::InvalidConfig;
-        if self.rule.quota == 0 {
-            return Err(bad(format!(
-                "token limit {:?}: quota must be at least 1",
-                self.name
-            )));
-        }
-        if self.rule.period.is_zero() {
-            return Err(bad(format!(
-                "token limit {:?}: period must be non-zero",
-                self.name
-            )));
-        }
-        if self.rule.lease.is_zero() {
-            return Err(bad(format!(
-                "token limit {:?}: lease must be non-zero",
-                self.name
-            )));
-        }
-        if self.rule.period.as_micros() / u128::from(self.rule.quota) == 0 {
-            return Err(bad(format!(
-                "token limit {:?}: quota {} per {:?} is finer than one token a microsecond",
-                self.name, self.rule.quota, self.rule.period
-            )));
-        }
         self.estimator
             .validate()
             .map_err(|e| bad(format!("token limit {:?}: {e}", self.name)))?;
@@ -369,38 +374,89 @@ impl<K> TokenBudgetBuilder<K> {
                 self.name
             )));
         }
-        let sf_name = sf_string(&self.name);
-        let policy = format!(
-            "{sf_name};q={};qu=\"tokens\";w={}",
-            self.rule.quota,
-            ceil_secs(self.rule.period)
-        );
-        let policy = HeaderValue::from_str(&policy).map_err(|_| {
-            bad(format!(
-                "token limit {:?}: name is not a header value",
-                self.name
-            ))
-        })?;
-        let name: Arc<str> = self.name.into();
-        Ok(TokenBudgetLayer {
-            key: self.key,
-            shared: Arc::new(Shared {
-                store: self.store,
-                metrics: self.metrics.map(|m| m.counters(&name, "none")),
+        let name: Arc<str> = self.name.as_str().into();
+        let path_prefix: Option<Arc<str>> = self.path_prefix.as_deref().map(Into::into);
+        let shared = |rule: TokenRule, tier: Option<&str>, what: String| {
+            check_rule(&rule, &what)?;
+            let sf_name = sf_string(&self.name);
+            let policy = format!(
+                "{sf_name};q={};qu=\"tokens\";w={}",
+                rule.quota,
+                ceil_secs(rule.period)
+            );
+            let policy = HeaderValue::from_str(&policy)
+                .map_err(|_| bad(format!("{what}: name is not a header value")))?;
+            Ok::<_, TokenBudgetError>(Arc::new(Shared {
+                store: self.store.clone(),
+                metrics: self.metrics.as_ref().map(|m| {
+                    let label = match tier {
+                        Some(t) => t,
+                        None if self.tiers.is_empty() => "none",
+                        None => "default",
+                    };
+                    m.counters(&name, label)
+                }),
+                ledger: match tier {
+                    Some(t) => format!("{name}@{t}").into(),
+                    None => name.clone(),
+                },
                 sf_name,
                 policy,
-                name,
-                rule: self.rule,
+                name: name.clone(),
+                rule,
                 mode: self.mode,
                 on_missing: self.on_missing,
                 fail: self.fail,
                 estimator: self.estimator,
                 peek_limit: self.peek_limit,
                 scan_limit: self.scan_limit,
-                path_prefix: self.path_prefix.map(Into::into),
-            }),
+                path_prefix: path_prefix.clone(),
+            }))
+        };
+        let base = shared(self.rule, None, format!("token limit {:?}", self.name))?;
+        let mut tiers = Vec::with_capacity(self.tiers.len());
+        for (tier, rule) in &self.tiers {
+            let what = format!("token limit {:?}, tier {:?}", self.name, tier.as_str());
+            tiers.push((tier.clone(), shared(*rule, Some(tier.as_str()), what)?));
+        }
+        Ok(TokenBudgetLayer {
+            key: self.key,
+            shared: base,
+            tiers: tiers.into(),
         })
     }
+}
+
+/// The checks every budget's rule passes.
+fn check_rule(rule: &TokenRule, what: &str) -> Result<(), TokenBudgetError> {
+    let bad = |why: String| Err(TokenBudgetError::InvalidConfig(format!("{what}: {why}")));
+    if rule.quota == 0 {
+        return bad("quota must be at least 1".into());
+    }
+    if rule.period.is_zero() {
+        return bad("period must be non-zero".into());
+    }
+    if rule.lease.is_zero() {
+        return bad("lease must be non-zero".into());
+    }
+    if rule.period.as_micros() / u128::from(rule.quota) == 0 {
+        return bad(format!(
+            "quota {} per {:?} is finer than one token a microsecond",
+            rule.quota, rule.period
+        ));
+    }
+    Ok(())
+}
+
+/// The budget of a request: its tier's, else the layer's own.
+fn pick<B>(base: &Arc<Shared>, tiers: &[(Tier, Arc<Shared>)], req: &Request<B>) -> Arc<Shared> {
+    if !tiers.is_empty()
+        && let Some(tier) = req.extensions().get::<Tier>()
+        && let Some((_, shared)) = tiers.iter().find(|(t, _)| t == tier)
+    {
+        return shared.clone();
+    }
+    base.clone()
 }
 
 /// Applies a token budget to a service. See [`TokenBudget`].
@@ -419,6 +475,7 @@ impl<K> TokenBudgetBuilder<K> {
 pub struct TokenBudgetLayer<K> {
     key: K,
     shared: Arc<Shared>,
+    tiers: Arc<[(Tier, Arc<Shared>)]>,
 }
 
 impl<K> TokenBudgetLayer<K> {
@@ -438,7 +495,14 @@ impl<K> TokenBudgetLayer<K> {
             scan_limit: 4 << 20,
             path_prefix: None,
             metrics: None,
+            tiers: Vec::new(),
         }
+    }
+
+    /// The tiers with a budget of their own (see
+    /// [`TokenBudgetBuilder::tier`]).
+    pub fn tiers(&self) -> impl Iterator<Item = &str> {
+        self.tiers.iter().map(|(t, _)| t.as_str())
     }
 
     /// The limit's name.
@@ -460,6 +524,7 @@ impl<S, K: Clone> Layer<S> for TokenBudgetLayer<K> {
             inner,
             key: self.key.clone(),
             shared: self.shared.clone(),
+            tiers: self.tiers.clone(),
         }
     }
 }
@@ -517,6 +582,7 @@ pub struct TokenBudget<S, K> {
     inner: S,
     key: K,
     shared: Arc<Shared>,
+    tiers: Arc<[(Tier, Arc<Shared>)]>,
 }
 
 impl<S, K> TokenBudget<S, K> {
@@ -555,7 +621,7 @@ where
         // The ready service goes with the request; a clone stays.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
+        let shared = pick(&self.shared, &self.tiers, &req);
         let grpc = is_grpc_request(req.headers());
         let plain = |req: Request<ReqBody>| req.map(PalisadeBody::inner);
         let outside = shared
@@ -580,7 +646,7 @@ where
         };
         let store_key = shared
             .store
-            .key("tokens", &shared.name, &key.to_string(), "v1");
+            .key("tokens", &shared.ledger, &key.to_string(), "v1");
         ResponseFuture::new(async move {
             let (parts, body) = req.into_parts();
             let declared = content_length(&parts.headers);

@@ -27,9 +27,11 @@ use std::time::Duration;
 ///     lease = "10m"
 ///     on_missing_usage = "reservation"
 ///     estimator = { chars_per_token = 3.5, default_output = 1024 }
+///     tiers = { premium = 2000000 }
 /// "#).unwrap();
 /// let layer = cfg.layer(palisade_store::Store::in_memory(), None).unwrap();
 /// assert_eq!(layer.name(), "per-user");
+/// assert_eq!(layer.tiers().collect::<Vec<_>>(), ["premium"]);
 /// assert_eq!(layer.path_prefix(), Some("/v1/"));
 ///
 /// let bad: TokenLimitConfig = toml::from_str("kind = \"tokens\"\nkey_header = \"x-user\"\nquota = 0").unwrap();
@@ -80,6 +82,13 @@ pub struct TokenLimitConfig {
     /// How requests are estimated.
     #[serde(default)]
     pub estimator: Estimator,
+    /// Tokens per `period` for requests of a tier (plan), by tier name
+    /// (e.g. `{ free = 20000, premium = 2000000 }`); `quota` stays the
+    /// budget of requests without a tier or of another one. The tier is
+    /// the request's [`Tier`](palisade_core::tier::Tier) extension (the
+    /// gateway sets it from `rate_limit.tiers.header`). Default none.
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, u64>,
 }
 
 /// What keys a configured token limit.
@@ -233,6 +242,20 @@ impl TokenLimitConfig {
         self.estimator
             .validate()
             .map_err(|reason| invalid("estimator", reason))?;
+        for (tier, quota) in &self.tiers {
+            if tier.is_empty() {
+                return Err(invalid("tiers", "a tier name must not be empty"));
+            }
+            if *quota == 0 || self.period.as_micros() / u128::from(*quota) == 0 {
+                return Err(invalid(
+                    &format!("tiers.{tier}"),
+                    format!(
+                        "{quota} per {:?}: must be at least 1 and at most one token a microsecond",
+                        self.period
+                    ),
+                ));
+            }
+        }
         self.key_extractor().map(drop)
     }
 
@@ -277,6 +300,10 @@ impl TokenLimitConfig {
             .estimator(self.estimator);
         if let Some(prefix) = &self.path_prefix {
             b = b.path_prefix(prefix.clone());
+        }
+        for (tier, quota) in &self.tiers {
+            let rule = TokenRule::new(*quota, self.period).lease(self.lease);
+            b = b.tier(palisade_core::tier::Tier::new(tier.as_str()), rule);
         }
         if let Some(m) = metrics {
             b = b.metrics(m);

@@ -313,18 +313,8 @@ impl Config {
                         .into(),
                 ));
             }
-            let trusted = self.trusted_proxies.clone();
-            b = b.tier_resolver(move |req| {
-                if let Some(tier) = req.extensions().get::<Tier>() {
-                    return Some(tier.clone());
-                }
-                let peer = palisade_core::key::peer_of(req)?.to_canonical();
-                if !trusted.iter().any(|net| net.contains(&peer)) {
-                    return None;
-                }
-                let value = req.headers().get(&name)?.to_str().ok()?.trim();
-                (!value.is_empty()).then(|| Tier::new(value))
-            });
+            let tiers = palisade_core::tier::TierHeader::new(name, self.trusted_proxies.clone());
+            b = b.tier_resolver(move |req| tiers.resolve(req));
         }
         for (i, l) in self.limits.iter().enumerate() {
             let name = l.name.clone().unwrap_or_else(|| l.key.name().to_owned());

@@ -5,7 +5,6 @@ use crate::quota::Quota;
 use http::Request;
 use palisade_core::key::{ExtensionKey, HeaderKey, KeyExtractor, PathKey, PeerIp};
 use std::{
-    borrow::Borrow,
     fmt::{self, Display},
     sync::Arc,
 };
@@ -47,79 +46,9 @@ impl Display for UserId {
 /// every layer keys by the same type.
 pub use palisade_core::jsonrpc::ToolName;
 
-/// A service tier (`anonymous`, `free`, `standard`, `premium`,
-/// `enterprise`, or any name of your own), resolved per request.
-///
-/// An authentication layer may insert it as a request extension; the
-/// default resolver reads it from there.
-///
-/// ```
-/// use palisade_ratelimit::Tier;
-///
-/// assert_eq!(Tier::PREMIUM.as_str(), "premium");
-/// assert_eq!(Tier::new("gold"), Tier::new(String::from("gold")));
-/// assert_eq!(Tier::new("free"), Tier::FREE);
-/// ```
-#[derive(Clone, Debug)]
-pub struct Tier(TierName);
-
-#[derive(Clone, Debug)]
-enum TierName {
-    Static(&'static str),
-    Shared(Arc<str>),
-}
-
-impl Tier {
-    /// Unauthenticated callers (default 10/min).
-    pub const ANONYMOUS: Tier = Tier(TierName::Static("anonymous"));
-    /// The free plan (default 60/min).
-    pub const FREE: Tier = Tier(TierName::Static("free"));
-    /// The standard plan (default 300/min).
-    pub const STANDARD: Tier = Tier(TierName::Static("standard"));
-    /// The premium plan (default 1000/min).
-    pub const PREMIUM: Tier = Tier(TierName::Static("premium"));
-    /// The enterprise plan (default unlimited).
-    pub const ENTERPRISE: Tier = Tier(TierName::Static("enterprise"));
-
-    /// A tier by name.
-    pub fn new(name: impl Into<Arc<str>>) -> Self {
-        Tier(TierName::Shared(name.into()))
-    }
-
-    /// The tier's name.
-    pub fn as_str(&self) -> &str {
-        match &self.0 {
-            TierName::Static(s) => s,
-            TierName::Shared(s) => s,
-        }
-    }
-}
-
-impl PartialEq for Tier {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Tier {}
-
-impl std::hash::Hash for Tier {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl Borrow<str> for Tier {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A service tier, resolved per request; defined in `palisade-core` (see
+/// [`palisade_core::tier`]) so every layer reads the same one.
+pub use palisade_core::tier::Tier;
 
 /// The quota of each tier, and the tier of requests that resolve to none
 /// (or to a tier not in the table).
