@@ -69,17 +69,12 @@ fn call(gw: &Gateway, user: &str, stream: bool, max_tokens: u64, content: &str) 
     })
 }
 
-/// `palisade_llm_tokens_total{event}` of the limit `per-user` on `gw`.
+/// `palisade_llm_tokens_total{event}` of the limit `per-user` on `gw`
+/// (untiered: it must be there).
 async fn tokens(gw: &Gateway, event: &str) -> u64 {
-    let text = get(&format!("{}/metrics", gw.admin)).await.text();
-    let prefix =
-        format!(r#"palisade_llm_tokens_total{{event="{event}",limit="per-user",tier="none"}} "#);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let series =
+        format!(r#"palisade_llm_tokens_total{{event="{event}",limit="per-user",tier="none"}}"#);
+    metric(gw, &series).await as u64
 }
 
 /// Waits (at most 10 s) until the replicas' charged tokens add up to
@@ -681,7 +676,8 @@ async fn plan_calls(gw: &Gateway, user: &str, plan: Option<&str>) -> Vec<u16> {
     out
 }
 
-/// `palisade_llm_tokens_total{event}` of the limit `per-user`, tier `tier`.
+/// `palisade_llm_tokens_total{event}` of the limit `per-user`, tier `tier`
+/// (0 before the tier's first count).
 async fn tokens_of(gw: &Gateway, event: &str, tier: &str) -> u64 {
     let text = get(&format!("{}/metrics", gw.admin)).await.text();
     let prefix =
