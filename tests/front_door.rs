@@ -210,7 +210,12 @@ async fn smuggling_shapes_are_refused_with_400_and_never_forwarded() {
     let to = addr(&gw.url);
     let before = gw.upstream_hits().await;
     let smuggled = "GET /users/7 HTTP/1.1\r\nHost: x\r\n\r\n";
-    let cases: [(&str, String, &str); 7] = [
+    let cases: [(&str, String, &str); 8] = [
+        (
+            "a whole head of garbage (a TLS hello to a plain port)",
+            format!("\x16\x03\x01\x00\u{a5} garbage\r\n\r\n{smuggled}"),
+            "a malformed request head",
+        ),
         (
             "Content-Length, then Transfer-Encoding",
             format!(
@@ -280,7 +285,7 @@ async fn smuggling_shapes_are_refused_with_400_and_never_forwarded() {
             "palisade_server_refused_total{limit=\"strict_http1\",listener=\"client\"}"
         )
         .await,
-        7.0
+        8.0
     );
     // A plain request is still served.
     assert_eq!(get(&format!("{}/health", gw.url)).await.status, 200);

@@ -435,9 +435,13 @@ impl<S> StrictHeads<S> {
                         (false, _, None) => State::Ended,
                     };
                 }
-                // hyper refuses it too (and closes): given as it came, and
-                // nothing after it.
-                _ => next = State::Ended,
+                // Too many header lines: hyper's 431 (and it closes).
+                Err(httparse::Error::TooManyHeaders) | Ok(httparse::Status::Partial) => {
+                    next = State::Ended;
+                }
+                // A whole head that cannot be read (garbage, a bad name):
+                // refused like an unfinished one.
+                Err(_) => why = Some(Refusal::Malformed),
             }
         }
         match why {
